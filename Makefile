@@ -1,0 +1,54 @@
+# The two commands: `make demo` and `make test`. Both install into .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch/torchvision first, explicitly: on this project's machines these two lie on disk.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+SCALE ?= small
+DEMO_DIR ?= var/demo-$(SCALE)
+PORT ?= 8501
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install demo test test-slow test-e2e lint fmt dashboard serve bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/wherecnn demo --size $(SCALE) --out $(DEMO_DIR) $(if $(REBUILD),--rebuild,)
+
+dashboard: $(STAMP)
+	$(VENV)/bin/wherecnn dashboard --demo-dir $(DEMO_DIR) --port $(PORT)
+
+serve: $(STAMP)
+	$(VENV)/bin/wherecnn serve --demo-dir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check platform services dashboards tests benchmarks
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check platform services dashboards tests benchmarks
+	$(VENV)/bin/ruff format --check platform services dashboards tests benchmarks
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix platform services dashboards tests benchmarks
+	$(VENV)/bin/ruff format platform services dashboards tests benchmarks
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf var .pytest_cache

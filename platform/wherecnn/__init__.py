@@ -1,0 +1,3 @@
+"""wherecnn: ground-to-aerial geolocalization at city scale."""
+
+__version__ = "0.1.0"

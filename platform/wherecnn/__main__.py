@@ -1,0 +1,3 @@
+from wherecnn.cli import main
+
+main()

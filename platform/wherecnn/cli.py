@@ -1,0 +1,38 @@
+"""The `wherecnn` command. Each area registers its commands from `wherecnn.commands.<area>`.
+
+Heavy imports (torch, ray, qdrant) happen inside the commands, so `wherecnn --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="wherecnn",
+    help="Ground-to-aerial geolocalization at city scale: synthesize, ingest, train, evaluate, index, search.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# Order is the order `--help` lists them in.
+_AREAS = ("data", "train", "index", "search", "demo")
+
+for _area in _AREAS:
+    try:
+        _module = importlib.import_module(f"wherecnn.commands.{_area}")
+    except ModuleNotFoundError as exc:  # an area not built yet must not break the others
+        if exc.name != f"wherecnn.commands.{_area}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

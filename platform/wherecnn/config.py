@@ -1,0 +1,103 @@
+"""One settings object for the whole platform.
+
+Precedence, highest first: explicit overrides (CLI flags) > ``WHERECNN_*`` environment variables >
+``wherecnn.toml`` (path from ``WHERECNN_CONFIG``, else ``./wherecnn.toml`` when present) > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _toml_path() -> Path | None:
+    explicit = os.environ.get("WHERECNN_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path("wherecnn.toml")
+    return local if local.exists() else None
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform; see docs/deploy.md for the table of env vars."""
+
+    model_config = SettingsConfigDict(env_prefix="WHERECNN_", extra="ignore")
+
+    # where things live
+    data_dir: str = Field("var/data", description="Synthetic world / ingested manifests folder.")
+    work_dir: str = Field("var", description="Runs, checkpoints, reports, frozen manifests.")
+    store: str = Field("edge://var/index", description="Vector store URI: edge:///path or http(s)://host:6333.")
+    collection: str = Field("tiles", description="Collection (server) / store name (edge).")
+    checkpoint: str = Field("var/checkpoints/dual-cpu", description="Default checkpoint for index/search.")
+
+    # S3 (credentials come from the usual AWS_* env vars or a service account)
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); None = AWS.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_max_attempts: int = Field(5, description="botocore 'standard' retry mode attempts.")
+
+    # Qdrant server
+    qdrant_api_key: str | None = Field(None, description="API key for a Qdrant server.")
+    qdrant_timeout_s: int = Field(60, description="Qdrant client timeout.")
+    shard_number: int = Field(1, description="Shards per collection (a multiple of the node count).")
+    replication_factor: int = Field(1, description="Replicas per shard (2 in prod).")
+    hnsw_m: int = Field(16, description="HNSW graph degree.")
+    hnsw_ef_construct: int = Field(128, description="HNSW build beam width.")
+    hnsw_ef: int = Field(128, description="HNSW search beam width.")
+    quantization: Literal["none", "int8"] = Field("none", description="Scalar quantization of vectors.")
+    retention: int = Field(3, description="Index versions kept (live one included).")
+
+    # compute
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    num_cpus: int | None = Field(None, description="CPUs for a local Ray (None = all).")
+    ray_address: str | None = Field(None, description="Ray cluster address; None = local.")
+
+    # input limits
+    max_image_pixels: int = Field(40_000_000, description="Images larger than this are rejected.")
+    max_upload_bytes: int = Field(20_000_000, description="Search API upload limit.")
+
+    # search API / dashboard
+    api_url: str | None = Field(None, description="Dashboard talks to this search API instead of in-process.")
+    api_key: str | None = Field(None, description="If set, the search API requires header X-API-Key.")
+    basemap_url: str | None = Field(None, description="Web basemap tile URL for the dashboard (offline: None).")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+@lru_cache(maxsize=1)
+def _cached() -> Settings:
+    return Settings()
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """The process-wide settings, with CLI-flag overrides applied on top (None values ignored)."""
+    base = _cached()
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return base.model_copy(update=clean) if clean else base
+
+
+def reset_settings_cache() -> None:
+    """For tests that change the environment."""
+    _cached.cache_clear()

@@ -1,0 +1,1 @@
+"""Data: manifests, the synthetic world, format adapters, torch datasets."""
