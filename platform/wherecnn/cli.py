@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 # Order is the order `--help` lists them in.
-_AREAS = ("data", "train", "index", "search", "demo")
+_AREAS = ("synth", "data", "train", "evaluate", "index", "search", "demo")
 
 for _area in _AREAS:
     try:
