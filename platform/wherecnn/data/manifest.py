@@ -51,15 +51,25 @@ PAIR_COLUMNS: dict[str, str] = {
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("same-area", "cross-area")
+# Training-only protocol: train on places that are training places under BOTH protocols, so one model can be
+# evaluated honestly on the same-area test places and on the held-out cities (what `wherecnn demo` does).
+TRAIN_PROTOCOLS = (*PROTOCOLS, "both")
 TRACKS = ("aligned", "offset", "photo")
 
 
 def split_column(frame: pd.DataFrame, protocol: str) -> pd.Series:
-    """The split of each row under a protocol: `split_cross_area` when asked for and present, else `split`."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    if protocol == "cross-area" and "split_cross_area" in frame.columns:
-        return frame["split_cross_area"]
+    """The split of each row under a protocol: `split_cross_area` when asked for and present, else `split`.
+
+    Under "both", a row is "train" only where it is "train" under both protocols, and "test" elsewhere.
+    """
+    if protocol not in TRAIN_PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {TRAIN_PROTOCOLS}")
+    cross = frame["split_cross_area"] if "split_cross_area" in frame.columns else frame["split"]
+    if protocol == "cross-area":
+        return cross
+    if protocol == "both":
+        both = (frame["split"] == "train") & (cross == "train")
+        return both.map({True: "train", False: "test"}).rename("split")
     return frame["split"]
 
 
