@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Geod
-
 from wherecnn import geo
 
 # UTM is defined between 80S and 84N; cities live well inside.
