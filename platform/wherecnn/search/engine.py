@@ -1,0 +1,519 @@
+"""The search engine: a ground image in, ranked locations per city out (and a city-scale heat map).
+
+One engine wraps one vector store and one embedder. Per-city top-K come from one store query per city with
+the cities and the geo prior pushed down as filters, so results are exact for what the store holds. The best
+guess carries a confidence from the score margin between the best hit and the best *different* place (hits
+closer than one tile to the best are the same place seen by overlapping tiles, not a rival).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from wherecnn.search.errors import EmptyIndexError, UnknownCityError
+from wherecnn.search.geoutil import distance_m, local_to_latlon, local_xy
+from wherecnn.search.query import GeoPrior, check_k, infer_fov, load_query
+
+RANKED_COLUMNS = ["city", "rank", "lat", "lon", "score", "tile_id", "uri", "distance_m"]
+# Margin → confidence: tanh(margin / (2T)); T is the contrastive temperature the models settle near,
+# so a margin of one temperature unit means the best place is e:1 likelier than its rival (confidence ≈ 0.46).
+CONFIDENCE_TEMPERATURE = 0.05
+# Hits fetched per city for the confidence estimate, even when fewer are returned.
+CONFIDENCE_POOL = 20
+DEFAULT_SEPARATION_M = 100.0
+
+
+class Bounds(NamedTuple):
+    min_lat: float
+    min_lon: float
+    max_lat: float
+    max_lon: float
+
+    def as_deck(self) -> list[float]:
+        """deck.gl BitmapLayer order: [left, bottom, right, top]."""
+        return [self.min_lon, self.min_lat, self.max_lon, self.max_lat]
+
+
+@dataclass(frozen=True)
+class BestGuess:
+    lat: float
+    lon: float
+    score: float
+    confidence: float
+    city: str
+    tile_id: str
+    margin: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lat": self.lat,
+            "lon": self.lon,
+            "score": self.score,
+            "confidence": self.confidence,
+            "city": self.city,
+            "tile_id": self.tile_id,
+            "margin": self.margin,
+        }
+
+
+@dataclass
+class SearchResult:
+    """`ranked`: GeoDataFrame (city, rank, lat, lon, score, tile_id, uri, distance_m, geometry) sorted by
+    city then rank; `best`: the overall best guess (None when nothing matched);
+    `timings`: milliseconds per stage."""
+
+    ranked: Any  # geopandas.GeoDataFrame
+    best: BestGuess | None
+    timings: dict[str, float] = field(default_factory=dict)
+    query: dict[str, Any] = field(default_factory=dict)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Plain rows (no geometry), NaN distances as None: JSON-safe."""
+        rows = []
+        for r in self.ranked.drop(columns="geometry").to_dict("records"):
+            rows.append(
+                {k: (None if isinstance(v, float) and math.isnan(v) else _py(v)) for k, v in r.items()}
+            )
+        return rows
+
+    def to_geojson(self) -> dict[str, Any]:
+        """A FeatureCollection of the ranked points; the best guess and the query ride along as members."""
+        features = [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [row["lon"], row["lat"]]},
+                "properties": row,
+            }
+            for row in self.records()
+        ]
+        return {
+            "type": "FeatureCollection",
+            "features": features,
+            "best": self.best.as_dict() if self.best else None,
+            "query": self.query,
+        }
+
+    def to_csv(self) -> str:
+        return self.ranked.drop(columns="geometry").to_csv(index=False)
+
+
+@dataclass
+class HeatMap:
+    """Similarity of a query to every tile of a city, rasterised on the city's tile grid.
+
+    `image` is H×W×4 uint8 RGBA (transparent where the city has no tile), `scores` the same grid as floats
+    (NaN where empty), `bounds` the WGS84 extent of the raster's outer pixel edges.
+    """
+
+    city: str
+    image: np.ndarray
+    scores: np.ndarray
+    bounds: Bounds
+    step_m: float
+
+    def to_png(self) -> bytes:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(self.image, mode="RGBA").save(buf, format="PNG")
+        return buf.getvalue()
+
+    def to_data_url(self) -> str:
+        import base64
+
+        return "data:image/png;base64," + base64.b64encode(self.to_png()).decode("ascii")
+
+
+@dataclass(frozen=True)
+class CityInfo:
+    name: str
+    tiles: int
+    bounds: Bounds | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tiles": self.tiles,
+            "bounds": self.bounds._asdict() if self.bounds else None,
+        }
+
+
+class SearchEngine:
+    """Image in, ranked locations out. Thread-safe: one lock around the model and the store."""
+
+    def __init__(
+        self,
+        store: Any,
+        embedder: Any,
+        *,
+        max_pixels: int | None = 40_000_000,
+        separation_m: float = DEFAULT_SEPARATION_M,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.max_pixels = max_pixels
+        self.separation_m = separation_m
+        self._lock = threading.RLock()
+        self._cities: list[str] | None = None
+        self._city_vectors: dict[str, tuple[list[str], np.ndarray, list[dict[str, Any]]]] = {}
+        self._tile_index: dict[str, dict[str, Any]] | None = None
+        self._version: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any = None, *, store: str | None = None, checkpoint: str | None = None
+    ) -> SearchEngine:
+        """Open the store read-only and load the checkpoint named by settings (or the overrides)."""
+        from wherecnn.config import get_settings
+        from wherecnn.index.store import open_store
+        from wherecnn.models.embedder import Embedder
+
+        settings = settings or get_settings()
+        embedder = Embedder.from_checkpoint(checkpoint or settings.checkpoint, device=settings.device)
+        vector_store = open_store(store or settings.store, settings=settings, read_only=True)
+        return cls(vector_store, embedder, max_pixels=settings.max_image_pixels)
+
+    # ---- what the index holds -------------------------------------------------------------------------
+
+    def _follow_version(self) -> None:
+        """Drop caches when the store's live version changed (a reindex switched under us)."""
+        live = getattr(self.store, "live_version", None)
+        try:
+            current = live() if live is not None else None
+        except Exception:  # a store that cannot tell keeps its caches
+            return
+        if current != self._version:
+            self._cities = None
+            self._city_vectors.clear()
+            self._tile_index = None
+            self._version = current
+
+    def cities(self) -> list[str]:
+        with self._lock:
+            self._follow_version()
+            if self._cities is None:
+                self._cities = sorted(self.store.cities())
+            return list(self._cities)
+
+    def refresh(self) -> None:
+        """Forget cached city lists and vectors (after a reindex switched versions)."""
+        with self._lock:
+            self._cities = None
+            self._city_vectors.clear()
+            self._tile_index = None
+
+    def resolve_cities(self, cities: Sequence[str] | str | None) -> list[str]:
+        known = self.cities()
+        if not known:
+            raise EmptyIndexError(
+                "store", "the index holds no tiles; build one with `wherecnn index` (or `wherecnn demo`)"
+            )
+        if cities is None:
+            return known
+        if isinstance(cities, str):
+            cities = [cities]
+        wanted = [c.strip() for c in cities if c and c.strip()]
+        if not wanted:
+            return known
+        unknown = [c for c in wanted if c not in known]
+        if unknown:
+            raise UnknownCityError(
+                "city", f"unknown city {', '.join(map(repr, unknown))}; the index holds {', '.join(known)}"
+            )
+        return list(dict.fromkeys(wanted))
+
+    def city_vectors(self, city: str) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+        """All tile ids, vectors and payloads of a city (cached; for heat maps and tile lookups)."""
+        with self._lock:
+            self._follow_version()
+            if city not in self._city_vectors:
+                ids, vectors, payloads = self.store.all_vectors(city)
+                self._city_vectors[city] = (list(ids), np.asarray(vectors, dtype=np.float32), list(payloads))
+            return self._city_vectors[city]
+
+    def city_info(self) -> list[CityInfo]:
+        infos = []
+        for city in self.cities():
+            _, _, payloads = self.city_vectors(city)
+            infos.append(CityInfo(city, len(payloads), _payload_bounds(payloads)))
+        return infos
+
+    def tile_payload(self, tile_id: str) -> dict[str, Any] | None:
+        """The stored payload of a tile (its uri is where the image lives), or None."""
+        with self._lock:
+            retrieve = getattr(self.store, "retrieve", None)
+            if retrieve is not None:
+                points = retrieve([tile_id])
+                return dict(points[0].payload) if points else None
+            if self._tile_index is None:
+                index: dict[str, dict[str, Any]] = {}
+                for city in self.cities():
+                    ids, _, payloads = self.city_vectors(city)
+                    index.update(zip(ids, payloads, strict=True))
+                self._tile_index = index
+            return self._tile_index.get(tile_id)
+
+    # ---- search ---------------------------------------------------------------------------------------
+
+    def prepare(self, image: Any) -> np.ndarray:
+        return load_query(image, max_pixels=self.max_pixels)
+
+    def embed(
+        self, image: np.ndarray, *, heading_deg: float | None = None, fov_deg: float | None = None
+    ) -> np.ndarray:
+        fov = infer_fov(image, fov_deg)
+        if heading_deg is not None and not math.isfinite(heading_deg):
+            heading_deg = None
+        with self._lock:
+            vec = self.embedder.ground([image], heading_deg=[heading_deg], fov_deg=[fov])
+        return np.asarray(vec, dtype=np.float32).reshape(-1)
+
+    def search(
+        self,
+        image: Any,
+        *,
+        cities: Sequence[str] | str | None = None,
+        k: int = 10,
+        prior: GeoPrior | None = None,
+        true_lat: float | None = None,
+        true_lon: float | None = None,
+        heading_deg: float | None = None,
+        fov_deg: float | None = None,
+    ) -> SearchResult:
+        k = check_k(k)
+        chosen = self.resolve_cities(cities)
+        t0 = time.perf_counter()
+        img = self.prepare(image)
+        t1 = time.perf_counter()
+        vector = self.embed(img, heading_deg=heading_deg, fov_deg=fov_deg)
+        t2 = time.perf_counter()
+        filters = prior.store_filters() if prior is not None else {}
+        fetch = max(k, CONFIDENCE_POOL)
+        per_city: dict[str, list[Any]] = {}
+        with self._lock:
+            for city in chosen:
+                per_city[city] = list(self.store.query(vector, fetch, cities=[city], **filters))
+        t3 = time.perf_counter()
+        ranked = self._frame(per_city, k, true_lat=true_lat, true_lon=true_lon)
+        best = self._best(per_city)
+        t4 = time.perf_counter()
+        timings = {
+            "decode_ms": (t1 - t0) * 1e3,
+            "embed_ms": (t2 - t1) * 1e3,
+            "query_ms": (t3 - t2) * 1e3,
+            "rank_ms": (t4 - t3) * 1e3,
+            "total_ms": (t4 - t0) * 1e3,
+        }
+        query = {
+            "cities": chosen,
+            "k": k,
+            "prior": prior.as_dict() if prior else None,
+            "height": int(img.shape[0]),
+            "width": int(img.shape[1]),
+            "fov_deg": infer_fov(img, fov_deg),
+            "model": getattr(self.embedder, "model_id", None),
+        }
+        if true_lat is not None and true_lon is not None:
+            query.update(true_lat=float(true_lat), true_lon=float(true_lon))
+        return SearchResult(ranked=ranked, best=best, timings=timings, query=query)
+
+    def _frame(
+        self, per_city: dict[str, list[Any]], k: int, *, true_lat: float | None, true_lon: float | None
+    ) -> Any:
+        import geopandas as gpd
+
+        rows = []
+        for city, hits in per_city.items():
+            for rank, hit in enumerate(sorted(hits, key=lambda h: -h.score)[:k], start=1):
+                lat, lon = _hit_location(hit)
+                rows.append(
+                    {
+                        "city": city,
+                        "rank": rank,
+                        "lat": lat,
+                        "lon": lon,
+                        "score": float(hit.score),
+                        "tile_id": str(hit.tile_id),
+                        "uri": str(hit.payload.get("uri", "")),
+                        "distance_m": math.nan,
+                    }
+                )
+        frame = pd.DataFrame(rows, columns=RANKED_COLUMNS)
+        frame = frame.astype(
+            {"rank": "int64", "lat": "float64", "lon": "float64", "score": "float64", "distance_m": "float64"}
+        )
+        if true_lat is not None and true_lon is not None and len(frame):
+            frame["distance_m"] = distance_m(
+                lat1=true_lat, lon1=true_lon, lat2=frame["lat"].to_numpy(), lon2=frame["lon"].to_numpy()
+            )
+        return gpd.GeoDataFrame(
+            frame, geometry=gpd.points_from_xy(frame["lon"], frame["lat"]), crs="EPSG:4326"
+        )
+
+    def _best(self, per_city: dict[str, list[Any]]) -> BestGuess | None:
+        pool = sorted(
+            ((city, h) for city, hits in per_city.items() for h in hits), key=lambda ch: -ch[1].score
+        )
+        if not pool:
+            return None
+        city, top = pool[0]
+        lat, lon = _hit_location(top)
+        rival = None
+        for _, hit in pool[1:]:
+            hlat, hlon = _hit_location(hit)
+            if float(distance_m(lat1=lat, lon1=lon, lat2=hlat, lon2=hlon)) > self.separation_m:
+                rival = hit
+                break
+        # No rival place among the fetched hits: the weakest fetched hit bounds the rival's score from above.
+        rival_score = (
+            rival.score if rival is not None else (pool[-1][1].score if len(pool) > 1 else top.score)
+        )
+        margin = max(0.0, float(top.score) - float(rival_score))
+        confidence = math.tanh(margin / (2 * CONFIDENCE_TEMPERATURE))
+        return BestGuess(
+            lat=lat,
+            lon=lon,
+            score=float(top.score),
+            confidence=confidence,
+            city=city,
+            tile_id=str(top.tile_id),
+            margin=margin,
+        )
+
+    # ---- heat map -------------------------------------------------------------------------------------
+
+    def heatmap(
+        self,
+        image: Any,
+        city: str,
+        *,
+        heading_deg: float | None = None,
+        fov_deg: float | None = None,
+        cmap: str = "inferno",
+    ) -> HeatMap:
+        """The query's similarity to every tile of `city` (the paper's city-scale geolocalization map)."""
+        (city,) = self.resolve_cities([city])
+        vector = (
+            image
+            if _is_vector(image)
+            else self.embed(self.prepare(image), heading_deg=heading_deg, fov_deg=fov_deg)
+        )
+        _, vectors, payloads = self.city_vectors(city)
+        scores = vectors @ np.asarray(vector, dtype=np.float32).reshape(-1)
+        lats = np.array([_payload_location(p)[0] for p in payloads], dtype=float)
+        lons = np.array([_payload_location(p)[1] for p in payloads], dtype=float)
+        return rasterise(city, lats, lons, scores, cmap=cmap)
+
+    def embed_for_heatmap(
+        self, image: Any, *, heading_deg: float | None = None, fov_deg: float | None = None
+    ) -> np.ndarray:
+        """Embed once, then call `heatmap(vector, city)` per city without re-running the model."""
+        return self.embed(self.prepare(image), heading_deg=heading_deg, fov_deg=fov_deg)
+
+
+def rasterise(
+    city: str,
+    lats: np.ndarray,
+    lons: np.ndarray,
+    scores: np.ndarray,
+    *,
+    cmap: str = "inferno",
+    max_side: int = 1024,
+) -> HeatMap:
+    """Paint each tile's score into the cell of the city's tile grid at its centre (max where cells collide).
+
+    The grid step is the median nearest-neighbour spacing of tile centres, which is the regular grid's step
+    even when off-grid (place-centred) tiles are mixed in.
+    """
+    from matplotlib import colormaps
+
+    if len(scores) == 0:
+        raise EmptyIndexError("city", f"city {city!r} has no tiles in the index")
+    lat0, lon0 = float(np.mean(lats)), float(np.mean(lons))
+    x, y = local_xy(lats, lons, lat0=lat0, lon0=lon0)
+    step = _grid_step(x, y)
+    span = max(float(x.max() - x.min()), float(y.max() - y.min()))
+    step = max(step, span / (max_side - 1)) if span > 0 else step
+    cols = np.rint((x - x.min()) / step).astype(int)
+    rows = np.rint((y.max() - y) / step).astype(int)
+    grid = np.full((rows.max() + 1, cols.max() + 1), -np.inf, dtype=np.float64)
+    np.maximum.at(grid, (rows, cols), scores.astype(np.float64))
+    filled = np.isfinite(grid)
+    values = np.where(filled, grid, np.nan)
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    norm = np.where(filled, (np.nan_to_num(values, nan=lo) - lo) / (hi - lo if hi > lo else 1.0), 0.0)
+    rgba = (colormaps[cmap](norm) * 255).astype(np.uint8)
+    rgba[..., 3] = np.where(filled, (70 + 170 * norm).astype(np.uint8), 0)
+    half = step / 2
+    min_lat, min_lon = local_to_latlon(
+        np.array(x.min() - half), np.array(y.min() - half), lat0=lat0, lon0=lon0
+    )
+    max_lat, max_lon = local_to_latlon(
+        np.array(x.min() + step * grid.shape[1] - half), np.array(y.max() + half), lat0=lat0, lon0=lon0
+    )
+    bounds = Bounds(float(min_lat), float(min_lon), float(max_lat), float(max_lon))
+    return HeatMap(city=city, image=rgba, scores=values.astype(np.float32), bounds=bounds, step_m=float(step))
+
+
+def _grid_step(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2:
+        return 100.0
+    from sklearn.neighbors import NearestNeighbors
+
+    pts = np.column_stack([x, y])
+    dist, _ = NearestNeighbors(n_neighbors=2).fit(pts).kneighbors(pts)
+    nn = dist[:, 1]
+    nn = nn[nn > 1e-6]
+    return float(np.median(nn)) if len(nn) else 100.0
+
+
+def _is_vector(obj: Any) -> bool:
+    return isinstance(obj, np.ndarray) and obj.ndim == 1 and obj.dtype.kind == "f"
+
+
+def _payload_location(payload: dict[str, Any]) -> tuple[float, float]:
+    loc = payload.get("location") or {}
+    return float(loc.get("lat", payload.get("lat", math.nan))), float(
+        loc.get("lon", payload.get("lon", math.nan))
+    )
+
+
+def _hit_location(hit: Any) -> tuple[float, float]:
+    return _payload_location(hit.payload)
+
+
+def _payload_bounds(payloads: Sequence[dict[str, Any]]) -> Bounds | None:
+    if not payloads:
+        return None
+    boxes = [p.get("bounds") for p in payloads if p.get("bounds")]
+    if boxes:
+        return Bounds(
+            min(b["min_lat"] for b in boxes),
+            min(b["min_lon"] for b in boxes),
+            max(b["max_lat"] for b in boxes),
+            max(b["max_lon"] for b in boxes),
+        )
+    locs = [_payload_location(p) for p in payloads]
+    return Bounds(
+        min(a for a, _ in locs), min(o for _, o in locs), max(a for a, _ in locs), max(o for _, o in locs)
+    )
+
+
+def _py(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_py)

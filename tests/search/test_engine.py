@@ -1,0 +1,195 @@
+"""SearchEngine on a small seeded index: ranking, pushed-down filters, inputs, confidence, heat map."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+from wherecnn.search import (
+    BadParameterError,
+    GeoPrior,
+    ImageTooLargeError,
+    NotAnImageError,
+    SearchEngine,
+    UnknownCityError,
+)
+
+if TYPE_CHECKING:
+    from .conftest import TinyIndex
+
+
+def test_ranked_per_city_with_true_tile_first(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    target = tiny_index.tile("alpha-g0203")
+    result = engine.search(
+        tiny_index.png(target["image"]), k=5, true_lat=target["lat"], true_lon=target["lon"]
+    )
+    ranked = result.ranked
+    assert set(ranked["city"]) == set(tiny_index.city_centres)
+    for _, group in ranked.groupby("city"):
+        assert list(group["rank"]) == [1, 2, 3, 4, 5]
+        assert list(group["score"]) == sorted(group["score"], reverse=True)
+    top = ranked[(ranked.city == "alpha") & (ranked["rank"] == 1)].iloc[0]
+    assert top.tile_id == "alpha-g0203"
+    assert top.score == pytest.approx(1.0, abs=1e-4)
+    assert top.distance_m == pytest.approx(0.0, abs=0.5)
+    assert top.uri == target["uri"]
+    assert top.geometry.x == pytest.approx(target["lon"]) and top.geometry.y == pytest.approx(target["lat"])
+    assert ranked.crs.to_epsg() == 4326
+    assert result.best is not None and result.best.tile_id == "alpha-g0203" and result.best.city == "alpha"
+    assert set(result.timings) >= {"decode_ms", "embed_ms", "query_ms", "total_ms"}
+
+
+def test_confidence_follows_the_margin(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    exact = engine.search(tiny_index.tile("beta-g0101")["image"], k=3).best
+    noise = np.random.default_rng(7).integers(0, 256, size=(96, 96, 3), dtype=np.uint8)
+    vague = engine.search(noise, k=3).best
+    assert exact is not None and vague is not None
+    assert 0.0 <= vague.confidence < exact.confidence <= 1.0
+    assert exact.margin > vague.margin
+
+
+def test_city_restriction_and_unknown_city(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    img = tiny_index.tile("alpha-g0000")["image"]
+    result = engine.search(img, cities=["beta"], k=4)
+    assert set(result.ranked["city"]) == {"beta"} and len(result.ranked) == 4
+    assert result.best is not None and result.best.city == "beta"
+    with pytest.raises(UnknownCityError, match="gamma"):
+        engine.search(img, cities=["gamma"])
+
+
+def test_radius_prior_is_honoured(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    centre = tiny_index.tile("alpha-g0303")
+    prior = GeoPrior.circle(lat=centre["lat"], lon=centre["lon"], radius_m=60.0)
+    far = tiny_index.tile("alpha-g0000")  # > 60 m away: must not be returned even though it matches exactly
+    result = engine.search(far["image"], k=20, prior=prior)
+    assert len(result.ranked) == 5  # the centre and its 4 neighbours at 50 m
+    assert "alpha-g0000" not in set(result.ranked["tile_id"])
+    assert all(prior.contains(lat=r.lat, lon=r.lon) for r in result.ranked.itertuples())
+    assert set(result.ranked["city"]) == {"alpha"}
+
+
+def test_bbox_and_polygon_priors_are_honoured(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    a, b = tiny_index.tile("beta-g0101"), tiny_index.tile("beta-g0202")
+    pad = 1e-5
+    bbox = GeoPrior.box(
+        min_lat=a["lat"] - pad, min_lon=a["lon"] - pad, max_lat=b["lat"] + pad, max_lon=b["lon"] + pad
+    )
+    got = engine.search(a["image"], k=10, prior=bbox)
+    assert set(got.ranked["tile_id"]) == {"beta-g0101", "beta-g0102", "beta-g0201", "beta-g0202"}
+    tri = GeoPrior.polygon(
+        [(a["lat"] - pad, a["lon"] - pad), (b["lat"] + pad, a["lon"] - pad), (a["lat"] - pad, b["lon"] + pad)]
+    )
+    got = engine.search(a["image"], k=10, prior=tri)
+    assert "beta-g0101" in set(got.ranked["tile_id"])
+    assert "beta-g0202" not in set(got.ranked["tile_id"])
+    assert all(tri.contains(lat=r.lat, lon=r.lon) for r in got.ranked.itertuples())
+
+
+def test_inputs_bytes_path_array_and_exif(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    from PIL import Image
+
+    t = tiny_index.tile("alpha-g0405")
+    for query in (t["uri"], tiny_index.png(t["image"]), t["image"], Image.fromarray(t["image"])):
+        assert engine.search(query, cities="alpha", k=1).ranked.iloc[0].tile_id == "alpha-g0405"
+    # A JPEG stored rotated with EXIF orientation 6 ("rotate 90° CW to view") must be turned upright first.
+    stored = np.rot90(t["image"], k=1)  # what a phone writes: pixels rotated, orientation tag set
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", quality=95, exif=exif)
+    assert engine.search(buf.getvalue(), cities="alpha", k=1).ranked.iloc[0].tile_id == "alpha-g0405"
+
+
+def test_rejects_non_images_and_huge_images(
+    engine: SearchEngine, tiny_index: TinyIndex, tmp_path: Path
+) -> None:
+    with pytest.raises(NotAnImageError, match="image"):
+        engine.search(b"%PDF-1.4 definitely not a picture")
+    with pytest.raises(NotAnImageError):
+        engine.search(b"")
+    with pytest.raises(NotAnImageError, match="shape"):
+        engine.search(np.zeros((4, 4, 7), dtype=np.uint8))
+    big = tiny_index.png(np.zeros((1100, 1000, 3), dtype=np.uint8))  # 1.1 MP > the engine's 1 MP limit
+    with pytest.raises(ImageTooLargeError, match="1,100,000"):
+        engine.search(big)
+    with pytest.raises(Exception, match="no such file"):
+        engine.search(str(tmp_path / "missing.jpg"))
+
+
+@pytest.mark.parametrize("k", [0, -1, 1001, 2.5, "3", True])
+def test_bad_k(engine: SearchEngine, tiny_index: TinyIndex, k: object) -> None:
+    with pytest.raises(BadParameterError, match="k"):
+        engine.search(tiny_index.pattern(1), k=k)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("lat", "lon", "radius"),
+    [
+        (91.0, 0.0, 10.0),
+        (0.0, 181.0, 10.0),
+        (0.0, 0.0, 0.0),
+        (0.0, 0.0, -5.0),
+        (0.0, 0.0, float("nan")),
+        (0.0, 0.0, 2e6),
+    ],
+)
+def test_bad_prior(lat: float, lon: float, radius: float) -> None:
+    with pytest.raises(BadParameterError):
+        GeoPrior.circle(lat=lat, lon=lon, radius_m=radius)
+
+
+def test_panorama_or_photo_by_aspect(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    emb = tiny_index.embedder
+    engine.search(np.zeros((32, 128, 3), dtype=np.uint8), k=1)
+    assert emb.calls[-1]["fov_deg"] == [360.0]
+    engine.search(np.zeros((64, 64, 3), dtype=np.uint8), k=1, heading_deg=30.0)
+    assert emb.calls[-1]["fov_deg"] == [90.0] and emb.calls[-1]["heading_deg"] == [30.0]
+    engine.search(np.zeros((64, 64, 3), dtype=np.uint8), k=1, fov_deg=60.0)
+    assert emb.calls[-1]["fov_deg"] == [60.0]
+
+
+def test_geojson_and_csv(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    t = tiny_index.tile("beta-g0505")
+    result = engine.search(t["image"], k=2, true_lat=t["lat"], true_lon=t["lon"])
+    gj = json.loads(json.dumps(result.to_geojson()))
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == 4
+    first = gj["features"][0]
+    assert first["geometry"]["coordinates"] == [first["properties"]["lon"], first["properties"]["lat"]]
+    assert gj["best"]["tile_id"] == "beta-g0505"
+    csv = result.to_csv().splitlines()
+    assert csv[0] == "city,rank,lat,lon,score,tile_id,uri,distance_m" and len(csv) == 5
+
+
+def test_heatmap_on_the_city_grid(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    t = tiny_index.tile("alpha-g0104")
+    hm = engine.heatmap(t["image"], "alpha")
+    assert hm.image.shape == (tiny_index.grid, tiny_index.grid, 4) and hm.image.dtype == np.uint8
+    assert hm.step_m == pytest.approx(50.0, rel=0.02)
+    # row 0 is the north edge: grid row r=1 (second from the south) is raster row grid-2; column c=4.
+    assert np.unravel_index(np.nanargmax(hm.scores), hm.scores.shape) == (tiny_index.grid - 2, 4)
+    assert hm.image[tiny_index.grid - 2, 4, 3] == hm.image[..., 3].max()
+    lats = [x["lat"] for x in tiny_index.tiles if x["city"] == "alpha"]
+    lons = [x["lon"] for x in tiny_index.tiles if x["city"] == "alpha"]
+    assert hm.bounds.min_lat < min(lats) < max(lats) < hm.bounds.max_lat
+    assert hm.bounds.min_lon < min(lons) < max(lons) < hm.bounds.max_lon
+    assert hm.to_png().startswith(b"\x89PNG")
+    with pytest.raises(UnknownCityError):
+        engine.heatmap(t["image"], "nowhere")
+
+
+def test_city_info_and_tile_payload(engine: SearchEngine, tiny_index: TinyIndex) -> None:
+    infos = {c.name: c for c in engine.city_info()}
+    assert (
+        set(infos) == set(tiny_index.city_centres)
+        and infos["alpha"].tiles == tiny_index.grid * tiny_index.grid
+    )
+    lat0, lon0 = tiny_index.city_centres["alpha"]
+    b = infos["alpha"].bounds
+    assert b is not None and b.min_lat < lat0 < b.max_lat and b.min_lon < lon0 < b.max_lon
+    payload = engine.tile_payload("beta-g0000")
+    assert payload is not None and payload["uri"] == tiny_index.tile("beta-g0000")["uri"]
+    assert engine.tile_payload("does-not-exist") is None
