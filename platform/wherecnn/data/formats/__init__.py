@@ -1,0 +1,1 @@
+"""Format adapters: VIGOR, CVUSA, generic tables, GeoTIFF orthomosaics -> the three manifests."""
