@@ -1,0 +1,1 @@
+"""Vector store backends, the Ray Data embedding pipeline and S3 bulk reindexing."""
