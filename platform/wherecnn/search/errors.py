@@ -29,7 +29,7 @@ class ImageTooLargeError(SearchInputError):
 
 
 class UnknownCityError(SearchInputError):
-    status = 404
+    status = 422
     code = "unknown_city"
 
 
