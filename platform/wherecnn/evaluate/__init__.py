@@ -1,0 +1,1 @@
+"""Evaluation: bounded-memory metrics, baselines, activation maps and the HTML report."""

@@ -1,0 +1,397 @@
+"""Ground→aerial retrieval and pair-verification metrics in bounded memory.
+
+Why chunked: the naive evaluation (Sample4Geo and friends) materialises the whole query×gallery similarity
+matrix; 10k queries against 10^6 tiles is 40 GB of float32. Here the similarity is computed one
+(query chunk × gallery chunk) block at a time and every metric is accumulated on the fly:
+
+- ranks: a query's rank is the number of gallery items scored *strictly* higher than its true tile (ties
+  are resolved in the query's favour, the standard definition); R@K counts ranks < K, R@1% uses
+  K = max(1, N // 100);
+- hit rate (VIGOR): the same rank computed for the best-scored of the true tile and its semi-positives;
+- top-1 / top-k gallery indices (localisation error, report examples);
+- pair-verification AP over all Q·N (query, tile) pairs, a pair being positive when the tile is the query's
+  true tile. AP is the area under the step-wise PR curve with tied scores grouped (what
+  ``sklearn.metrics.average_precision_score`` computes). It needs, for every distinct positive score ``t``,
+  the number of pairs scored ``>= t``. Those thresholds are known before the pass (the Q positive scores are
+  computed first), so each block only adds to a fixed fine histogram of pair scores (2^20 bins on [-1, 1],
+  values outside clamped into the end bins), and the few values falling into a bin that contains a threshold
+  are additionally bucketed exactly by ``searchsorted`` against the thresholds. The bin index is a monotone
+  function of the score, so every pair in a threshold-free bin is wholly above or below each threshold and the
+  counts, hence the AP, are exact. The one approximation: a positive's score is computed in a small GEMM of
+  its own, which matches the score inside the big block bit for bit on the usual BLAS kernels (same reduction
+  order over the embedding dimension); where a kernel differs, one pair per query may move by one float32 ulp,
+  changing AP by far less than 1e-3 (the tests check the chunked AP against the exact one to 1e-6).
+
+Memory is O(Q + N_chunk·Q_chunk + bins), independent of Q·N.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_KS = (1, 5, 10)
+LOCALISATION_THRESHOLDS_M = (25.0, 50.0, 100.0, 1000.0)
+HIST_BINS = 1 << 20
+HIST_RANGE = (-1.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ exact AP
+
+
+def average_precision(scores: Any, labels: Any) -> float:
+    """Area under the step-wise precision-recall curve; pairs with tied scores form one step.
+
+    ``scores`` and ``labels`` are 1-D and of equal length (labels: bool or 0/1); NaN without positives.
+    """
+    s, y = _check_scores_labels(scores, labels)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    precision, recall = _step_pr(s, y, n_pos)
+    return float(np.sum(np.diff(np.concatenate(([0.0], recall))) * precision))
+
+
+def pr_curve(scores: Any, labels: Any, *, max_points: int = 512) -> dict[str, list[float]]:
+    """The step-wise PR curve (one point per distinct score, highest first), downsampled to ``max_points``."""
+    s, y = _check_scores_labels(scores, labels)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return {"recall": [], "precision": []}
+    precision, recall = _step_pr(s, y, n_pos)
+    return _downsample_curve(recall, precision, max_points)
+
+
+def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.size}) and labels ({y.size}) must have the same length")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    return s, y
+
+
+def _step_pr(s: np.ndarray, y: np.ndarray, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    tp = np.cumsum(y)
+    last = np.concatenate((np.nonzero(np.diff(s))[0], [s.size - 1]))  # last pair of each tied group
+    tp_g = tp[last].astype(np.float64)
+    n_g = (last + 1).astype(np.float64)
+    return tp_g / n_g, tp_g / n_pos
+
+
+def _downsample_curve(recall: np.ndarray, precision: np.ndarray, max_points: int) -> dict[str, list[float]]:
+    if recall.size > max_points:
+        # keep the points nearest to evenly spaced recall levels, always the first and the last
+        targets = np.linspace(recall[0], recall[-1], max_points)
+        keep = np.unique(np.clip(np.searchsorted(recall, targets), 0, recall.size - 1))
+        recall, precision = recall[keep], precision[keep]
+    return {"recall": [float(v) for v in recall], "precision": [float(v) for v in precision]}
+
+
+# ---------------------------------------------------------------------------------------- chunked evaluation
+
+
+@dataclass
+class RetrievalResult:
+    """Per-query outcomes of one chunked evaluation, plus the pair-verification AP and PR curve."""
+
+    ranks: np.ndarray  # (Q,) int64: gallery items scored strictly higher than the true tile
+    positive_scores: np.ndarray  # (Q,) float32
+    top1: np.ndarray  # (Q,) int64 gallery index of the best-scored tile (first one on ties)
+    top1_scores: np.ndarray  # (Q,) float32
+    n_gallery: int
+    set_ranks: np.ndarray | None = None  # (Q,) rank of the best of {true tile} ∪ semi-positives
+    topk: np.ndarray | None = None  # (Q, k) int64 indices, best first
+    topk_scores: np.ndarray | None = None
+    pair_ap: float = float("nan")
+    pair_pr: dict[str, list[float]] = field(default_factory=dict)
+    n_pairs: int = 0
+
+    def recalls(self, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+        return recall_at_k(self.ranks, self.n_gallery, ks)
+
+    @property
+    def hit_rate(self) -> float:
+        """VIGOR hit rate; equals R@1 when no semi-positives were given."""
+        ranks = self.ranks if self.set_ranks is None else self.set_ranks
+        return float(np.mean(ranks < 1)) if ranks.size else float("nan")
+
+
+def recall_at_k(ranks: np.ndarray, n_gallery: int, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """{"R@k": share of ranks < k} for each k, plus "R@1%" with k = max(1, n_gallery // 100)."""
+    ranks = np.asarray(ranks)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"R@{int(k)}"] = float(np.mean(ranks < int(k))) if ranks.size else float("nan")
+    k1 = max(1, int(n_gallery) // 100)
+    out["R@1%"] = float(np.mean(ranks < k1)) if ranks.size else float("nan")
+    return out
+
+
+def retrieval_metrics(
+    query: Any, gallery: Any, positives: Any, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
+    """Recall@K (for each k in ``ks``) and Recall@1% of ground→aerial retrieval, in bounded memory.
+
+    ``query`` (Q×d) and ``gallery`` (N×d) are L2-normalised embeddings (scores are dot products);
+    ``positives[i]`` is query i's true gallery index.
+    """
+    result = evaluate_retrieval(query, gallery, positives, pair_ap=False)
+    return result.recalls(ks)
+
+
+def evaluate_retrieval(
+    query: Any,
+    gallery: Any,
+    positives: Any,
+    *,
+    semi_positives: Sequence[Sequence[int]] | None = None,
+    topk: int = 0,
+    pair_ap: bool = True,
+    block_elements: int = 1 << 24,
+    gallery_chunk: int = 8192,
+    device: str = "cpu",
+    bins: int = HIST_BINS,
+    pr_points: int = 512,
+    progress: Callable[[int, int], None] | None = None,
+) -> RetrievalResult:
+    """Every retrieval metric in one pass over the gallery, one block of at most ``block_elements`` scores.
+
+    ``gallery`` may be a memory-mapped array: it is read one chunk of ``gallery_chunk`` rows at a time, once.
+    ``semi_positives[i]`` lists query i's semi-positive gallery indices (hit rate). ``progress(done, total)``
+    is called after each gallery chunk with gallery rows done.
+    """
+    import torch
+
+    q_np = np.ascontiguousarray(np.asarray(query, dtype=np.float32))
+    if q_np.ndim != 2:
+        raise ValueError(f"query must be a 2-D (Q, d) array, got shape {q_np.shape}")
+    if gallery.ndim != 2 or gallery.shape[1] != q_np.shape[1]:
+        raise ValueError(f"gallery must be (N, {q_np.shape[1]}) like the query, got {tuple(gallery.shape)}")
+    if not np.isfinite(q_np).all():
+        raise ValueError("query embeddings contain NaN or infinite values")
+    n_q, n_g = q_np.shape[0], int(gallery.shape[0])
+    if n_g == 0:
+        raise ValueError("empty gallery")
+    pos = np.asarray(positives, dtype=np.int64).ravel()
+    if pos.shape[0] != n_q:
+        raise ValueError(f"positives has {pos.shape[0]} entries for {n_q} queries")
+    if n_q and (pos.min() < 0 or pos.max() >= n_g):
+        raise ValueError(f"positives must be gallery indices in [0, {n_g}); got [{pos.min()}, {pos.max()}]")
+    if semi_positives is not None and len(semi_positives) != n_q:
+        raise ValueError(f"semi_positives has {len(semi_positives)} entries for {n_q} queries")
+    topk = int(min(max(topk, 0), n_g))
+
+    dev = torch.device(device)
+    q = torch.from_numpy(q_np).to(dev)
+    g_chunk = max(1, min(gallery_chunk, n_g))
+    q_chunk = max(1, min(n_q, block_elements // g_chunk)) if n_q else 1
+    q_slices = [slice(a, min(a + q_chunk, n_q)) for a in range(0, n_q, q_chunk)]
+
+    def gallery_rows(index: Any) -> torch.Tensor:
+        rows = np.ascontiguousarray(np.asarray(gallery[index], dtype=np.float32))
+        if not np.isfinite(rows).all():
+            raise ValueError("gallery embeddings contain NaN or infinite values")
+        return torch.from_numpy(rows).to(dev)
+
+    # Pre-pass: each query's positive score (and the best score over its semi-positive set), by GEMM, so
+    # values match the ones inside the big blocks.
+    pos_scores = torch.empty(n_q, dtype=torch.float32, device=dev)
+    set_scores = torch.empty(n_q, dtype=torch.float32, device=dev) if semi_positives is not None else None
+    for sl in q_slices:
+        idx = pos[sl]
+        uniq, inv = np.unique(idx, return_inverse=True)
+        block = q[sl] @ gallery_rows(uniq).T
+        pos_scores[sl] = block[torch.arange(block.shape[0], device=dev), torch.from_numpy(inv).to(dev)]
+        if set_scores is not None:
+            assert semi_positives is not None
+            members = [
+                np.concatenate(([p], np.asarray(s, dtype=np.int64)))
+                for p, s in zip(idx, semi_positives[sl], strict=True)
+            ]
+            flat = np.concatenate(members)
+            if flat.size and (flat.min() < 0 or flat.max() >= n_g):
+                raise ValueError(f"semi_positives must be gallery indices in [0, {n_g})")
+            uniq_s, inv_s = np.unique(flat, return_inverse=True)
+            sblock = q[sl] @ gallery_rows(uniq_s).T
+            mask = torch.zeros_like(sblock, dtype=torch.bool)
+            rows = np.repeat(np.arange(len(members)), [m.size for m in members])
+            mask[torch.from_numpy(rows).to(dev), torch.from_numpy(inv_s).to(dev)] = True
+            set_scores[sl] = sblock.masked_fill(~mask, -math.inf).max(dim=1).values
+
+    ranks = torch.zeros(n_q, dtype=torch.int64, device=dev)
+    set_ranks = torch.zeros(n_q, dtype=torch.int64, device=dev) if set_scores is not None else None
+    best_val = torch.full((n_q,), -math.inf, dtype=torch.float32, device=dev)
+    best_idx = torch.zeros(n_q, dtype=torch.int64, device=dev)
+    top_val = torch.empty((n_q, 0), dtype=torch.float32, device=dev)
+    top_idx = torch.empty((n_q, 0), dtype=torch.int64, device=dev)
+    pos_t = torch.from_numpy(pos).to(dev)
+
+    acc = _PairAPAccumulator(pos_scores, bins=bins, device=dev) if pair_ap and n_q else None
+
+    for g0 in range(0, n_g, g_chunk):
+        g1 = min(g0 + g_chunk, n_g)
+        g = gallery_rows(slice(g0, g1))
+        new_top_val, new_top_idx = [], []
+        for sl in q_slices:
+            s = q[sl] @ g.T  # (q_chunk, g_chunk)
+            p = pos_scores[sl]
+            ranks[sl] += (s > p[:, None]).sum(dim=1)
+            # never count the true tile against itself, whatever its in-block value is
+            local = pos_t[sl] - g0
+            inside = (local >= 0) & (local < (g1 - g0))
+            if bool(inside.any()):
+                rows = torch.nonzero(inside).squeeze(1)
+                own = s[rows, local[rows]]
+                ranks[sl.start + rows] -= (own > p[rows]).long()
+            if set_ranks is not None and set_scores is not None:
+                set_ranks[sl] += (s > set_scores[sl][:, None]).sum(dim=1)
+            v, ix = s.max(dim=1)
+            better = v > best_val[sl]
+            best_val[sl] = torch.where(better, v, best_val[sl])
+            best_idx[sl] = torch.where(better, ix + g0, best_idx[sl])
+            if topk:
+                k = min(topk, g1 - g0)
+                tv, ti = torch.topk(s, k, dim=1)
+                mv = torch.cat([top_val[sl], tv], dim=1)
+                mi = torch.cat([top_idx[sl], ti + g0], dim=1)
+                kk = min(topk, mv.shape[1])
+                bv, order = torch.topk(mv, kk, dim=1)
+                new_top_val.append(bv)
+                new_top_idx.append(torch.gather(mi, 1, order))
+            if acc is not None:
+                acc.add(s)
+        if topk:
+            top_val, top_idx = torch.cat(new_top_val), torch.cat(new_top_idx)
+        if progress is not None:
+            progress(g1, n_g)
+
+    result = RetrievalResult(
+        ranks=ranks.cpu().numpy(),
+        positive_scores=pos_scores.cpu().numpy(),
+        top1=best_idx.cpu().numpy(),
+        top1_scores=best_val.cpu().numpy(),
+        n_gallery=n_g,
+        set_ranks=set_ranks.cpu().numpy() if set_ranks is not None else None,
+        topk=top_idx.cpu().numpy() if topk else None,
+        topk_scores=top_val.cpu().numpy() if topk else None,
+        n_pairs=n_q * n_g,
+    )
+    if acc is not None:
+        result.pair_ap, result.pair_pr = acc.finish(pr_points)
+    return result
+
+
+class _PairAPAccumulator:
+    """Exact pair-verification AP from a fine score histogram plus exact buckets for threshold bins."""
+
+    def __init__(self, positive_scores: Any, *, bins: int, device: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.bins = int(bins)
+        lo, hi = HIST_RANGE
+        self.lo, self.scale = lo, self.bins / (hi - lo)
+        pos_sorted = torch.sort(positive_scores).values
+        self.thresholds, self.multiplicity = torch.unique_consecutive(pos_sorted, return_counts=True)
+        self.n_pos = int(positive_scores.numel())
+        self.hist = torch.zeros(self.bins, dtype=torch.int64, device=device)
+        self.buckets = torch.zeros(self.thresholds.numel() + 1, dtype=torch.int64, device=device)
+        self.threshold_bins = self._bin(self.thresholds)
+        self.mixed = torch.zeros(self.bins, dtype=torch.bool, device=device)
+        self.mixed[self.threshold_bins] = True
+
+    def _bin(self, s: Any) -> Any:
+        return ((s - self.lo) * self.scale).floor_().clamp_(0, self.bins - 1).long()
+
+    def add(self, s: Any) -> None:
+        torch = self.torch
+        flat = s.reshape(-1)
+        idx = self._bin(flat)
+        self.hist += torch.bincount(idx, minlength=self.bins)
+        vals = flat[self.mixed[idx]]
+        if vals.numel():
+            r = torch.searchsorted(self.thresholds, vals, right=True)  # thresholds <= value
+            self.buckets += torch.bincount(r, minlength=self.buckets.numel())
+
+    def finish(self, pr_points: int) -> tuple[float, dict[str, list[float]]]:
+        torch = self.torch
+        clean = self.hist.masked_fill(self.mixed, 0)
+        # above[b] = pairs in threshold-free bins strictly above bin b
+        suffix = torch.flip(torch.cumsum(torch.flip(clean, [0]), 0), [0])
+        above = torch.cat([suffix[1:], torch.zeros(1, dtype=torch.int64, device=suffix.device)])
+        # pairs in threshold bins with at least k+1 thresholds <= their score, i.e. score >= thresholds[k]
+        bucket_ge = torch.flip(torch.cumsum(torch.flip(self.buckets, [0]), 0), [0])[1:]
+        count_ge = (above[self.threshold_bins] + bucket_ge).double().cpu().numpy()
+        mult = self.multiplicity.double().cpu().numpy()
+        tp_ge = np.cumsum(mult[::-1])[::-1]
+        count_ge = np.maximum(count_ge, tp_ge)
+        precision = tp_ge / count_ge
+        recall = tp_ge / self.n_pos
+        ap = float(np.sum(mult / self.n_pos * precision))
+        # highest threshold first, like the step-wise curve
+        return ap, _downsample_curve(recall[::-1].copy(), precision[::-1].copy(), pr_points)
+
+
+# ----------------------------------------------------------------------------------------- other measures
+
+
+def balanced_pair_ap(
+    query: Any, gallery: Any, positives: Any, *, seed: int = 0, pr_points: int = 512
+) -> tuple[float, dict[str, list[float]]]:
+    """AP and PR curve on a 1:1 sample: every query's true pair and as many uniformly drawn negative pairs."""
+    q = np.asarray(query, dtype=np.float32)
+    pos = np.asarray(positives, dtype=np.int64).ravel()
+    n_q, n_g = q.shape[0], int(gallery.shape[0])
+    if n_q == 0 or n_g < 2:
+        return float("nan"), {"recall": [], "precision": []}
+    rng = np.random.default_rng(seed)
+    neg_q = rng.integers(0, n_q, size=n_q)
+    neg_g = rng.integers(0, n_g - 1, size=n_q)
+    neg_g = neg_g + (neg_g >= pos[neg_q])  # uniform over tiles other than the query's true one
+    pos_s = np.einsum("ij,ij->i", q, np.asarray(gallery[pos], dtype=np.float32))
+    order = np.argsort(neg_g)  # sorted reads for memory-mapped galleries
+    neg_rows = np.empty((n_q, q.shape[1]), dtype=np.float32)
+    neg_rows[order] = np.asarray(gallery[neg_g[order]], dtype=np.float32)
+    neg_s = np.einsum("ij,ij->i", q[neg_q], neg_rows)
+    scores = np.concatenate([pos_s, neg_s])
+    labels = np.concatenate([np.ones(n_q, bool), np.zeros(n_q, bool)])
+    return average_precision(scores, labels), pr_curve(scores, labels, max_points=pr_points)
+
+
+def localisation_error(
+    *,
+    pred_lat: Any,
+    pred_lon: Any,
+    true_lat: Any,
+    true_lon: Any,
+    thresholds_m: Sequence[float] = LOCALISATION_THRESHOLDS_M,
+) -> dict[str, float]:
+    """Geodesic (WGS84) distance from each predicted location to the truth: median, mean, share within."""
+    from wherecnn.geo import distance_m
+
+    d = np.atleast_1d(np.asarray(distance_m(lat1=pred_lat, lon1=pred_lon, lat2=true_lat, lon2=true_lon)))
+    out: dict[str, float] = {
+        "median_m": float(np.median(d)) if d.size else float("nan"),
+        "mean_m": float(np.mean(d)) if d.size else float("nan"),
+    }
+    for t in thresholds_m:
+        out[f"within_{int(t)}m"] = float(np.mean(d <= t)) if d.size else float("nan")
+    return out
+
+
+def summarize(result: RetrievalResult, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """The flat metrics dict of one evaluation (recalls, hit rate, pair AP)."""
+    out = result.recalls(ks)
+    out["hit_rate"] = result.hit_rate
+    out["AP"] = result.pair_ap
+    out["queries"] = float(result.ranks.size)
+    out["gallery"] = float(result.n_gallery)
+    return out
