@@ -56,6 +56,14 @@ class _EngineHolder:
         self.error: str | None = None
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray Serve ships the app to replicas: each replica loads its own engine, and locks don't pickle."""
+        return {"settings": self.settings, "engine": None, "error": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def get(self) -> Any:
         if self.engine is not None:
             return self.engine
@@ -216,7 +224,7 @@ def create_app(settings: Any = None, engine: Any = None) -> FastAPI:
     @v1.post("/search", summary="Rank locations for a ground photo.")
     def search(
         image: Annotated[
-            UploadFile, File(description="The ground photo (JPEG/PNG/WebP); a panorama if ≥2.5:1.")
+            UploadFile, File(description="The ground photo (JPEG/PNG/WebP); a panorama if ≥2:1.")
         ],
         city: Annotated[
             list[str] | None, Form(description="City to search; repeat or comma-separate.")

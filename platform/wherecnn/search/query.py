@@ -21,8 +21,8 @@ from wherecnn.search.errors import BadParameterError, ImageTooLargeError, NotAnI
 
 ImageInput = bytes | bytearray | memoryview | str | Path | np.ndarray
 
-# A ground image at least this many times wider than tall is a panorama (the synthetic world's are 4:1).
-PANORAMA_MIN_ASPECT = 2.5
+# A ground image at least twice as wide as tall is a panorama, as the Embedder and training decide.
+PANORAMA_MIN_ASPECT = 2.0
 DEFAULT_PHOTO_FOV_DEG = 90.0
 MAX_K = 1000
 MAX_RADIUS_M = 1_000_000.0
