@@ -37,8 +37,12 @@ def test_offset_round_trip_and_distance(lat: float, lon: float, east: float, nor
 
 
 @settings(max_examples=100, deadline=None)
-@given(lat=st.floats(min_value=-70, max_value=70), lon=st.floats(min_value=-170, max_value=170),
-       east=offsets, north=offsets)
+@given(
+    lat=st.floats(min_value=-70, max_value=70),
+    lon=st.floats(min_value=-170, max_value=170),
+    east=offsets,
+    north=offsets,
+)
 def test_local_grid_round_trip(lat: float, lon: float, east: float, north: float) -> None:
     grid = geo.LocalGrid.at(lat=lat, lon=lon)
     la, lo = grid.to_wgs84(x_m=east, y_m=north)

@@ -1,0 +1,607 @@
+"""Check a manifest folder (captures / tiles / pairs GeoParquet) against the column contracts.
+
+Read-only: nothing is modified. Every problem names the file, the row (0-based position in the table) and the
+field, so a person can fix the data; `wherecnn validate DIR` prints them and exits non-zero on any error.
+Unknown locations (NaN lat/lon, e.g. CVUSA without ``split_locations/all.csv``) are warnings, not errors:
+such rows still train, they just cannot be placed on a map.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from wherecnn import storage
+from wherecnn.data.manifest import (
+    CAPTURE_COLUMNS,
+    CAPTURES,
+    CRS,
+    PAIR_COLUMNS,
+    PAIRS,
+    TILE_COLUMNS,
+    TILES,
+    resolve_uris,
+)
+
+Severity = Literal["error", "warning"]
+_KIND_NAMES = {"O": "string", "f": "float", "i": "integer", "b": "bool"}
+# positional tolerance between geometry and lat/lon columns (degrees; ~1 cm)
+_GEOM_TOL_DEG = 1e-7
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding. ``row`` is the 0-based row position in ``file`` (None for file-level problems)."""
+
+    file: str
+    row: int | None
+    field: str | None
+    kind: str
+    message: str
+    severity: Severity = "error"
+
+    def where(self) -> str:
+        parts = [self.file]
+        if self.row is not None:
+            parts.append(f"row {self.row}")
+        if self.field:
+            parts.append(f"field {self.field!r}")
+        return ", ".join(parts)
+
+
+@dataclass
+class ValidationReport:
+    """All findings of one folder; ``counts`` holds the full number per (file, kind) even when capped."""
+
+    directory: str
+    rows: dict[str, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    uris_checked: int = 0
+    cap: int = 10_000
+
+    def add(self, problem: Problem) -> None:
+        key = (problem.file, problem.kind, problem.severity)
+        self.counts[key] += 1
+        if self.counts[key] <= self.cap:
+            self.problems.append(problem)
+
+    @property
+    def n_errors(self) -> int:
+        return sum(n for (_, _, sev), n in self.counts.items() if sev == "error")
+
+    @property
+    def n_warnings(self) -> int:
+        return sum(n for (_, _, sev), n in self.counts.items() if sev == "warning")
+
+    @property
+    def ok(self) -> bool:
+        return self.n_errors == 0
+
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def by_kind(self) -> dict[tuple[str, str, str], list[Problem]]:
+        out: dict[tuple[str, str, str], list[Problem]] = {}
+        for p in self.problems:
+            out.setdefault((p.file, p.kind, p.severity), []).append(p)
+        return out
+
+    def to_dict(self, limit_per_kind: int | None = None) -> dict[str, Any]:
+        problems = []
+        for _, items in self.by_kind().items():
+            problems.extend(asdict(p) for p in items[:limit_per_kind])
+        return {
+            "directory": self.directory,
+            "ok": self.ok,
+            "errors": self.n_errors,
+            "warnings": self.n_warnings,
+            "rows": self.rows,
+            "uris_checked": self.uris_checked,
+            "counts": [
+                {"file": f, "kind": k, "severity": s, "count": n}
+                for (f, k, s), n in sorted(self.counts.items())
+            ],
+            "problems": problems,
+        }
+
+    def to_json(self, limit_per_kind: int | None = None) -> str:
+        return json.dumps(self.to_dict(limit_per_kind), indent=2, default=str)
+
+
+Progress = Callable[[int, int], None]
+
+
+def validate_dir(
+    directory: str | Path,
+    *,
+    check_uris: bool = True,
+    workers: int = 16,
+    progress: Progress | None = None,
+    cap: int = 10_000,
+) -> ValidationReport:
+    """Validate ``captures.parquet``, ``tiles.parquet`` and ``pairs.parquet`` in ``directory``.
+
+    ``progress(done, total)`` is called while URIs are checked (the slow part on S3).
+    """
+    root = Path(directory)
+    report = ValidationReport(directory=str(root), cap=cap)
+    if not root.is_dir():
+        report.add(Problem(str(root), None, None, "missing-folder", f"no such folder: {root}"))
+        return report
+
+    captures = _read_geo(root / CAPTURES, report)
+    tiles = _read_geo(root / TILES, report)
+    pairs = _read_plain(root / PAIRS, report)
+
+    capture_ids: set[str] = set()
+    tile_ids: set[str] = set()
+    uri_rows: list[tuple[str, int, str]] = []  # (file, row, absolute uri)
+    if captures is not None:
+        _check_table(CAPTURES, captures, CAPTURE_COLUMNS, "capture_id", report)
+        _check_points(CAPTURES, captures, report)
+        _check_capture_values(captures, report)
+        capture_ids = _id_set(captures, "capture_id")
+        uri_rows += _uris(CAPTURES, captures, root)
+    if tiles is not None:
+        _check_table(TILES, tiles, TILE_COLUMNS, "tile_id", report)
+        _check_footprints(TILES, tiles, report)
+        _check_tile_values(tiles, report)
+        tile_ids = _id_set(tiles, "tile_id")
+        uri_rows += _uris(TILES, tiles, root)
+    if pairs is not None:
+        _check_table(PAIRS, pairs, PAIR_COLUMNS, None, report)
+        _check_pairs(
+            pairs,
+            capture_ids if captures is not None else None,
+            tile_ids if tiles is not None else None,
+            report,
+        )
+    if check_uris and uri_rows:
+        _check_uris(uri_rows, report, workers=workers, progress=progress)
+    return report
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def _read_geo(path: Path, report: ValidationReport) -> pd.DataFrame | None:
+    import geopandas as gpd
+
+    name = path.name
+    if not path.exists():
+        report.add(Problem(name, None, None, "missing-file", f"{path} does not exist"))
+        return None
+    try:
+        frame = gpd.read_parquet(path)
+    except ValueError as exc:  # plain parquet without GeoParquet metadata
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc2:
+            report.add(Problem(name, None, None, "unreadable", f"cannot read {path}: {exc2}"))
+            return None
+        report.add(
+            Problem(
+                name,
+                None,
+                "geometry",
+                "not-geoparquet",
+                f"not a GeoParquet file (no 'geo' metadata / geometry column): {exc}",
+            )
+        )
+        report.rows[name] = len(frame)
+        return frame.reset_index(drop=True)
+    except Exception as exc:
+        report.add(Problem(name, None, None, "unreadable", f"cannot read {path}: {exc}"))
+        return None
+    report.rows[name] = len(frame)
+    crs = frame.crs
+    if crs is None:
+        report.add(
+            Problem(name, None, "geometry", "crs", f"no CRS set; expected {CRS} (WGS84, x=lon, y=lat)")
+        )
+    elif crs.to_epsg() != 4326:
+        report.add(Problem(name, None, "geometry", "crs", f"CRS is {crs.to_string()}; expected {CRS}"))
+    return frame.reset_index(drop=True)
+
+
+def _read_plain(path: Path, report: ValidationReport) -> pd.DataFrame | None:
+    name = path.name
+    if not path.exists():
+        report.add(Problem(name, None, None, "missing-file", f"{path} does not exist"))
+        return None
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:
+        report.add(Problem(name, None, None, "unreadable", f"cannot read {path}: {exc}"))
+        return None
+    report.rows[name] = len(frame)
+    return frame.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------- columns
+
+
+def _check_table(
+    name: str, frame: pd.DataFrame, contract: dict[str, str], id_col: str | None, report: ValidationReport
+) -> None:
+    for col, kind in contract.items():
+        if col not in frame.columns:
+            report.add(
+                Problem(
+                    name,
+                    None,
+                    col,
+                    "missing-column",
+                    f"missing column {col!r} (expected {_KIND_NAMES[kind]})",
+                )
+            )
+            continue
+        _check_type(name, frame[col], col, kind, report)
+    if id_col and id_col in frame.columns:
+        ids = frame[id_col]
+        for row in np.flatnonzero(ids.isna().to_numpy()):
+            report.add(Problem(name, int(row), id_col, "null-id", f"{id_col} is null"))
+        dup = ids.duplicated(keep="first") & ids.notna()
+        if dup.any():
+            first = {v: i for i, v in reversed(list(enumerate(ids)))}
+            for row in np.flatnonzero(dup.to_numpy()):
+                value = ids.iloc[row]
+                report.add(
+                    Problem(
+                        name,
+                        int(row),
+                        id_col,
+                        "duplicate-id",
+                        f"duplicate {id_col} {value!r} (first at row {first[value]})",
+                    )
+                )
+
+
+def _check_type(name: str, col: pd.Series, field_name: str, kind: str, report: ValidationReport) -> None:
+    actual = col.dtype.kind
+    if kind == "f":
+        if actual in "fiu":
+            return
+        if actual == "O":  # maybe numbers stored as strings: report rows that are not numbers
+            report.add(
+                Problem(
+                    name,
+                    None,
+                    field_name,
+                    "wrong-type",
+                    f"column {field_name!r} has dtype {col.dtype}; expected float",
+                )
+            )
+            return
+        report.add(
+            Problem(
+                name,
+                None,
+                field_name,
+                "wrong-type",
+                f"column {field_name!r} has dtype {col.dtype}; expected float",
+            )
+        )
+        return
+    if kind == "O":
+        if field_name == "semi_positive_tile_ids":
+            for row, value in enumerate(col):
+                if value is None:
+                    continue
+                if not isinstance(value, (list, tuple, np.ndarray)) or not all(
+                    isinstance(v, str) for v in value
+                ):
+                    report.add(
+                        Problem(
+                            name,
+                            row,
+                            field_name,
+                            "wrong-type",
+                            f"expected a list of tile_id strings, got {type(value).__name__}",
+                        )
+                    )
+            return
+        if actual not in ("O", "U", "T") and not isinstance(col.dtype, pd.StringDtype):
+            report.add(
+                Problem(
+                    name,
+                    None,
+                    field_name,
+                    "wrong-type",
+                    f"column {field_name!r} has dtype {col.dtype}; expected string",
+                )
+            )
+            return
+        bad = [i for i, v in enumerate(col) if v is not None and not isinstance(v, str) and not _isnan(v)]
+        for row in bad:
+            report.add(
+                Problem(
+                    name,
+                    row,
+                    field_name,
+                    "wrong-type",
+                    f"expected a string, got {type(col.iloc[row]).__name__} {col.iloc[row]!r}",
+                )
+            )
+        return
+
+
+def _isnan(v: object) -> bool:
+    return isinstance(v, float) and np.isnan(v)
+
+
+def _num(frame: pd.DataFrame, col: str) -> np.ndarray | None:
+    if col not in frame.columns or frame[col].dtype.kind not in "fiu":
+        return None
+    return frame[col].to_numpy(dtype=np.float64)
+
+
+def _check_lat_lon(name: str, frame: pd.DataFrame, report: ValidationReport) -> np.ndarray:
+    """Range checks; returns a mask of rows with a valid known location."""
+    lat, lon = _num(frame, "lat"), _num(frame, "lon")
+    if lat is None or lon is None:
+        return np.zeros(len(frame), dtype=bool)
+    unknown = np.isnan(lat) | np.isnan(lon)
+    for row in np.flatnonzero(unknown):
+        report.add(
+            Problem(
+                name, int(row), "lat/lon", "unknown-location", "lat/lon is NaN (location unknown)", "warning"
+            )
+        )
+    with np.errstate(invalid="ignore"):
+        bad_lat = ~unknown & ~(np.abs(lat) <= 90.0)
+        bad_lon = ~unknown & ~(np.abs(lon) <= 180.0)
+    for row in np.flatnonzero(bad_lat):
+        hint = " (lat and lon swapped?)" if abs(lon[row]) <= 90.0 else ""
+        report.add(Problem(name, int(row), "lat", "out-of-range", f"lat {lat[row]} outside [-90, 90]{hint}"))
+    for row in np.flatnonzero(bad_lon):
+        report.add(Problem(name, int(row), "lon", "out-of-range", f"lon {lon[row]} outside [-180, 180]"))
+    return ~unknown & ~bad_lat & ~bad_lon
+
+
+def _check_points(name: str, frame: pd.DataFrame, report: ValidationReport) -> None:
+    valid = _check_lat_lon(name, frame, report)
+    if "geometry" not in frame.columns or not hasattr(frame, "geometry"):
+        return
+    lat, lon = _num(frame, "lat"), _num(frame, "lon")
+    geoms = frame.geometry
+    for row in range(len(frame)):
+        g = geoms.iloc[row]
+        if g is None or g.is_empty:
+            if valid[row]:
+                report.add(
+                    Problem(
+                        name, row, "geometry", "geometry-mismatch", "geometry is empty but lat/lon are set"
+                    )
+                )
+            continue
+        if g.geom_type != "Point":
+            report.add(
+                Problem(name, row, "geometry", "geometry-type", f"expected a Point, got {g.geom_type}")
+            )
+            continue
+        if not valid[row] or lat is None or lon is None:
+            continue
+        x, y = g.x, g.y
+        if abs(x - lon[row]) > _GEOM_TOL_DEG or abs(y - lat[row]) > _GEOM_TOL_DEG:
+            swapped = abs(x - lat[row]) <= _GEOM_TOL_DEG and abs(y - lon[row]) <= _GEOM_TOL_DEG
+            hint = " — x/y swapped: geometry must be (x=lon, y=lat)" if swapped else ""
+            report.add(
+                Problem(
+                    name,
+                    row,
+                    "geometry",
+                    "geometry-mismatch",
+                    f"point ({x}, {y}) does not match lon/lat ({lon[row]}, {lat[row]}){hint}",
+                )
+            )
+
+
+def _check_footprints(name: str, frame: pd.DataFrame, report: ValidationReport) -> None:
+    from shapely.geometry import Point
+
+    valid = _check_lat_lon(name, frame, report)
+    if "geometry" not in frame.columns or not hasattr(frame, "geometry"):
+        return
+    lat, lon = _num(frame, "lat"), _num(frame, "lon")
+    geoms = frame.geometry
+    for row in range(len(frame)):
+        g = geoms.iloc[row]
+        if g is None or g.is_empty:
+            if valid[row]:
+                report.add(
+                    Problem(
+                        name, row, "geometry", "geometry-mismatch", "footprint is empty but lat/lon are set"
+                    )
+                )
+            continue
+        if g.geom_type not in ("Polygon", "MultiPolygon"):
+            report.add(
+                Problem(
+                    name, row, "geometry", "geometry-type", f"expected a footprint Polygon, got {g.geom_type}"
+                )
+            )
+            continue
+        if not valid[row] or lat is None or lon is None:
+            continue
+        centre = Point(lon[row], lat[row])
+        if not g.buffer(_GEOM_TOL_DEG).contains(centre):
+            swapped = g.buffer(_GEOM_TOL_DEG).contains(Point(lat[row], lon[row]))
+            hint = " — x/y swapped: geometry must be (x=lon, y=lat)" if swapped else ""
+            b = g.bounds
+            report.add(
+                Problem(
+                    name,
+                    row,
+                    "geometry",
+                    "geometry-mismatch",
+                    f"tile centre (lat {lat[row]}, lon {lon[row]}) lies outside its footprint "
+                    f"(lon {b[0]:.6f}..{b[2]:.6f}, lat {b[1]:.6f}..{b[3]:.6f}){hint}",
+                )
+            )
+
+
+def _check_required_strings(
+    name: str, frame: pd.DataFrame, cols: Iterable[str], report: ValidationReport
+) -> None:
+    for col in cols:
+        if col not in frame.columns:
+            continue
+        values = frame[col]
+        empty = values.isna() | (values.astype(str).str.len() == 0)
+        for row in np.flatnonzero(empty.to_numpy()):
+            report.add(Problem(name, int(row), col, "null-value", f"{col} is null or empty"))
+
+
+def _check_capture_values(frame: pd.DataFrame, report: ValidationReport) -> None:
+    _check_required_strings(CAPTURES, frame, ("city", "uri", "split"), report)
+    fov = _num(frame, "fov_deg")
+    if fov is not None:
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isnan(fov) & ~((fov > 0) & (fov <= 360))
+        for row in np.flatnonzero(bad):
+            report.add(
+                Problem(CAPTURES, int(row), "fov_deg", "out-of-range", f"fov_deg {fov[row]} not in (0, 360]")
+            )
+    heading = _num(frame, "heading_deg")
+    if heading is not None:
+        bad = ~np.isnan(heading) & ~np.isfinite(heading)
+        for row in np.flatnonzero(bad):
+            report.add(
+                Problem(
+                    CAPTURES,
+                    int(row),
+                    "heading_deg",
+                    "out-of-range",
+                    f"heading_deg {heading[row]} is not finite",
+                )
+            )
+
+
+def _check_tile_values(frame: pd.DataFrame, report: ValidationReport) -> None:
+    _check_required_strings(TILES, frame, ("city", "uri", "split"), report)
+    gsd = _num(frame, "gsd_m")
+    if gsd is not None:
+        unknown = np.isnan(gsd)
+        for row in np.flatnonzero(unknown):
+            report.add(
+                Problem(TILES, int(row), "gsd_m", "unknown-gsd", "gsd_m is NaN (scale unknown)", "warning")
+            )
+        with np.errstate(invalid="ignore"):
+            bad = ~unknown & ~((gsd > 0) & np.isfinite(gsd))
+        for row in np.flatnonzero(bad):
+            report.add(Problem(TILES, int(row), "gsd_m", "out-of-range", f"gsd_m {gsd[row]} must be > 0"))
+
+
+def _check_pairs(
+    pairs: pd.DataFrame, capture_ids: set[str] | None, tile_ids: set[str] | None, report: ValidationReport
+) -> None:
+    _check_required_strings(PAIRS, pairs, ("capture_id", "tile_id", "track"), report)
+    if "capture_id" in pairs.columns and capture_ids is not None:
+        for row, cid in enumerate(pairs["capture_id"]):
+            if isinstance(cid, str) and cid not in capture_ids:
+                report.add(
+                    Problem(
+                        PAIRS, row, "capture_id", "dangling-capture", f"capture {cid!r} is not in {CAPTURES}"
+                    )
+                )
+    if "tile_id" in pairs.columns and tile_ids is not None:
+        for row, tid in enumerate(pairs["tile_id"]):
+            if isinstance(tid, str) and tid not in tile_ids:
+                report.add(
+                    Problem(
+                        PAIRS, row, "tile_id", "dangling-positive", f"positive tile {tid!r} is not in {TILES}"
+                    )
+                )
+    if "semi_positive_tile_ids" in pairs.columns and tile_ids is not None:
+        for row, ids in enumerate(pairs["semi_positive_tile_ids"]):
+            if ids is None or not isinstance(ids, (list, tuple, np.ndarray)):
+                continue
+            for tid in ids:
+                if isinstance(tid, str) and tid not in tile_ids:
+                    report.add(
+                        Problem(
+                            PAIRS,
+                            row,
+                            "semi_positive_tile_ids",
+                            "dangling-semi-positive",
+                            f"semi-positive tile {tid!r} is not in {TILES}",
+                        )
+                    )
+    if {"capture_id", "tile_id", "track"} <= set(pairs.columns):
+        dup = pairs.duplicated(subset=["capture_id", "tile_id", "track"], keep="first")
+        for row in np.flatnonzero(dup.to_numpy()):
+            report.add(
+                Problem(
+                    PAIRS,
+                    int(row),
+                    "capture_id",
+                    "duplicate-pair",
+                    f"pair ({pairs['capture_id'].iloc[row]!r}, {pairs['tile_id'].iloc[row]!r}, "
+                    f"{pairs['track'].iloc[row]!r}) appears more than once",
+                )
+            )
+
+
+# ------------------------------------------------------------------------------------------- URIs
+
+
+def _id_set(frame: pd.DataFrame, col: str) -> set[str]:
+    if col not in frame.columns:
+        return set()
+    return {v for v in frame[col] if isinstance(v, str)}
+
+
+def _uris(name: str, frame: pd.DataFrame, root: Path) -> list[tuple[str, int, str]]:
+    if "uri" not in frame.columns:
+        return []
+    resolved = resolve_uris(frame[["uri"]].copy(), root)["uri"]
+    return [(name, row, u) for row, u in enumerate(resolved) if isinstance(u, str) and u]
+
+
+def _check_uris(
+    uri_rows: list[tuple[str, int, str]], report: ValidationReport, *, workers: int, progress: Progress | None
+) -> None:
+    unique = sorted({u for _, _, u in uri_rows})
+    report.uris_checked = len(unique)
+    status: dict[str, str | None] = {}  # uri -> None (ok) or a reason
+
+    def check(uri: str) -> tuple[str, str | None]:
+        try:
+            return uri, (None if storage.exists(uri) else "does not exist")
+        except ValueError as exc:  # unsupported scheme
+            return uri, str(exc)
+        except OSError as exc:
+            return uri, f"cannot be checked: {exc}"
+
+    local = [u for u in unique if not storage.is_s3(u)]
+    remote = [u for u in unique if storage.is_s3(u)]
+    done = 0
+    total = len(unique)
+    for uri in local:
+        status[uri] = check(uri)[1]
+        done += 1
+        if progress and done % 1000 == 0:
+            progress(done, total)
+    if remote:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for uri, reason in pool.map(check, remote):
+                status[uri] = reason
+                done += 1
+                if progress and done % 100 == 0:
+                    progress(done, total)
+    if progress:
+        progress(total, total)
+    for name, row, uri in uri_rows:
+        reason = status.get(uri)
+        if reason is not None:
+            report.add(Problem(name, row, "uri", "unresolved-uri", f"{uri} {reason}"))
