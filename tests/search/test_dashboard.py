@@ -1,0 +1,126 @@
+"""The Streamlit dashboard through `streamlit.testing.v1.AppTest`, on a miniature demo folder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .demo_fixture import build_demo_dir, demo_env
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_demo_dir(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture()
+def demo_settings(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    from wherecnn.config import reset_settings_cache
+
+    for key, value in demo_env(demo_dir).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WHERECNN_API_URL", raising=False)
+    reset_settings_cache()
+    yield demo_dir
+    reset_settings_cache()
+
+
+def _app() -> object:
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(APP, default_timeout=180)
+
+
+def _deck(at: object) -> dict:
+    charts = at.get("deck_gl_json_chart")  # type: ignore[attr-defined]
+    assert charts, "no map on the page"
+    return json.loads(charts[0].proto.json)
+
+
+def _layer(spec: dict, layer_id: str) -> dict | None:
+    return next((layer for layer in spec["layers"] if layer.get("id") == layer_id), None)
+
+
+def _photo() -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    img = np.kron(rng.integers(0, 255, (4, 16, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_upload_choose_city_ranked_table_and_map(demo_settings: Path) -> None:
+    at = _app()
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Upload a ground photo" in i.value for i in at.info)
+    at.file_uploader(key="upload").upload("street.jpg", _photo(), "image/jpeg").run()
+    at.multiselect(key="cities").set_value(["beta"]).run()
+    at.slider(key="k").set_value(4).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert list(table["city"].unique()) == ["beta"]
+    assert list(table["rank"]) == [1, 2, 3, 4]
+    assert list(table["score"]) == sorted(table["score"], reverse=True)
+    spec = _deck(at)
+    candidates = _layer(spec, "candidates")
+    assert candidates is not None
+    points = sorted(candidates["data"], key=lambda p: p["rank"])
+    assert [p["tile_id"] for p in points] == list(table["tile_id"])
+    assert [(round(p["lat"], 6), round(p["lon"], 6)) for p in points] == [
+        (round(a, 6), round(b, 6)) for a, b in zip(table["lat"], table["lon"], strict=True)
+    ]
+    aerial = _layer(spec, "aerial")  # the city's own mosaic, warped to WGS84
+    assert aerial is not None and aerial["image"].startswith("data:image/png;base64,")
+    left, bottom, right, top = aerial["bounds"]
+    assert left < min(table["lon"]) < max(table["lon"]) < right and bottom < min(table["lat"]) < top
+    assert _layer(spec, "heatmap") is not None
+    labels = {b.label for b in at.get("download_button")}
+    assert {"⬇️ GeoJSON", "⬇️ CSV"} <= labels
+    at.toggle(key="heat").set_value(False).run()
+    assert _layer(_deck(at), "heatmap") is None
+
+
+def test_sample_capture_shows_truth(demo_settings: Path) -> None:
+    at = _app()
+    at.run()
+    at.radio(key="source").set_value("Sample from the dataset").run()
+    assert not at.exception, at.exception
+    spec = _deck(at)
+    truth = _layer(spec, "truth")
+    assert truth is not None and len(truth["data"]) == 1
+    import pandas as pd
+
+    captures = pd.read_parquet(demo_settings / "data" / "captures.parquet")
+    chosen = at.selectbox(key="sample").value
+    row = captures[captures["capture_id"] == chosen].iloc[0]
+    assert truth["data"][0]["lat"] == pytest.approx(row["lat"])
+    assert "distance_m" in at.dataframe[0].value.columns
+    assert any(m.label == "Error vs truth" for m in at.metric)
+
+
+def test_no_index_says_how_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wherecnn.config import reset_settings_cache
+
+    monkeypatch.setenv("WHERECNN_STORE", f"edge://{tmp_path / 'nothing'}")
+    monkeypatch.setenv("WHERECNN_CHECKPOINT", str(tmp_path / "no-checkpoint"))
+    monkeypatch.setenv("WHERECNN_DATA_DIR", str(tmp_path))
+    reset_settings_cache()
+    try:
+        at = _app()
+        at.run()
+        assert not at.exception, at.exception
+        assert any("No search index yet" in i.value for i in at.info)
+    finally:
+        reset_settings_cache()
