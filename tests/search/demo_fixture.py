@@ -2,8 +2,8 @@
 
 Layout as the demo writes it: DIR/data (captures.parquet + tiles.parquet + <city>/aerial.tif),
 DIR/checkpoint (an untrained seeded `dual-cpu` saved with the real checkpoint writer) and DIR/index (a Qdrant
-Edge store whose vectors come from that checkpoint's Embedder). Rankings are arbitrary with an untrained model; what the tests
-check is the plumbing.
+Edge store whose vectors come from that checkpoint's Embedder). Rankings are arbitrary (untrained model);
+what the tests check is the plumbing.
 """
 
 from __future__ import annotations
