@@ -21,7 +21,7 @@ from wherecnn.search.query import GeoPrior
 from wherecnn.search.saliency import overlay
 from wherecnn.search.views import aerial_overlay, build_deck, find_aerial, png_data_url
 
-st.set_page_config(page_title="wherecnn · where was this photo taken?", page_icon="🛰️", layout="wide")
+st.set_page_config(page_title="wherecnn · where was this photo taken?", page_icon="🌍", layout="wide")
 settings = get_settings()
 
 HOW_TO_BUILD = """
@@ -114,7 +114,7 @@ def tile_pixels(_backend: Any, key: str, tile_id: str) -> np.ndarray | None:
 
 # ---------------------------------------------------------------------------------------- page
 
-st.title("🛰️ wherecnn — where was this photo taken?")
+st.title("wherecnn — where was this photo taken?")
 st.caption(
     "A ground photo in; the likeliest places in each city out, matched against the city's aerial imagery."
 )
@@ -214,7 +214,7 @@ with st.sidebar:
     st.caption(f"{len(all_cities)} cities · {sum(c['tiles'] for c in cities_info):,} tiles · {mode}")
 
 if data is None:
-    st.info("⬅️ Upload a ground photo (or pick a sample capture) to see where it was taken.")
+    st.info("Upload a ground photo (or pick a sample capture) to see where it was taken.")
     st.dataframe(
         pd.DataFrame([{"city": c["name"], "tiles": c["tiles"]} for c in cities_info]), hide_index=True
     )
@@ -241,9 +241,9 @@ if ranked.empty or view.best is None:
     st.stop()
 
 best = view.best
-m = st.columns(5)
+m = st.columns([1.1, 1.9, 0.9, 1.0, 1.2])
 m[0].metric("Best guess", best["city"])
-m[1].metric("Location", f"{best['lat']:.5f}, {best['lon']:.5f}")
+m[1].metric("Location", f"{best['lat']:.4f}, {best['lon']:.4f}")
 m[2].metric("Score", f"{best['score']:.3f}")
 m[3].metric(
     "Confidence", f"{best['confidence']:.0%}", help="From the score margin over the best other place."
@@ -350,13 +350,15 @@ st.dataframe(
 )
 d1, d2, _ = st.columns([1, 1, 4])
 d1.download_button(
-    "⬇️ GeoJSON",
+    "Download GeoJSON",
     json.dumps(view.to_geojson(), indent=1),
     file_name="wherecnn-results.geojson",
     mime="application/geo+json",
     key="dl_geojson",
 )
-d2.download_button("⬇️ CSV", view.to_csv(), file_name="wherecnn-results.csv", mime="text/csv", key="dl_csv")
+d2.download_button(
+    "Download CSV", view.to_csv(), file_name="wherecnn-results.csv", mime="text/csv", key="dl_csv"
+)
 t = view.timings
 st.caption(
     f"decode {t.get('decode_ms', 0):.0f} ms · embed {t.get('embed_ms', 0):.0f} ms · "

@@ -87,7 +87,7 @@ def test_upload_choose_city_ranked_table_and_map(demo_settings: Path) -> None:
     assert left < min(table["lon"]) < max(table["lon"]) < right and bottom < min(table["lat"]) < top
     assert _layer(spec, "heatmap") is not None
     labels = {b.label for b in at.get("download_button")}
-    assert {"⬇️ GeoJSON", "⬇️ CSV"} <= labels
+    assert {"Download GeoJSON", "Download CSV"} <= labels
     at.toggle(key="heat").set_value(False).run()
     assert _layer(_deck(at), "heatmap") is None
 

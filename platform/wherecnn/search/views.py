@@ -95,7 +95,7 @@ def _literal(text: str) -> str:
     return f"'{text}'"
 
 
-def zoom_for(bounds: Bounds, *, width_px: int = 760) -> float:
+def zoom_for(bounds: Bounds, *, width_px: int = 540) -> float:
     """Web-mercator zoom that fits the bounds' larger side into about `width_px` pixels."""
     lat = (bounds.min_lat + bounds.max_lat) / 2
     metres = max(
@@ -124,7 +124,6 @@ def build_deck(
     truth: tuple[float, float] | None = None,
     prior: dict[str, Any] | None = None,
     basemap_url: str | None = None,
-    tile_size_m: float = 100.0,
 ) -> Any:
     """The pydeck map of one city: aerial base, optional heat map, ranked candidates, the true location."""
     import pydeck as pdk
@@ -142,7 +141,7 @@ def build_deck(
                 id="heatmap",
                 image=_literal(heatmap[0]),
                 bounds=heatmap[1].as_deck(),
-                opacity=0.75,
+                opacity=0.6,
             )
         )
     if prior and prior.get("kind") == "radius":
@@ -174,7 +173,7 @@ def build_deck(
                 "score": round(float(row["score"]), 4),
                 "tile_id": str(row["tile_id"]),
                 "city": city,
-                "radius": tile_size_m * (0.12 + 0.2 * rel),
+                "radius": 8.0 + 8.0 * rel,
                 "color": colour,
                 "label": str(int(row["rank"])),
                 "distance": ""
@@ -190,11 +189,11 @@ def build_deck(
                 data=points,
                 get_position=["lon", "lat"],
                 get_radius="radius",
+                radius_units="'pixels'",
                 get_fill_color="color",
                 get_line_color=[255, 255, 255],
                 stroked=True,
                 line_width_min_pixels=1.5,
-                radius_min_pixels=9,
                 pickable=True,
             )
         )
@@ -220,8 +219,8 @@ def build_deck(
                 id="truth",
                 data=[{"lat": truth[0], "lon": truth[1], "label": "true location"}],
                 get_position=["lon", "lat"],
-                get_radius=tile_size_m * 0.12,
-                radius_min_pixels=7,
+                get_radius=9,
+                radius_units="'pixels'",
                 get_fill_color=TRUE_COLOUR,
                 get_line_color=[0, 0, 0],
                 stroked=True,
@@ -233,10 +232,10 @@ def build_deck(
     if bounds is None and points:
         lats, lons = [p["lat"] for p in points], [p["lon"] for p in points]
         bounds = Bounds(min(lats) - 0.002, min(lons) - 0.002, max(lats) + 0.002, max(lons) + 0.002)
-    if points:
-        centre_lat, centre_lon = points[0]["lat"], points[0]["lon"]
-    elif bounds is not None:
+    if bounds is not None:
         centre_lat, centre_lon = (bounds.min_lat + bounds.max_lat) / 2, (bounds.min_lon + bounds.max_lon) / 2
+    elif points:
+        centre_lat, centre_lon = points[0]["lat"], points[0]["lon"]
     else:
         centre_lat, centre_lon = 0.0, 0.0
     view = pdk.ViewState(
