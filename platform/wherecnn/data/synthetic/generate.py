@@ -191,7 +191,17 @@ def generate(
             if progress is not None:
                 progress(_city, done, _total, stage)
 
+        stages: dict[str, float] = {}
+        lap = time.perf_counter()
+
+        def mark(stage: str, _stages: dict[str, float] = stages) -> None:
+            nonlocal lap
+            now = time.perf_counter()
+            _stages[stage] = round(now - lap, 3)
+            lap = now
+
         world = build_world(city, extent_m=spec.extent_m, res=WORLD_RES_M, seed=seed)
+        mark("world")
         crs = utm_crs_for(lat=city.lat, lon=city.lon)
         e0, n0 = to_utm(lat=city.lat, lon=city.lon, crs=crs)
         west = float(math.floor(e0 - spec.extent_m / 2))
@@ -201,6 +211,7 @@ def generate(
         aerial = shade_aerial_for(world, aerial_sun, rng)
         _write_geotiff(cdir / "aerial.tif", aerial, crs=crs, west=west, north=north, res=AERIAL_RES_M)
         tick(1, "aerial")
+        mark("aerial")
 
         # places on the streets; each gets a panorama and a photo under its own random sun
         xy = street_cameras(world, n_places, rng, margin_m=TILE_M / 2 + 2)
@@ -227,6 +238,7 @@ def generate(
         for f in futures:
             f.result()
         del renderer
+        mark("ground")
 
         grid = tile_raster(
             cdir / "aerial.tif", cdir / "tiles", size_m=TILE_M, px=TILE_PX, stride_m=STRIDE_M, city=city.name,
@@ -243,6 +255,7 @@ def generate(
         centred["split_cross_area"] = cross
         centred["place_id"] = place_ids
         frames = [grid, centred]
+        mark("tiles")
 
         caps = pd.DataFrame(
             {
@@ -322,6 +335,7 @@ def generate(
                 "grid_tiles": len(grid),
                 "max_height_m": round(float(world.height.max()), 1),
                 "seconds": round(time.perf_counter() - t0, 2),
+                "stage_seconds": stages,
             }
         )
         del world, aerial
