@@ -415,6 +415,28 @@ def test_rayjobs_run_existing_cli_commands(overlay: str) -> None:
         check_cli_invocation(argv[1:], name_of(overlay, doc))
         assert doc["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
         assert doc["metadata"]["namespace"] == cluster["metadata"]["namespace"]
+        # local paths must be on the shared volume every Ray pod mounts (the driver runs on the head, the
+        # work on workers); everything else is s3:// or an environment variable
+        shared = _shared_mounts(cluster)
+        for flag, value in zip(argv, argv[1:], strict=False):
+            if flag.startswith("--") and value.startswith("/"):
+                assert any(value.startswith(m + "/") or value == m for m in shared), (
+                    f"{name_of(overlay, doc)}: {flag} {value} not on a volume all Ray pods share {shared}"
+                )
+
+
+def _shared_mounts(cluster: dict[str, Any]) -> set[str]:
+    """Mount paths backed by the same PersistentVolumeClaim in the head and every worker group."""
+    per_pod = []
+    for _, pod in _ray_cluster_pods(cluster["spec"]):
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in pod.get("volumes", [])
+            if "persistentVolumeClaim" in v
+        }
+        mounts = pod["containers"][0].get("volumeMounts", [])
+        per_pod.append({(m["mountPath"], claims[m["name"]]) for m in mounts if m["name"] in claims})
+    return {path for path, _ in set.intersection(*per_pod)} if per_pod else set()
 
 
 def test_dashboard_and_compose_commands_exist() -> None:
