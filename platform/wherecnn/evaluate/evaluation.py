@@ -1,0 +1,256 @@
+"""Run the benchmark protocol for one embedder: per-city galleries and queries, embeddings, every metric.
+
+Per city (docs/contracts.md): queries are the city's test captures of the track under the protocol; the
+gallery is the city's grid tiles plus, for `aligned`/`photo`, its test centred tiles (`offset`: grid tiles
+only). Overall metrics are the mean over cities, so a big city does not drown a small one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from wherecnn.evaluate.metrics import (
+    DEFAULT_KS,
+    RetrievalResult,
+    balanced_pair_ap,
+    evaluate_retrieval,
+    localisation_error,
+    summarize,
+)
+
+TOPK = 5
+PR_GRID = np.linspace(0.0, 1.0, 101)
+
+
+class EmbedderLike(Protocol):
+    """What evaluation needs: `wherecnn.models.embedder.Embedder` and the baselines both fit."""
+
+    model_id: str
+
+    def aerial(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+    def ground(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        heading_deg: Sequence[float | None] | None = None,
+        fov_deg: Sequence[float | None] | None = None,
+    ) -> np.ndarray: ...
+
+
+@dataclass
+class CitySet:
+    """One city's queries (captures) and gallery (tiles) with each query's gallery positives."""
+
+    city: str
+    queries: pd.DataFrame  # capture_id, lat, lon, heading_deg, fov_deg, ground_uri, tile_id
+    gallery: pd.DataFrame  # tile_id, lat, lon, uri, kind
+    positives: np.ndarray
+    semi_positives: list[np.ndarray] | None
+
+
+@dataclass
+class CityOutcome:
+    city: str
+    metrics: dict[str, float]
+    pr_curve: dict[str, list[float]]
+    result: RetrievalResult
+    query_emb: np.ndarray
+    gallery_emb: np.ndarray
+
+
+@dataclass
+class EvalRun:
+    """One embedder on one (protocol, track): per-city outcomes and the mean over cities."""
+
+    name: str
+    model_id: str
+    protocol: str
+    track: str
+    cities: list[CityOutcome] = field(default_factory=list)
+
+    @property
+    def overall(self) -> dict[str, float]:
+        if not self.cities:
+            return {}
+        keys = self.cities[0].metrics.keys()
+        return {k: float(np.nanmean([c.metrics[k] for c in self.cities])) for k in keys}
+
+    @property
+    def pr_curve(self) -> dict[str, list[float]]:
+        """Mean over cities of each city's precision at fixed recall levels (interpolated step-wise)."""
+        curves = [_precision_on_grid(c.pr_curve) for c in self.cities if c.pr_curve.get("recall")]
+        if not curves:
+            return {"recall": [], "precision": []}
+        return {"recall": [float(r) for r in PR_GRID], "precision": [float(p) for p in np.mean(curves, 0)]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model_id": self.model_id,
+            "protocol": self.protocol,
+            "track": self.track,
+            "overall": self.overall,
+            "cities": {c.city: c.metrics for c in self.cities},
+            "pr_curve": self.pr_curve,
+        }
+
+
+def _precision_on_grid(curve: dict[str, list[float]]) -> np.ndarray:
+    """Interpolated precision (max precision at recall >= r), the usual way to average PR curves."""
+    r = np.asarray(curve["recall"])
+    p = np.asarray(curve["precision"])
+    envelope = np.maximum.accumulate(p[::-1])[::-1]
+    idx = np.searchsorted(r, PR_GRID, side="left")
+    out = np.zeros_like(PR_GRID)
+    ok = idx < r.size
+    out[ok] = envelope[idx[ok]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def city_sets(
+    data_dir: str | Path,
+    *,
+    protocol: str,
+    track: str,
+    max_gallery: int | None = None,
+    max_queries: int | None = None,
+    cities: Sequence[str] | None = None,
+    seed: int = 0,
+) -> list[CitySet]:
+    """The evaluation sets of every city that has test queries for (protocol, track)."""
+    from wherecnn.data.manifest import read_tiles, split_column
+    from wherecnn.data.torchdata import load_pairs
+
+    pairs = load_pairs(data_dir, track=track, protocol=protocol, split="test")
+    if pairs.empty:
+        raise ValueError(f"{data_dir}: no test captures for track {track!r} under protocol {protocol!r}")
+    tiles = pd.DataFrame(read_tiles(data_dir).drop(columns="geometry"))
+    tile_split = split_column(tiles, protocol)
+    rng = np.random.default_rng(seed)
+    out: list[CitySet] = []
+    for city in sorted(pairs["city"].unique()):
+        if cities and city not in cities:
+            continue
+        q = pairs[pairs["city"] == city].reset_index(drop=True)
+        if max_queries is not None and len(q) > max_queries:
+            q = q.iloc[np.sort(rng.choice(len(q), max_queries, replace=False))].reset_index(drop=True)
+        in_city = (tiles["city"] == city).to_numpy()
+        if "kind" in tiles.columns:
+            kind = tiles["kind"].astype(str).to_numpy()
+            keep = in_city & (kind == "grid")
+            if track != "offset":
+                keep |= in_city & (kind == "centred") & (tile_split == "test").to_numpy()
+        else:
+            keep = in_city.copy()
+        needed = set(q["tile_id"])
+        semis = [list(s) for s in q["semi_positive_tile_ids"]]
+        for s in semis:
+            needed.update(s)
+        keep |= tiles["tile_id"].isin(needed).to_numpy()
+        gallery = tiles[keep]
+        if max_gallery is not None and len(gallery) > max_gallery:
+            must = gallery["tile_id"].isin(needed).to_numpy()
+            rest = np.nonzero(~must)[0]
+            room = max(0, max_gallery - int(must.sum()))
+            pick = rng.choice(rest, size=min(room, rest.size), replace=False)
+            sel = np.zeros(len(gallery), dtype=bool)
+            sel[must] = True
+            sel[pick] = True
+            gallery = gallery[sel]
+        gallery = gallery.reset_index(drop=True)
+        index = {t: i for i, t in enumerate(gallery["tile_id"])}
+        positives = np.array([index[t] for t in q["tile_id"]], dtype=np.int64)
+        has_semi = any(len(s) for s in semis)
+        semi = [np.array([index[t] for t in s], dtype=np.int64) for s in semis] if has_semi else None
+        out.append(CitySet(city=city, queries=q, gallery=gallery, positives=positives, semi_positives=semi))
+    if not out:
+        raise ValueError(
+            f"{data_dir}: none of the cities {list(cities or [])} has test captures for {track!r}"
+        )
+    return out
+
+
+def load_images(uris: Sequence[str]) -> list[np.ndarray]:
+    from wherecnn.storage import load_image
+
+    return [load_image(u) for u in uris]
+
+
+def embed_gallery(embedder: EmbedderLike, uris: Sequence[str], batch: int = 256) -> np.ndarray:
+    """Tiles in batches, so a big gallery is never decoded all at once."""
+    parts = [embedder.aerial(load_images(uris[a : a + batch])) for a in range(0, len(uris), batch)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 1), np.float32)
+
+
+def embed_queries(embedder: EmbedderLike, queries: pd.DataFrame, batch: int = 256) -> np.ndarray:
+    parts = []
+    for a in range(0, len(queries), batch):
+        q = queries.iloc[a : a + batch]
+        parts.append(
+            embedder.ground(
+                load_images(list(q["ground_uri"])),
+                heading_deg=[_num(v) for v in q["heading_deg"]],
+                fov_deg=[_num(v) for v in q["fov_deg"]],
+            )
+        )
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(v) else v
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def evaluate_embedder(
+    embedder: EmbedderLike,
+    sets: Sequence[CitySet],
+    *,
+    name: str,
+    protocol: str,
+    track: str,
+    ks: Sequence[int] = DEFAULT_KS,
+    on_city: Callable[[str], None] | None = None,
+) -> EvalRun:
+    """Embed each city's queries and gallery, then every metric (retrieval, verification, localisation)."""
+    run = EvalRun(
+        name=name, model_id=str(getattr(embedder, "model_id", name)), protocol=protocol, track=track
+    )
+    for cs in sets:
+        g = embed_gallery(embedder, list(cs.gallery["uri"]))
+        q = embed_queries(embedder, cs.queries)
+        res = evaluate_retrieval(q, g, cs.positives, semi_positives=cs.semi_positives, topk=TOPK)
+        metrics = summarize(res, ks)
+        metrics["AP_balanced"], _ = balanced_pair_ap(q, g, cs.positives, seed=0)
+        top = cs.gallery.iloc[res.top1]
+        metrics.update(
+            localisation_error(
+                pred_lat=top["lat"].to_numpy(),
+                pred_lon=top["lon"].to_numpy(),
+                true_lat=cs.queries["lat"].to_numpy(),
+                true_lon=cs.queries["lon"].to_numpy(),
+            )
+        )
+        run.cities.append(
+            CityOutcome(
+                city=cs.city, metrics=metrics, pr_curve=res.pair_pr, result=res, query_emb=q, gallery_emb=g
+            )
+        )
+        if on_city is not None:
+            on_city(cs.city)
+    return run
