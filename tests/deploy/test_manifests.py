@@ -624,3 +624,36 @@ def test_deploy_docs_settings_table_is_current() -> None:
     )
     for env in _settings_env_names():
         assert f"`{env}`" in table
+
+
+def _doc_invocations(markdown: str) -> Iterator[tuple[int, list[str]]]:
+    """(line, argv after `wherecnn`) for each CLI call in the ```bash blocks (`$J` is the compose CLI)."""
+    in_block, pending, start = False, "", 0
+    for number, line in enumerate(markdown.splitlines(), 1):
+        if line.startswith("```"):
+            in_block = line.strip() == "```bash"
+            continue
+        if not in_block:
+            continue
+        if not pending:
+            start = number
+        pending += line.rstrip("\\") + " "
+        if line.endswith("\\"):
+            continue
+        tokens, pending = shlex.split(pending, comments=True), ""
+        for i, token in enumerate(tokens):
+            if token in {"wherecnn", "$J"}:
+                argv = []
+                for t in tokens[i + 1 :]:
+                    if t in {"&&", "||", "|", ";"}:
+                        break
+                    argv.append(t)
+                yield start, argv
+
+
+def test_deploy_docs_call_real_cli_commands() -> None:
+    markdown = (ROOT / "docs" / "deploy.md").read_text()
+    calls = list(_doc_invocations(markdown))
+    assert len(calls) >= 5, "docs/deploy.md should show the CLI calls of the runbook"
+    for line, argv in calls:
+        check_cli_invocation(argv, f"docs/deploy.md:{line}")
