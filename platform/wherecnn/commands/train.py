@@ -1,0 +1,112 @@
+"""`wherecnn train`: the local loop, or Ray Train with ``--workers N``."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+
+class Protocol(StrEnum):
+    same_area = "same-area"
+    cross_area = "cross-area"
+    both = "both"
+
+
+class Track(StrEnum):
+    aligned = "aligned"
+    offset = "offset"
+    photo = "photo"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+
+
+def train(
+    data: Path = typer.Option(
+        ..., "--data", help="Folder with captures/tiles/pairs.parquet (e.g. `wherecnn synth` output)."
+    ),
+    model: str = typer.Option(
+        "dual-cpu", "--model", help="Registered model name (dual-cpu, where-cnn, dual-resnet, dual-convnext)."
+    ),
+    out: str = typer.Option(..., "--out", help="Checkpoint folder or s3:// prefix (written every epoch)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Train this many epochs."),
+    minutes: float | None = typer.Option(
+        None, "--minutes", min=0.05, help="Or: train for this wall-clock budget."
+    ),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="Ray Train workers (0 = local loop without Ray)."
+    ),
+    protocol: Protocol = typer.Option(Protocol.same_area, "--protocol", help="Which split is training data."),
+    track: Track = typer.Option(Track.aligned, "--track", help="aligned | offset | photo pairs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint in --out."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=2, help="Global batch (default: model config)."
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: model config)."),
+    seed: int = typer.Option(0, "--seed", help="Seed: same seed, same run on CPU."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (local loop)."),
+    val_size: int = typer.Option(256, "--val-size", min=0, help="Held-out pairs for the in-loop Recall@1."),
+    max_pairs: int | None = typer.Option(None, "--max-pairs", min=1, help="Train on a random subset."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Model config override KEY=JSON, e.g. --set embed_dim=64 "
+        "--set 'train={\"hard_fraction\":0.25}'.",
+    ),
+    no_progress: bool = typer.Option(
+        False, "--no-progress", help="Plain log lines instead of progress bars."
+    ),
+) -> None:
+    """Train a two-branch model on a manifest folder; checkpoints + model card + metrics.jsonl in --out."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from wherecnn.train.loop import TrainOptions, run_training
+
+    if (epochs is None) == (minutes is None):
+        raise typer.BadParameter("give exactly one of --epochs or --minutes")
+    if not (data / "pairs.parquet").exists():
+        raise typer.BadParameter(
+            f"{data} has no pairs.parquet (expected `wherecnn synth`/`ingest` output)", param_hint="--data"
+        )
+    overrides = {}
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set {item!r}: expected KEY=JSON")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    opts = TrainOptions(
+        data=str(data),
+        out=out,
+        model=model,
+        epochs=epochs,
+        minutes=minutes,
+        workers=workers,
+        protocol=protocol.value,
+        track=track.value,
+        resume=resume,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        val_size=val_size,
+        max_pairs=max_pairs,
+        overrides=overrides,
+        progress=not no_progress,
+    )
+    summary = run_training(opts)
+    table = Table(title=f"trained {model} ({track.value}, {protocol.value})", show_header=False)
+    for key in ("epochs", "steps", "train_pairs", "params", "elapsed_s", "loss", "model_id", "out"):
+        value = summary.get(key)
+        if value is not None:
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key, value in (summary.get("val") or {}).items():
+        table.add_row(f"val {key}", f"{value:.3f}")
+    Console().print(table)

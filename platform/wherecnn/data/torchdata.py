@@ -1,0 +1,435 @@
+"""Torch data: pair dataset, view-consistent augmentation, GPS-aware and similarity-mined batch samplers.
+
+Conventions (docs/contracts.md): a panorama's left edge faces its ``heading_deg`` (0 = north), azimuth grows
+clockwise to the right; a photo's centre faces ``heading_deg``; aerial tiles are north-up. A photo is placed
+on a 360-degree canvas at its compass heading (``ground_layout="canvas"``), so one north-up tile gallery
+serves panoramas and photos alike: using the compass heading is then equivalent to rotating the tile
+heading-up, without re-embedding the gallery per query.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from wherecnn.data.manifest import read_captures, read_pairs, read_tiles, split_column
+
+MEAN_RGB = (124, 116, 104)  # ImageNet mean in uint8: padding that normalises to ~0
+
+
+# ------------------------------------------------------- image preparation (shared with the Embedder)
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 -> size (h, w), antialiased (box filter when shrinking)."""
+    h, w = size
+    if image.shape[0] == h and image.shape[1] == w:
+        return np.ascontiguousarray(image)
+    pil = Image.fromarray(image)
+    shrinking = image.shape[0] >= h and image.shape[1] >= w
+    return np.asarray(pil.resize((w, h), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR))
+
+
+def ground_view(
+    image: np.ndarray,
+    size: tuple[int, int],
+    *,
+    heading_deg: float | None = None,
+    fov_deg: float | None = None,
+    layout: str = "canvas",
+) -> np.ndarray:
+    """A ground image as the ground branch expects it: north at the left edge of a 360-degree canvas.
+
+    Panoramas (fov >= 360, or None) are resized and rolled so the left edge faces north. Photos are resized to
+    their share of the canvas width and pasted centred on their heading (unknown heading: assumed north).
+    ``layout="resize"`` just resizes (for models trained on photos without compass).
+    """
+    h, w = size
+    fov = 360.0 if fov_deg is None or (isinstance(fov_deg, float) and math.isnan(fov_deg)) else float(fov_deg)
+    heading = 0.0 if heading_deg is None or math.isnan(float(heading_deg)) else float(heading_deg)
+    if layout == "resize":
+        return resize(image, size)
+    if layout != "canvas":
+        raise ValueError(f"ground_layout must be 'canvas' or 'resize', got {layout!r}")
+    if fov >= 359.5:
+        out = resize(image, size)
+        shift = int(round(heading / 360.0 * w)) % w
+        return np.roll(out, shift, axis=1) if shift else out
+    pw = max(1, min(w, int(round(fov / 360.0 * w))))
+    photo = resize(image, (h, pw))
+    canvas = np.empty((h, w, 3), dtype=np.uint8)
+    canvas[:] = MEAN_RGB
+    start = int(round((heading - fov / 2.0) / 360.0 * w))
+    cols = (np.arange(pw) + start) % w
+    canvas[:, cols] = photo
+    return canvas
+
+
+def to_tensor(
+    images: np.ndarray | Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 NHWC (or one HWC) -> normalised float NCHW (or CHW)."""
+    arr = np.ascontiguousarray(np.asarray(images))
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    t = torch.from_numpy(arr).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32)
+    s = torch.tensor(std, dtype=torch.float32)
+    t = (t - m) / s
+    return t.permute(0, 3, 1, 2).contiguous() if t.ndim == 4 else t.permute(2, 0, 1).contiguous()
+
+
+# ---------------------------------------------------------------- augmentation
+def augment_pair(
+    ground: np.ndarray,
+    aerial: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    rotation: str = "quarter",
+    flip: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply one random change of viewpoint to both views, so the pair still matches.
+
+    A roll of the north-aligned canvas by angle a (its left edge now faces a) goes with rotating the tile
+    counter-clockwise by a (bearing a now points up). A mirror of the canvas (heading h -> -h) goes with a
+    left-right mirror of the tile. ``rotation``: "none", "quarter" (exact 90-degree steps), "any".
+    """
+    w = ground.shape[1]
+    if rotation == "quarter":
+        k = int(rng.integers(4))
+        if k:
+            ground = np.roll(ground, -k * w // 4, axis=1)
+            aerial = np.rot90(aerial, k)
+    elif rotation == "any":
+        shift = int(rng.integers(w))
+        if shift:
+            ground = np.roll(ground, -shift, axis=1)
+            angle = 360.0 * shift / w
+            pil = Image.fromarray(np.ascontiguousarray(aerial))
+            aerial = np.asarray(pil.rotate(angle, Image.Resampling.BILINEAR, fillcolor=MEAN_RGB))
+    elif rotation != "none":
+        raise ValueError(f"augment rotation must be none|quarter|any, got {rotation!r}")
+    if flip and rng.random() < 0.5:
+        ground = np.roll(ground[:, ::-1], 1, axis=1)
+        aerial = aerial[:, ::-1]
+    return np.ascontiguousarray(ground), np.ascontiguousarray(aerial)
+
+
+# ---------------------------------------------------------------- dataset
+def default_loader(uri: str) -> np.ndarray:
+    from wherecnn.storage import load_image
+
+    return load_image(uri)
+
+
+def load_pairs(
+    data_dir: str | Path, *, track: str, protocol: str, split: str | Sequence[str]
+) -> pd.DataFrame:
+    """One row per pair of a track whose capture is in ``split`` under ``protocol``; capture and tile columns.
+
+    Columns: capture_id, tile_id, semi_positive_tile_ids, city, lat, lon, heading_deg, fov_deg, ground_uri,
+    tile_lat, tile_lon, tile_uri.
+    """
+    captures = read_captures(data_dir)
+    tiles = read_tiles(data_dir)
+    pairs = read_pairs(data_dir)
+    pairs = pairs[pairs["track"] == track]
+    if pairs.empty:
+        tracks = sorted(set(read_pairs(data_dir)["track"]))
+        raise ValueError(
+            f"{data_dir}: no pairs of track {track!r} in pairs.parquet (tracks present: {tracks})"
+        )
+    splits = [split] if isinstance(split, str) else list(split)
+    caps = pd.DataFrame(captures.drop(columns="geometry"))
+    caps = caps[split_column(caps, protocol).isin(splits).to_numpy()]
+    caps = caps[["capture_id", "city", "lat", "lon", "heading_deg", "fov_deg", "uri"]].rename(
+        columns={"uri": "ground_uri"}
+    )
+    tl = pd.DataFrame(tiles.drop(columns="geometry"))[["tile_id", "lat", "lon", "uri"]].rename(
+        columns={"lat": "tile_lat", "lon": "tile_lon", "uri": "tile_uri"}
+    )
+    out = pairs.merge(caps, on="capture_id", how="inner")
+    missing = set(out["tile_id"]) - set(tl["tile_id"])
+    if missing:
+        raise ValueError(
+            f"{data_dir}: pairs.parquet names tiles missing from tiles.parquet: {sorted(missing)[:5]}"
+        )
+    out = out.merge(tl, on="tile_id", how="left")
+    return out.sort_values("capture_id", kind="stable").reset_index(drop=True)
+
+
+class PairDataset(Dataset):
+    """(ground view, positive aerial tile, metadata) for one track, protocol and split.
+
+    Images are decoded once, resized to the model's input sizes and kept in memory (``cache=True``): on two
+    cores decoding JPEGs every epoch would cost more than the forward pass. Augmentation is seeded by
+    (seed, epoch, index) so a run is reproducible; call ``set_epoch`` each epoch.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        frame: pd.DataFrame | None = None,
+        track: str = "aligned",
+        protocol: str = "same-area",
+        split: str | Sequence[str] = "train",
+        ground_size: tuple[int, int] = (64, 256),
+        aerial_size: tuple[int, int] = (96, 96),
+        ground_layout: str = "canvas",
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        augment: dict[str, Any] | None = None,
+        seed: int = 0,
+        cache: bool = True,
+        loader: Callable[[str], np.ndarray] | None = None,
+    ) -> None:
+        if frame is None:
+            if data_dir is None:
+                raise ValueError("PairDataset needs data_dir or frame")
+            frame = load_pairs(data_dir, track=track, protocol=protocol, split=split)
+        self.frame = frame.reset_index(drop=True)
+        self.ground_size, self.aerial_size = tuple(ground_size), tuple(aerial_size)
+        self.ground_layout = ground_layout
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.augment = augment
+        self.seed, self.epoch = seed, 0
+        self.loader = loader or default_loader
+        self._cache: list[tuple[np.ndarray, np.ndarray] | None] | None = (
+            [None] * len(self.frame) if cache else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The un-augmented (ground canvas, tile) uint8 arrays at model input size."""
+        if self._cache is not None and self._cache[i] is not None:
+            return self._cache[i]  # type: ignore[return-value]
+        row = self.frame.iloc[i]
+        ground = ground_view(
+            self.loader(row["ground_uri"]),
+            self.ground_size,  # type: ignore[arg-type]
+            heading_deg=_num(row["heading_deg"]),
+            fov_deg=_num(row["fov_deg"]),
+            layout=self.ground_layout,
+        )
+        aerial = resize(self.loader(row["tile_uri"]), self.aerial_size)  # type: ignore[arg-type]
+        item = (ground, aerial)
+        if self._cache is not None:
+            self._cache[i] = item
+        return item
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ground, aerial = self.raw(i)
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+            ground, aerial = augment_pair(
+                ground,
+                aerial,
+                rng,
+                rotation=self.augment.get("rotation", "quarter"),
+                flip=bool(self.augment.get("flip", True)),
+            )
+        return {
+            "ground": to_tensor(ground, self.mean, self.std),
+            "aerial": to_tensor(aerial, self.mean, self.std),
+            "index": int(i),
+        }
+
+    def tile_keys(self) -> list[frozenset[str]]:
+        """Per sample: its positive tile and semi-positives (samples sharing any never share a batch)."""
+        return [
+            frozenset([t, *list(s)])
+            for t, s in zip(self.frame["tile_id"], self.frame["semi_positive_tile_ids"], strict=True)
+        ]
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    return None if math.isnan(v) else v
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    return {
+        "ground": torch.stack([it["ground"] for it in items]),
+        "aerial": torch.stack([it["aerial"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+    }
+
+
+# ---------------------------------------------------------------- samplers
+class _Packer:
+    """Fills batches from a stream of candidate groups, never putting two samples that share a tile together.
+
+    A sample that conflicts with the current batch waits for the next one (nothing is dropped except, with
+    ``drop_last``, the final partial batch).
+    """
+
+    def __init__(self, keys: Sequence[frozenset[str]], batch_size: int) -> None:
+        self.keys, self.batch_size = keys, batch_size
+
+    def pack(self, units: Iterator[list[int]], drop_last: bool) -> Iterator[list[int]]:
+        batch: list[int] = []
+        taken: set[str] = set()
+        waiting: list[int] = []
+        for unit in units:
+            for i in [*waiting, *unit]:
+                if i in waiting:
+                    waiting.remove(i)
+                if len(batch) < self.batch_size and not (self.keys[i] & taken):
+                    batch.append(i)
+                    taken |= self.keys[i]
+                else:
+                    waiting.append(i)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch, taken = [], set()
+        # drain the waiting queue
+        while waiting:
+            progressed = False
+            for i in list(waiting):
+                if not (self.keys[i] & taken):
+                    batch.append(i)
+                    taken |= self.keys[i]
+                    waiting.remove(i)
+                    progressed = True
+                    if len(batch) == self.batch_size:
+                        yield batch
+                        batch, taken = [], set()
+            if not progressed:
+                if not batch:  # a sample that conflicts with itself cannot happen; stop defensively
+                    break
+                if not drop_last:
+                    yield batch
+                batch, taken = [], set()
+        if batch and not drop_last:
+            yield batch
+
+
+class GeoBatchSampler(Sampler[list[int]]):
+    """Batches where ``hard_fraction`` of the samples come in groups of geographic neighbours (hard negatives
+    for each other: same city, similar streets) and the rest at random; never two samples sharing a tile.
+
+    Neighbour groups come from a fresh random strip ordering of each city every epoch (random angle and
+    offset), so groups differ from epoch to epoch.
+    """
+
+    def __init__(
+        self,
+        lat: Sequence[float],
+        lon: Sequence[float],
+        city: Sequence[str],
+        keys: Sequence[frozenset[str]],
+        *,
+        batch_size: int,
+        hard_fraction: float = 0.5,
+        group_size: int = 8,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        self.lat, self.lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
+        self.city = np.asarray(city)
+        self.packer = _Packer(keys, batch_size)
+        self.batch_size, self.hard_fraction, self.group_size = batch_size, hard_fraction, max(1, group_size)
+        self.seed, self.epoch, self.drop_last = seed, 0, drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.lat)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _geo_order(self, idx: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        groups: list[np.ndarray] = []
+        for c in np.unique(self.city[idx]):
+            members = idx[self.city[idx] == c]
+            lat0 = self.lat[members].mean()
+            x = (self.lon[members] - self.lon[members].mean()) * 111_320.0 * math.cos(math.radians(lat0))
+            y = (self.lat[members] - lat0) * 110_540.0
+            a = rng.uniform(0, math.pi)
+            u, v = x * math.cos(a) + y * math.sin(a), -x * math.sin(a) + y * math.cos(a)
+            area = max((np.ptp(u) + 1.0) * (np.ptp(v) + 1.0), 1.0)
+            strip = math.sqrt(area / len(members) * self.group_size)
+            band = np.floor((v - v.min()) / strip + rng.uniform())
+            snake = np.where(band % 2 == 0, u, -u)  # boustrophedon keeps strip ends adjacent
+            order = members[np.lexsort((snake, band))]
+            groups += [order[i : i + self.group_size] for i in range(0, len(order), self.group_size)]
+        return groups
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch, 7))
+        n = len(self.lat)
+        perm = rng.permutation(n)
+        n_hard = int(round(n * self.hard_fraction))
+        units: list[list[int]] = [g.tolist() for g in self._geo_order(perm[:n_hard], rng)] if n_hard else []
+        units += [[int(i)] for i in perm[n_hard:]]
+        order = rng.permutation(len(units))
+        yield from self.packer.pack((units[j] for j in order), self.drop_last)
+
+
+class MinedBatchSampler(Sampler[list[int]]):
+    """Sample4Geo-style batches from a neighbour table: each anchor brings its most similar samples (by the
+    model's current embeddings), so the batch holds the negatives the model confuses most.
+
+    ``neighbours[i]`` lists sample indices most similar to sample i (best first); refresh it every few epochs
+    with `wherecnn.train.mining.neighbour_table`.
+    """
+
+    def __init__(
+        self,
+        neighbours: np.ndarray,
+        keys: Sequence[frozenset[str]],
+        *,
+        batch_size: int,
+        per_anchor: int = 4,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        self.neighbours = np.asarray(neighbours)
+        if self.neighbours.ndim != 2 or len(self.neighbours) != len(keys):
+            raise ValueError(
+                f"neighbour table must be [n_samples, k] with n_samples={len(keys)}, "
+                f"got {self.neighbours.shape}"
+            )
+        self.packer = _Packer(keys, batch_size)
+        self.batch_size, self.per_anchor = batch_size, max(0, per_anchor)
+        self.seed, self.epoch, self.drop_last = seed, 0, drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.neighbours)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _units(self, rng: np.random.Generator) -> Iterator[list[int]]:
+        used = np.zeros(len(self.neighbours), dtype=bool)
+        for anchor in rng.permutation(len(self.neighbours)):
+            if used[anchor]:
+                continue
+            unit = [int(anchor)]
+            used[anchor] = True
+            for j in self.neighbours[anchor]:
+                if len(unit) > self.per_anchor:
+                    break
+                if 0 <= j < len(used) and not used[j]:
+                    unit.append(int(j))
+                    used[j] = True
+            yield unit
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch, 11))
+        yield from self.packer.pack(self._units(rng), self.drop_last)

@@ -1,0 +1,65 @@
+"""Model registry: name -> config (JSON data under ``models/configs/``) -> `TwoBranchModel`.
+
+``build_model("dual-cpu", embed_dim=64)`` merges overrides into the config (nested dicts merge key by key), so
+every experiment is a config plus overrides and a checkpoint can rebuild its model from the stored config.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from typing import Any
+
+from wherecnn.models.base import TwoBranchModel
+
+__all__ = ["TwoBranchModel", "build_model", "list_models", "load_config", "model_from_config"]
+
+
+def list_models() -> list[str]:
+    """Names of every registered model (one JSON config each)."""
+    files = resources.files("wherecnn.models").joinpath("configs")
+    return sorted(p.name[: -len(".json")] for p in files.iterdir() if p.name.endswith(".json"))
+
+
+def load_config(name: str) -> dict[str, Any]:
+    """The stored config of a registered model."""
+    names = list_models()
+    if name not in names:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(names)}")
+    text = resources.files("wherecnn.models").joinpath("configs", f"{name}.json").read_text()
+    return json.loads(text)
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: nested dicts merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def build_model(name: str, **overrides: Any) -> TwoBranchModel:
+    """Build a registered model; keyword overrides are merged into its config."""
+    return model_from_config(merge(load_config(name), overrides))
+
+
+def model_from_config(config: dict[str, Any]) -> TwoBranchModel:
+    """Rebuild a model from a full config (as stored in a checkpoint)."""
+    family = config.get("family")
+    if family == "compact":
+        from wherecnn.models.compact import CompactTwoBranch
+
+        return CompactTwoBranch(config)
+    if family == "alexnet":
+        from wherecnn.models.alexnet import WhereCNN
+
+        return WhereCNN(config)
+    if family == "torchvision":
+        from wherecnn.models.backbones import DualBackbone
+
+        return DualBackbone(config)
+    raise ValueError(f"model config {config.get('name')!r}: unknown family {family!r}")

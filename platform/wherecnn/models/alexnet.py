@@ -1,0 +1,56 @@
+"""`where-cnn`: the paper's AlexNet-style two-branch network.
+
+Each branch is torchvision's AlexNet convolutional stack (so ImageNet or Places AlexNet weights load
+directly), followed by a small fully connected embedding; trained with the contrastive loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from wherecnn.models.base import TwoBranchModel
+from wherecnn.models.weights import init_from, pretrained_state
+
+
+def _alexnet_features() -> nn.Sequential:
+    from torchvision.models import alexnet
+
+    return alexnet(weights=None).features
+
+
+class WhereCNN(TwoBranchModel):
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.ground_trunk = _alexnet_features()
+        self.aerial_trunk = self.ground_trunk if config.get("shared") else _alexnet_features()
+        state = pretrained_state(config, "alexnet")
+        if state is not None:
+            init_from(self.ground_trunk, state, prefix="features.")
+            if self.aerial_trunk is not self.ground_trunk:
+                init_from(self.aerial_trunk, state, prefix="features.")
+        # pooled grids keep coarse layout: 2x8 for the panorama (azimuth), 3x3 for the tile
+        self.ground_pool = nn.AdaptiveAvgPool2d((2, 8))
+        self.aerial_pool = nn.AdaptiveAvgPool2d((3, 3))
+        hidden = int(config.get("hidden", 1024))
+        self.ground_head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(256 * 16, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, self.embed_dim),
+        )
+        self.aerial_head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(256 * 9, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, self.embed_dim),
+        )
+
+    def ground_features(self, x: Tensor) -> Tensor:
+        return self.ground_head(self.ground_pool(self.ground_trunk(x)))
+
+    def aerial_features(self, x: Tensor) -> Tensor:
+        return self.aerial_head(self.aerial_pool(self.aerial_trunk(x)))

@@ -1,0 +1,168 @@
+"""`Embedder`: the one object index and search use to turn images into vectors (docs/contracts.md).
+
+It hides the model's input sizes, normalisation and the ground layout (photos placed on a 360-degree canvas
+at their compass heading), so callers pass plain HxWx3 uint8 images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from wherecnn.data.torchdata import ground_view, resize, to_tensor
+from wherecnn.models import TwoBranchModel, build_model, model_from_config
+
+MODEL_FILE = "model.pt"
+CARD_FILE = "model_card.json"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Embedder:
+    """Inference wrapper around a `TwoBranchModel` (eval mode, no grad, batched)."""
+
+    def __init__(
+        self,
+        model: TwoBranchModel,
+        *,
+        model_id: str,
+        card: dict[str, Any] | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.model_id = model_id
+        self.card: dict[str, Any] = card or {"model_id": model_id, "config": model.config}
+        self.batch_size = batch_size
+        cfg = model.config
+        self.mean, self.std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        self.ground_layout = str(cfg.get("ground_layout", "canvas"))
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def untrained(cls, name: str = "dual-cpu", seed: int = 0, device: str = "cpu") -> Embedder:
+        """A randomly initialised model (seeded): for tests and benchmarks, never for results."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(name)
+        return cls(model, model_id=f"{name}-untrained-s{seed}", device=device)
+
+    @classmethod
+    def from_checkpoint(cls, uri: str, device: str = "auto") -> Embedder:
+        """Load ``model.pt`` (+ ``model_card.json``) from a local checkpoint dir or an s3:// prefix."""
+        from wherecnn import storage
+
+        model_uri = storage.join(str(uri), MODEL_FILE)
+        try:
+            blob = storage.read_bytes(model_uri)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"checkpoint {uri}: no {MODEL_FILE} (is this a `wherecnn train --out` dir?)"
+            ) from exc
+        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+        if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
+            raise ValueError(f"{model_uri}: expected a dict with 'state_dict' and 'config'")
+        model = model_from_config(payload["config"])
+        model.load_state_dict(payload["state_dict"])
+        card: dict[str, Any] = {}
+        card_uri = storage.join(str(uri), CARD_FILE)
+        if storage.exists(card_uri):
+            card = json.loads(storage.read_bytes(card_uri))
+        model_id = str(
+            card.get("model_id") or f"{payload['config']['name']}-{hashlib.sha256(blob).hexdigest()[:12]}"
+        )
+        card.setdefault("model_id", model_id)
+        card.setdefault("config", payload["config"])
+        return cls(model, model_id=model_id, card=card, device=device)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    @property
+    def ground_size(self) -> tuple[int, int]:
+        return self.model.ground_size
+
+    @property
+    def aerial_size(self) -> tuple[int, int]:
+        return self.model.aerial_size
+
+    # ------------------------------------------------------------ embedding
+    def aerial(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """North-up tiles (any size) -> [N, d] float32, L2-normalised."""
+        prepared = [resize(_rgb(im), self.aerial_size) for im in images]
+        return self._run(prepared, self.model.embed_aerial)
+
+    def ground(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        heading_deg: Sequence[float | None] | float | None = None,
+        fov_deg: Sequence[float | None] | float | None = None,
+    ) -> np.ndarray:
+        """Panoramas (left edge = heading, default north) or photos (fov < 360, centred on heading).
+
+        ``fov_deg`` None means: a panorama when the image is at least twice as wide as tall, else a 90-degree
+        photo. A photo's heading, when known, places it on the canvas where the tile's bearings are.
+        """
+        n = len(images)
+        headings = _per_image(heading_deg, n, "heading_deg")
+        fovs = _per_image(fov_deg, n, "fov_deg")
+        prepared = []
+        for im, h, f in zip(images, headings, fovs, strict=True):
+            im = _rgb(im)
+            fov = f if f is not None else (360.0 if im.shape[1] >= 2 * im.shape[0] else 90.0)
+            prepared.append(
+                ground_view(im, self.ground_size, heading_deg=h, fov_deg=fov, layout=self.ground_layout)
+            )
+        return self._run(prepared, self.model.embed_ground)
+
+    @torch.inference_mode()
+    def _run(self, images: list[np.ndarray], fn: Any) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = to_tensor(np.stack(images[start : start + self.batch_size]), self.mean, self.std).to(
+                self.device
+            )
+            out.append(fn(x).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.model_id!r}, dim={self.embed_dim}, device={self.device})"
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxWx3 uint8 image, got shape {arr.shape}")
+    arr = arr[:, :, :3]
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return arr
+
+
+def _per_image(value: Sequence[float | None] | float | None, n: int, name: str) -> list[float | None]:
+    if value is None or isinstance(value, int | float):
+        v = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+        return [v] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{name}: got {len(values)} values for {n} images")
+    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in values]

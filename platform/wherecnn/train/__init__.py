@@ -1,0 +1,1 @@
+"""Training: losses, the one training function (local loop and Ray Train), checkpoints with a model card."""

@@ -1,0 +1,124 @@
+"""Checkpoints: ``model.pt`` (weights + config), ``optimizer.pt`` (optimizer + loop state),
+``model_card.json``,
+``metrics.jsonl``, written through `wherecnn.storage` so a local dir and an s3:// prefix work the same.
+
+Write order makes a half-written checkpoint detectable: optimizer state, then weights, then the card; each
+payload carries its epoch, and loading refuses a mix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wherecnn import __version__, storage
+from wherecnn.data.manifest import CAPTURES, PAIRS, TILES
+
+MODEL_FILE, OPTIMIZER_FILE, CARD_FILE, METRICS_FILE = (
+    "model.pt",
+    "optimizer.pt",
+    "model_card.json",
+    "metrics.jsonl",
+)
+
+
+def _to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def manifest_digest(data_dir: str | Path) -> str:
+    """sha256 over the three manifest files: which data a checkpoint was trained on."""
+    h = hashlib.sha256()
+    for name in (CAPTURES, TILES, PAIRS):
+        h.update(name.encode())
+        h.update(storage.read_bytes(storage.join(str(data_dir), name)))
+    return h.hexdigest()
+
+
+def git_sha() -> str | None:
+    """The commit of the code that trained the model, when running from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def save_checkpoint(
+    out: str,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loop_state: dict[str, Any],
+    card: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Write one epoch's checkpoint; returns the card (with ``model_id`` = name + weights digest)."""
+    epoch = int(loop_state["epoch"])
+    storage.write_bytes(
+        storage.join(out, OPTIMIZER_FILE),
+        _to_bytes({"optimizer": optimizer.state_dict(), "loop": loop_state}),
+    )
+    config = model.config  # type: ignore[attr-defined]
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    blob = _to_bytes({"state_dict": state, "config": config, "epoch": epoch})
+    storage.write_bytes(storage.join(out, MODEL_FILE), blob)
+    card = dict(card)
+    card.update(
+        model_id=f"{config['name']}-{hashlib.sha256(blob).hexdigest()[:12]}",
+        epoch=epoch,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        code={"version": __version__, "git_sha": git_sha()},
+    )
+    storage.write_bytes(
+        storage.join(out, METRICS_FILE), "".join(json.dumps(r) + "\n" for r in history).encode()
+    )
+    storage.write_bytes(storage.join(out, CARD_FILE), json.dumps(card, indent=2, default=str).encode())
+    return card
+
+
+def load_checkpoint(out: str) -> dict[str, Any] | None:
+    """The latest complete checkpoint under ``out`` (model, optimizer, card, history), or None if none."""
+    if not storage.exists(storage.join(out, CARD_FILE)):
+        return None
+    card = json.loads(storage.read_bytes(storage.join(out, CARD_FILE)))
+    model = torch.load(
+        io.BytesIO(storage.read_bytes(storage.join(out, MODEL_FILE))), map_location="cpu", weights_only=False
+    )
+    opt = torch.load(
+        io.BytesIO(storage.read_bytes(storage.join(out, OPTIMIZER_FILE))),
+        map_location="cpu",
+        weights_only=False,
+    )
+    if not (int(model["epoch"]) == int(opt["loop"]["epoch"]) == int(card["epoch"])):
+        raise RuntimeError(
+            f"checkpoint {out} is inconsistent (model epoch {model['epoch']}, "
+            f"optimizer epoch {opt['loop']['epoch']}, "
+            f"card epoch {card['epoch']}): a run died while writing it; delete the folder or restore a copy"
+        )
+    history: list[dict[str, Any]] = []
+    if storage.exists(storage.join(out, METRICS_FILE)):
+        text = storage.read_bytes(storage.join(out, METRICS_FILE)).decode()
+        history = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return {
+        "model": model,
+        "optimizer": opt["optimizer"],
+        "loop": opt["loop"],
+        "card": card,
+        "history": history,
+    }

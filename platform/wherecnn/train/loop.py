@@ -1,0 +1,502 @@
+"""The one training function, `train_func`, run as-is by the local loop and by Ray Train's `TorchTrainer`.
+
+Distributed runs split each global batch across workers and all-gather the embeddings (gradients kept), so
+the loss -- and every negative in it -- is the global batch's, exactly as in a single process. Rank 0
+validates, writes checkpoints and shows progress; every rank calls ``ray.train.report`` under Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from wherecnn.data.torchdata import GeoBatchSampler, MinedBatchSampler, PairDataset, collate, load_pairs
+from wherecnn.models import build_model, model_from_config
+from wherecnn.train.checkpoint import load_checkpoint, manifest_digest, save_checkpoint
+from wherecnn.train.losses import gather_with_grad, make_loss
+from wherecnn.train.mining import embed_dataset, neighbour_table, recall_at
+
+
+@dataclass
+class TrainOptions:
+    """Everything a run needs, JSON-able so Ray can ship it to workers."""
+
+    data: str
+    out: str
+    model: str = "dual-cpu"
+    epochs: int | None = None
+    minutes: float | None = None
+    workers: int = 0  # 0 = local loop without Ray
+    protocol: str = "same-area"
+    track: str = "aligned"
+    resume: bool = False
+    batch_size: int | None = None  # global batch; default from the model config
+    lr: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    val_size: int = 256
+    max_pairs: int | None = None  # train on a subset (tests, quick looks)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.minutes is None):
+            raise ValueError("give exactly one of epochs or minutes")
+
+
+# --------------------------------------------------------------------------------------------- context
+class _Ctx:
+    """Rank/world size/device/report for the local loop or a Ray Train worker."""
+
+    def __init__(self, device: str) -> None:
+        self.ray = False
+        try:
+            import ray.train
+
+            ctx = ray.train.get_context()
+            self.ray = ctx.get_world_size() >= 1 and dist.is_available() and dist.is_initialized()
+        except Exception:  # not inside a Ray Train worker
+            self.ray = False
+        if self.ray:
+            import ray.train.torch
+
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            self.device = ray.train.torch.get_device()
+        else:
+            self.rank, self.world = 0, 1
+            self.device = torch.device(
+                "cuda"
+                if device == "auto" and torch.cuda.is_available()
+                else ("cpu" if device == "auto" else device)
+            )
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if not self.ray:
+            return
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's decision (e.g. the time budget ran out) broadcast to every rank."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _lr_factor(progress: float, step: int, warmup: int) -> float:
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
+def _optimizer(model: torch.nn.Module, train_cfg: dict[str, Any], lr: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith("logit_scale") else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": float(train_cfg.get("weight_decay", 0.0))},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kind = str(train_cfg.get("optimizer", "adam")).lower()
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer {kind!r} (adam|adamw|sgd)")
+
+
+def _split_val(frame: Any, val_frame: Any, size: int, seed: int) -> tuple[Any, Any]:
+    """Validation pairs: the protocol's ``val`` rows if any, else ``size`` training pairs held out."""
+    if len(val_frame):
+        return frame, val_frame.iloc[: max(size, 0)] if size else val_frame.iloc[:0]
+    if size <= 0 or len(frame) < 4 * size:
+        size = min(size, len(frame) // 4)
+    rng = np.random.default_rng((seed, 99))
+    held = np.zeros(len(frame), dtype=bool)
+    held[rng.choice(len(frame), size=size, replace=False)] = True
+    return frame[~held].reset_index(drop=True), frame[held].reset_index(drop=True)
+
+
+def _batches(dataset: PairDataset, sampler: Any, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Global batches from the sampler; each rank takes its contiguous share."""
+    for batch in sampler:
+        per = len(batch) // world
+        if per == 0:
+            continue
+        mine = batch[rank * per : (rank + 1) * per]
+        yield collate([dataset[i] for i in mine])
+
+
+def _validate(model: Any, val: PairDataset, device: torch.device) -> dict[str, float]:
+    if len(val) == 0:
+        return {}
+    g, a = embed_dataset(model, val, device)
+    tiles = val.frame["tile_id"].to_numpy()
+    _, first, inverse = np.unique(tiles, return_index=True, return_inverse=True)
+    return recall_at(g, a[first], inverse, ks=(1, 5))
+
+
+# --------------------------------------------------------------------------------------------- the function
+def train_func(config: dict[str, Any]) -> dict[str, Any]:
+    """Train per ``TrainOptions`` (as a dict); returns a summary (rank 0's is the one that matters)."""
+    opts = TrainOptions(**config)
+    ctx = _Ctx(opts.device)
+    rank0 = ctx.rank == 0
+    torch.manual_seed(opts.seed)
+    if ctx.device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    resumed = load_checkpoint(opts.out) if opts.resume else None
+    if resumed is not None:
+        model = model_from_config(resumed["model"]["config"])
+        model.load_state_dict(resumed["model"]["state_dict"])
+    else:
+        model = build_model(opts.model, **opts.overrides)
+    cfg = model.config
+    train_cfg = dict(cfg.get("train") or {})
+    batch_size = int(opts.batch_size or train_cfg.get("batch_size", 64))
+    if batch_size % ctx.world:
+        raise ValueError(f"batch size {batch_size} must be divisible by the number of workers {ctx.world}")
+    lr = float(opts.lr or train_cfg.get("lr", 1e-3))
+
+    # ---- data
+    frame = load_pairs(opts.data, track=opts.track, protocol=opts.protocol, split="train")
+    val_rows = (
+        load_pairs(opts.data, track=opts.track, protocol=opts.protocol, split="val")
+        if opts.protocol != "both"
+        else frame.iloc[:0]
+    )
+    if opts.max_pairs:
+        frame = frame.sample(n=min(opts.max_pairs, len(frame)), random_state=opts.seed).sort_values(
+            "capture_id"
+        )
+    frame, val_frame = _split_val(frame.reset_index(drop=True), val_rows, opts.val_size, opts.seed)
+    if len(frame) < batch_size:
+        raise ValueError(
+            f"{opts.data}: only {len(frame)} training pairs for track {opts.track!r} < batch {batch_size}"
+        )
+    common = dict(
+        ground_size=model.ground_size,
+        aerial_size=model.aerial_size,
+        ground_layout=cfg.get("ground_layout", "canvas"),
+        mean=cfg.get("mean", (0.485, 0.456, 0.406)),
+        std=cfg.get("std", (0.229, 0.224, 0.225)),
+    )
+    augment = {
+        "rotation": train_cfg.get("augment_rotation", "quarter"),
+        "flip": train_cfg.get("augment_flip", True),
+    }
+    train_set = PairDataset(frame=frame, augment=augment, seed=opts.seed, **common)
+    val_set = PairDataset(frame=val_frame, **common)
+    keys = train_set.tile_keys()
+    geo_sampler = GeoBatchSampler(
+        frame["lat"],
+        frame["lon"],
+        frame["city"],
+        keys,
+        batch_size=batch_size,
+        hard_fraction=float(train_cfg.get("hard_fraction", 0.5)),
+        group_size=int(train_cfg.get("neighbours_per_group", 8)),
+        seed=opts.seed,
+    )
+    sampler: Any = geo_sampler
+
+    # ---- model, optimizer, state
+    model.to(ctx.device)
+    net: Any = model
+    if ctx.ray:
+        import ray.train.torch
+
+        net = ray.train.torch.prepare_model(model, move_to_device=False)
+    optimizer = _optimizer(model, train_cfg, lr)
+    loss_fn = make_loss(cfg)
+    amp = ctx.device.type == "cuda"
+    steps_per_epoch = len(sampler)
+    total_steps = steps_per_epoch * (opts.epochs or 0)
+    history: list[dict[str, Any]] = []
+    loop: dict[str, Any] = {"epoch": 0, "step": 0, "elapsed_s": 0.0, "pairs": 0}
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        loop, history = dict(resumed["loop"]), list(resumed["history"])
+    budget_s = opts.minutes * 60.0 if opts.minutes is not None else None
+    card = {
+        "model": cfg["name"],
+        "config": cfg,
+        "data": {
+            "dir": os.path.abspath(opts.data),
+            "manifest_digest": manifest_digest(opts.data),
+            "track": opts.track,
+            "protocol": opts.protocol,
+            "train_pairs": len(frame),
+            "val_pairs": len(val_frame),
+        },
+        "train": {
+            "seed": opts.seed,
+            "batch_size": batch_size,
+            "lr": lr,
+            "workers": max(1, ctx.world),
+            "epochs": opts.epochs,
+            "minutes": opts.minutes,
+            "device": str(ctx.device),
+        },
+    }
+    mine_every = int(train_cfg.get("mine_every", 0) or 0)
+
+    progress = _Progress(enabled=rank0 and opts.progress, total=(total_steps or None), budget_s=budget_s)
+    start_epoch = int(loop["epoch"])
+    progress.start(loop["step"], loop["elapsed_s"])
+    t_start = time.perf_counter() - float(loop["elapsed_s"])
+    last_val: dict[str, float] = history[-1].get("val", {}) if history else {}
+    stop = False
+    epoch = start_epoch
+    while not stop:
+        if opts.epochs is not None and epoch >= opts.epochs:
+            break
+        if mine_every and epoch > 0 and epoch % mine_every == 0:
+            g, a = embed_dataset(model, PairDataset(frame=frame, **common), ctx.device)
+            sampler = MinedBatchSampler(
+                neighbour_table(g, a, k=int(train_cfg.get("mine_k", 32))),
+                keys,
+                batch_size=batch_size,
+                per_anchor=int(train_cfg.get("neighbours_per_group", 8)) - 1,
+                seed=opts.seed,
+            )
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        model.train()
+        losses: list[float] = []
+        t_epoch, pairs_epoch = time.perf_counter(), 0
+        for batch in _batches(train_set, sampler, ctx.rank, ctx.world):
+            elapsed = time.perf_counter() - t_start
+            out_of_time = budget_s is not None and elapsed >= budget_s
+            if ctx.agree(out_of_time):
+                stop = True
+                break
+            frac = elapsed / budget_s if budget_s else loop["step"] / max(1, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * _lr_factor(frac, loop["step"], int(train_cfg.get("warmup_steps", 0)))
+            ground = batch["ground"].to(ctx.device, non_blocking=True)
+            aerial = batch["aerial"].to(ctx.device, non_blocking=True)
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+                g, a = net(ground, aerial)
+            loss = loss_fn(gather_with_grad(g.float()), gather_with_grad(a.float()), net)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loop["step"] += 1
+            n_pairs = ground.shape[0] * ctx.world
+            loop["pairs"] += n_pairs
+            pairs_epoch += n_pairs
+            losses.append(float(loss.detach()))
+            rate = pairs_epoch / max(1e-6, time.perf_counter() - t_epoch)
+            progress.update(
+                loop["step"], time.perf_counter() - t_start, epoch, losses[-1], rate, last_val.get("R@1")
+            )
+            if rank0 and loop["step"] % opts.log_every == 0:
+                history.append(
+                    {
+                        "kind": "step",
+                        "epoch": epoch,
+                        "step": loop["step"],
+                        "loss": losses[-1],
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "temperature": model.temperature,
+                        "pairs_per_s": rate,
+                    }
+                )
+        if not losses:
+            break
+        # ---- end of epoch (or of the budget): validate, checkpoint, report
+        loop["epoch"] = epoch + 1
+        loop["elapsed_s"] = time.perf_counter() - t_start
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": loop["step"],
+            "loss": float(np.mean(losses)),
+            "temperature": model.temperature,
+            "elapsed_s": round(loop["elapsed_s"], 1),
+            "pairs_per_s": pairs_epoch / max(1e-6, time.perf_counter() - t_epoch),
+        }
+        tmp = None
+        if rank0:
+            last_val = _validate(model, val_set, ctx.device)
+            metrics["val"] = last_val
+            history.append({"kind": "epoch", **metrics})
+            card["metrics"] = metrics
+            card = save_checkpoint(
+                opts.out, model=model, optimizer=optimizer, loop_state=loop, card=card, history=history
+            )
+            progress.epoch_done(metrics)
+            if ctx.ray:
+                tmp = tempfile.mkdtemp(prefix="wherecnn-ckpt-")
+                save_checkpoint(
+                    tmp, model=model, optimizer=optimizer, loop_state=loop, card=card, history=history
+                )
+        ctx.report(
+            {k: v for k, v in metrics.items() if k != "val"} | {f"val_{k}": v for k, v in last_val.items()},
+            tmp,
+        )
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        epoch += 1
+        if budget_s is not None and ctx.agree(time.perf_counter() - t_start >= budget_s):
+            stop = True
+    progress.stop()
+    return {
+        "epochs": loop["epoch"],
+        "steps": loop["step"],
+        "pairs": loop["pairs"],
+        "elapsed_s": loop["elapsed_s"],
+        "loss": history[-1].get("loss") if history else None,
+        "val": last_val,
+        "out": opts.out,
+        "model_id": card.get("model_id"),
+        "params": model.num_parameters(),
+        "train_pairs": len(frame),
+    }
+
+
+class _Progress:
+    """rich progress on rank 0: loss, pairs/s and the latest validation R@1."""
+
+    def __init__(self, *, enabled: bool, total: int | None, budget_s: float | None) -> None:
+        self.enabled, self.total, self.budget_s = enabled, total, budget_s
+        self._p: Any = None
+
+    def start(self, step: int, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._p = Progress(
+            TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]}  {task.fields[rate]} pairs/s  R@1 {task.fields[r1]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        total = self.budget_s if self.budget_s is not None else self.total
+        self._task = self._p.add_task(
+            "train",
+            total=total,
+            completed=elapsed if self.budget_s else step,
+            epoch=0,
+            loss="-",
+            rate="-",
+            r1="-",
+        )
+        self._p.start()
+
+    def update(
+        self, step: int, elapsed: float, epoch: int, loss: float, rate: float, r1: float | None
+    ) -> None:
+        if self._p is None:
+            return
+        self._p.update(
+            self._task,
+            completed=min(elapsed, self.budget_s) if self.budget_s else step,
+            epoch=epoch + 1,
+            loss=f"{loss:.4f}",
+            rate=f"{rate:.0f}",
+            r1="-" if r1 is None else f"{r1:.3f}",
+        )
+
+    def epoch_done(self, metrics: dict[str, Any]) -> None:
+        if self._p is not None:
+            val = metrics.get("val", {})
+            self._p.console.log(
+                f"epoch {metrics['epoch']}: loss {metrics['loss']:.4f}  T {metrics['temperature']:.3f}  "
+                f"{metrics['pairs_per_s']:.0f} pairs/s  val R@1 {val.get('R@1', float('nan')):.3f} "
+                f"R@5 {val.get('R@5', float('nan')):.3f}  ({metrics['elapsed_s']:.0f} s)"
+            )
+
+    def stop(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+
+# --------------------------------------------------------------------------------------------- entry points
+def run_training(opts: TrainOptions) -> dict[str, Any]:
+    """Local loop when ``workers`` <= 1 and not asked for Ray; else Ray Train with ``workers`` workers."""
+    if opts.workers <= 0:
+        return train_func(asdict(opts))
+    return _run_ray(opts)
+
+
+def _run_ray(opts: TrainOptions) -> dict[str, Any]:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from wherecnn import storage
+    from wherecnn.config import get_settings
+
+    settings = get_settings()
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(
+            address=settings.ray_address,
+            num_cpus=settings.num_cpus if not settings.ray_address else None,
+            include_dashboard=False,
+            log_to_driver=True,
+        )
+        started = True
+    try:
+        gpu = torch.cuda.is_available() if opts.device == "auto" else opts.device.startswith("cuda")
+        if storage.is_s3(opts.out):
+            storage_path, name = opts.out.rstrip("/") + "-ray", "run"
+        else:
+            storage_path, name = os.path.abspath(opts.out) + "-ray", "run"
+        config = asdict(opts) | {
+            "data": os.path.abspath(opts.data),
+            "out": opts.out if storage.is_s3(opts.out) else os.path.abspath(opts.out),
+        }
+        trainer = TorchTrainer(
+            train_func,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=opts.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}
+            ),
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            run_config=RunConfig(storage_path=storage_path, name=name),
+        )
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        metrics = dict(result.metrics or {})
+        card = load_checkpoint(config["out"])
+        return {
+            "epochs": metrics.get("epoch"),
+            "steps": metrics.get("step"),
+            "elapsed_s": metrics.get("elapsed_s"),
+            "loss": metrics.get("loss"),
+            "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
+            "out": opts.out,
+            "model_id": card["card"].get("model_id") if card else None,
+            "pairs": None,
+            "params": None,
+            "train_pairs": card["card"]["data"]["train_pairs"] if card else None,
+        }
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,59 @@
+"""Embedding a dataset, exact Recall@K for in-loop validation, and Sample4Geo-style neighbour tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from wherecnn.data.torchdata import PairDataset, to_tensor
+
+
+@torch.inference_mode()
+def embed_dataset(
+    model: Any, dataset: PairDataset, device: torch.device, batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ground, aerial) embeddings of every pair, un-augmented, in eval mode (train mode restored after)."""
+    inner = getattr(model, "module", model)
+    was_training = inner.training
+    inner.eval()
+    gs, aes = [], []
+    try:
+        for start in range(0, len(dataset), batch_size):
+            raws = [dataset.raw(i) for i in range(start, min(len(dataset), start + batch_size))]
+            g = to_tensor(np.stack([r[0] for r in raws]), dataset.mean, dataset.std).to(device)
+            a = to_tensor(np.stack([r[1] for r in raws]), dataset.mean, dataset.std).to(device)
+            gs.append(inner.embed_ground(g).float().cpu().numpy())
+            aes.append(inner.embed_aerial(a).float().cpu().numpy())
+    finally:
+        inner.train(was_training)
+    return np.concatenate(gs), np.concatenate(aes)
+
+
+def recall_at(
+    query: np.ndarray, gallery: np.ndarray, positives: np.ndarray, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Exact Recall@K: rank = number of gallery items scored strictly above the true one (chunked)."""
+    ranks = np.empty(len(query), dtype=np.int64)
+    for s in range(0, len(query), 1024):
+        sim = query[s : s + 1024] @ gallery.T
+        true = sim[np.arange(sim.shape[0]), positives[s : s + 1024]]
+        ranks[s : s + 1024] = (sim > true[:, None]).sum(axis=1)
+    return {f"R@{k}": float((ranks < k).mean()) for k in ks}
+
+
+def neighbour_table(ground: np.ndarray, aerial: np.ndarray, k: int = 32) -> np.ndarray:
+    """For each sample i, the k other samples whose tiles its ground view confuses most."""
+    n = len(ground)
+    k = min(k, n - 1)
+    out = np.empty((n, k), dtype=np.int64)
+    for s in range(0, n, 1024):
+        sim = ground[s : s + 1024] @ aerial.T
+        rows = np.arange(sim.shape[0])
+        sim[rows, rows + s] = -np.inf
+        part = np.argpartition(-sim, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1)
+        out[s : s + 1024] = np.take_along_axis(part, order, axis=1)
+    return out

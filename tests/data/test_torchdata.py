@@ -1,0 +1,146 @@
+"""Torch data: ground layout, view-consistent augmentation, datasets and batch samplers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from wherecnn.data.torchdata import (
+    MEAN_RGB,
+    GeoBatchSampler,
+    MinedBatchSampler,
+    PairDataset,
+    augment_pair,
+    ground_view,
+    load_pairs,
+)
+
+
+def polar(tile: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """Panorama seen from the tile centre (north at the left edge, clockwise), as the fake world renders."""
+    size = tile.shape[0]
+    rows = (np.arange(ph) + 0.5) / ph
+    cols = 2 * math.pi * (np.arange(pw) + 0.5) / pw
+    r, a = np.meshgrid((1 - rows) * (size / 2 - 1), cols, indexing="ij")
+    px = np.clip(size / 2 + r * np.sin(a), 0, size - 1).astype(int)
+    py = np.clip(size / 2 - r * np.cos(a), 0, size - 1).astype(int)
+    return tile[py, px]
+
+
+def blocky(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    return np.kron(rng.integers(0, 256, (8, 8, 3)), np.ones((size // 8, size // 8, 1))).astype(np.uint8)
+
+
+def test_panorama_heading_rolls_left_edge_to_north() -> None:
+    pano = np.zeros((8, 360, 3), dtype=np.uint8)
+    pano[:, 0] = 255  # the column facing the heading (left edge)
+    out = ground_view(pano, (8, 360), heading_deg=90.0, fov_deg=360.0)
+    assert out[:, 90].min() == 255 and out[:, 0].max() == 0
+
+
+def test_photo_is_placed_on_canvas_at_its_heading() -> None:
+    photo = np.full((16, 16, 3), 200, dtype=np.uint8)
+    out = ground_view(photo, (16, 64), heading_deg=90.0, fov_deg=90.0)
+    filled = np.where(out[0, :, 0] == 200)[0]
+    # 90 degrees of 64 columns = 16 columns centred on 90 deg = column 16
+    assert filled.min() == 8 and filled.max() == 23
+    assert (out[0, 0] == MEAN_RGB).all()
+    wrapped = ground_view(photo, (16, 64), heading_deg=0.0, fov_deg=90.0)
+    assert set(np.where(wrapped[0, :, 0] == 200)[0]) == set(range(56, 64)) | set(range(0, 8))
+
+
+@pytest.mark.parametrize("rotation", ["quarter", "any"])
+def test_augmentation_keeps_views_consistent(rotation: str) -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(8):
+        tile = blocky(rng)
+        pano = polar(tile, 32, 128)
+        aug_rng = np.random.default_rng(trial)
+        g, a = augment_pair(pano, tile, aug_rng, rotation=rotation, flip=True)
+        if np.array_equal(a, tile):
+            continue
+        consistent = np.abs(polar(a, 32, 128).astype(int) - g.astype(int)).mean()
+        broken = np.abs(polar(a, 32, 128).astype(int) - pano.astype(int)).mean()
+        assert consistent < 0.35 * broken, (trial, consistent, broken)
+
+
+def test_dataset_filters_track_protocol_split(fake_pairs: Path) -> None:
+    same = load_pairs(fake_pairs, track="aligned", protocol="same-area", split="train")
+    cross = load_pairs(fake_pairs, track="aligned", protocol="cross-area", split="test")
+    assert len(same) == 80 and set(cross["city"]) == {"beta"}
+    photo = load_pairs(fake_pairs, track="photo", protocol="same-area", split="test")
+    assert (photo["fov_deg"] == 90).all()
+    with pytest.raises(ValueError, match="no pairs of track"):
+        load_pairs(fake_pairs, track="nope", protocol="same-area", split="train")
+
+
+def test_dataset_items_and_seeded_augmentation(fake_pairs: Path) -> None:
+    ds = PairDataset(
+        fake_pairs,
+        track="aligned",
+        ground_size=(32, 128),
+        aerial_size=(32, 32),
+        augment={"rotation": "quarter", "flip": True},
+        seed=3,
+    )
+    item = ds[5]
+    assert item["ground"].shape == (3, 32, 128) and item["aerial"].shape == (3, 32, 32)
+    assert abs(float(item["ground"].mean())) < 3
+    again = ds[5]
+    assert (again["aerial"] == item["aerial"]).all()
+    ds.set_epoch(1)
+    changed = [not (ds[i]["aerial"] == PairDataset.__getitem__(ds, i)["aerial"]).all() for i in range(3)]
+    assert not any(changed)  # same epoch, same result
+    plain = PairDataset(fake_pairs, track="aligned", ground_size=(32, 128), aerial_size=(32, 32))
+    ds.set_epoch(0)
+    differs = sum(not (ds[i]["aerial"] == plain[i]["aerial"]).all() for i in range(12))
+    assert differs >= 6  # 7 of 8 augmentations change the tile
+
+
+def _check_batches(batches: list[list[int]], keys: list[frozenset[str]], n: int, bs: int) -> None:
+    seen = [i for b in batches for i in b]
+    assert len(seen) == len(set(seen))
+    assert len(seen) >= n - bs and all(len(b) == bs for b in batches)
+    for b in batches:
+        tiles = [t for i in b for t in keys[i]]
+        assert len(tiles) == len(set(tiles))
+
+
+def test_geo_sampler_groups_neighbours_without_shared_tiles() -> None:
+    rng = np.random.default_rng(0)
+    n, bs = 400, 32
+    lat, lon = 40 + rng.uniform(0, 0.05, n), -75 + rng.uniform(0, 0.05, n)
+    city = np.where(np.arange(n) < 200, "a", "b")
+    keys = [frozenset([f"t{i // 2}"]) for i in range(n)]  # pairs of samples share a tile (offset-like)
+
+    def spread(hard: float) -> float:
+        s = GeoBatchSampler(lat, lon, city, keys, batch_size=bs, hard_fraction=hard, group_size=8, seed=1)
+        batches = list(s)
+        _check_batches(batches, keys, n, bs)
+        d = []
+        for b in batches:
+            xy = np.c_[lat[b], lon[b]]
+            d.append(np.mean([np.sort(np.hypot(*(xy - p).T))[1] for p in xy]))
+        return float(np.mean(d))
+
+    assert spread(1.0) < 0.6 * spread(0.0)
+    s = GeoBatchSampler(lat, lon, city, keys, batch_size=bs, seed=1)
+    first = list(s)
+    assert first == list(s)
+    s.set_epoch(1)
+    assert first != list(s)
+
+
+def test_mined_sampler_batches_anchor_with_its_neighbours() -> None:
+    n, bs = 64, 16
+    neighbours = np.array([[(i + 1) % n, (i + 2) % n, (i + 3) % n] for i in range(n)])
+    keys = [frozenset([f"t{i}"]) for i in range(n)]
+    s = MinedBatchSampler(neighbours, keys, batch_size=bs, per_anchor=3, seed=0)
+    batches = list(s)
+    _check_batches(batches, keys, n, bs)
+    together = sum(len({i, (i + 1) % n} & set(b)) == 2 for b in batches for i in b)
+    assert together >= n // 2
+    with pytest.raises(ValueError, match="neighbour table"):
+        MinedBatchSampler(neighbours[:3], keys, batch_size=bs)

@@ -1,0 +1,95 @@
+"""Embedder: the contract index/search rely on, and a round trip through a checkpoint (local and S3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import torch
+from wherecnn.models.embedder import Embedder
+from wherecnn.train.checkpoint import save_checkpoint
+
+
+def _images(rng: np.random.Generator, n: int, h: int, w: int) -> list[np.ndarray]:
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_untrained_embedder_contract() -> None:
+    emb = Embedder.untrained("dual-cpu", seed=0)
+    rng = np.random.default_rng(0)
+    tiles = emb.aerial(_images(rng, 3, 128, 128))
+    panos = emb.ground(_images(rng, 2, 128, 512))
+    photos = emb.ground(_images(rng, 2, 128, 128), heading_deg=[10.0, None], fov_deg=90.0)
+    for out in (tiles, panos, photos):
+        assert out.dtype == np.float32 and out.shape[1] == emb.embed_dim == 128
+        assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4)
+    assert emb.ground_size == (64, 256) and emb.aerial_size == (96, 96)
+    assert emb.aerial([]).shape == (0, 128)
+    same = Embedder.untrained("dual-cpu", seed=0)
+    assert same.model_id == emb.model_id and np.allclose(
+        same.aerial(_images(np.random.default_rng(0), 3, 128, 128)), tiles
+    )
+    assert not np.allclose(
+        Embedder.untrained("dual-cpu", seed=1).aerial(_images(np.random.default_rng(0), 3, 128, 128)), tiles
+    )
+
+
+def test_photo_heading_changes_the_embedding() -> None:
+    emb = Embedder.untrained("dual-cpu", seed=0)
+    photo = _images(np.random.default_rng(2), 1, 128, 128)
+    north = emb.ground(photo, heading_deg=[0.0], fov_deg=[90.0])
+    east = emb.ground(photo, heading_deg=[90.0], fov_deg=[90.0])
+    assert not np.allclose(north, east, atol=1e-3)
+    with pytest.raises(ValueError, match="heading_deg"):
+        emb.ground(photo, heading_deg=[0.0, 1.0])
+
+
+def _write(model: torch.nn.Module, out: str) -> dict:
+    opt = torch.optim.Adam(model.parameters())
+    return save_checkpoint(
+        out,
+        model=model,
+        optimizer=opt,
+        loop_state={"epoch": 1, "step": 3},
+        card={"model": model.config["name"], "config": model.config},
+        history=[{"epoch": 1}],
+    )
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    emb = Embedder.untrained("dual-cpu", seed=3)
+    card = _write(emb.model, str(tmp_path / "ckpt"))
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} >= {
+        "model.pt",
+        "model_card.json",
+        "optimizer.pt",
+        "metrics.jsonl",
+    }
+    loaded = Embedder.from_checkpoint(str(tmp_path / "ckpt"), device="cpu")
+    assert loaded.model_id == card["model_id"] and loaded.model_id.startswith("dual-cpu-")
+    assert loaded.card["epoch"] == 1 and "git_sha" in loaded.card["code"]
+    rng = np.random.default_rng(1)
+    tiles, panos = _images(rng, 2, 100, 100), _images(rng, 2, 64, 256)
+    assert np.allclose(loaded.aerial(tiles), emb.aerial(tiles), atol=1e-5)
+    assert np.allclose(loaded.ground(panos), emb.ground(panos), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        Embedder.from_checkpoint(str(tmp_path / "nothing"))
+
+
+def test_checkpoint_round_trip_through_s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wherecnn.config import reset_settings_cache
+
+    monkeypatch.setenv("WHERECNN_S3_ENDPOINT_URL", s3_server)
+    reset_settings_cache()
+    try:
+        boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="models")
+        emb = Embedder.untrained("dual-cpu", seed=4)
+        card = _write(emb.model, "s3://models/runs/a")
+        loaded = Embedder.from_checkpoint("s3://models/runs/a", device="cpu")
+        assert loaded.model_id == card["model_id"]
+        tiles = _images(np.random.default_rng(5), 2, 96, 96)
+        assert np.allclose(loaded.aerial(tiles), emb.aerial(tiles), atol=1e-5)
+    finally:
+        reset_settings_cache()

@@ -1,0 +1,92 @@
+"""Every registered model builds and runs on a tiny batch; weights loading never downloads."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from wherecnn.models import build_model, list_models, load_config
+from wherecnn.models.backbones import polar_grid
+
+# small inputs keep the big backbones fast on 2 cores; the architecture is the registered one
+SMALL = {
+    "dual-cpu": {},
+    "where-cnn": {"ground_size": [64, 256], "aerial_size": [64, 64]},
+    "dual-resnet": {"ground_size": [32, 128], "aerial_size": [32, 32], "polar_size": [32, 128]},
+    "dual-convnext": {
+        "ground_size": [32, 128],
+        "aerial_size": [32, 32],
+        "polar_size": [32, 128],
+        "shared": True,
+    },
+}
+
+
+def test_registry_lists_the_issue_models() -> None:
+    assert {"where-cnn", "dual-resnet", "dual-convnext", "dual-cpu"} <= set(list_models())
+    with pytest.raises(ValueError, match="registered models"):
+        load_config("nope")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_embeds_normalised_vectors(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL.get(name, {})).eval()
+    g = torch.randn(2, 3, *model.ground_size)
+    a = torch.randn(2, 3, *model.aerial_size)
+    with torch.no_grad():
+        eg, ea = model(g, a)
+    assert eg.shape == ea.shape == (2, model.embed_dim)
+    assert torch.allclose(eg.norm(dim=1), torch.ones(2), atol=1e-4)
+    assert torch.allclose(ea.norm(dim=1), torch.ones(2), atol=1e-4)
+    assert not torch.allclose(eg[0], eg[1])
+    assert model.config["name"] == name and isinstance(model.config, dict)
+
+
+def test_dual_cpu_is_compact_and_can_share_its_trunk() -> None:
+    model = build_model("dual-cpu")
+    assert 1.0e6 < model.num_parameters() < 2.0e6
+    assert math.isclose(model.temperature, load_config("dual-cpu")["loss"]["temperature"], rel_tol=1e-4)
+    shared = build_model("dual-cpu", shared=True)
+    assert shared.ground_trunk is shared.aerial_trunk
+    assert shared.num_parameters() < model.num_parameters()
+
+
+def test_dual_cpu_ground_branch_has_no_seam_at_north() -> None:
+    """Circular padding: rolling the panorama by a quarter rotates the features, not more."""
+    torch.manual_seed(0)
+    model = build_model("dual-cpu").eval()
+    x = torch.randn(1, 3, *model.ground_size)
+    with torch.no_grad():
+        f = model.ground_trunk(x, circular=True)
+        fr = model.ground_trunk(torch.roll(x, model.ground_size[1] // 4, dims=3), circular=True)
+    assert torch.allclose(torch.roll(f, f.shape[3] // 4, dims=3), fr, atol=1e-4)
+
+
+def test_polar_grid_maps_north_to_the_left_edge() -> None:
+    grid = polar_grid((4, 16))
+    top_left = grid[0, 0, 0]  # far radius, azimuth ~0 (north): x ~ 0, y ~ -1 (top of the tile)
+    assert abs(float(top_left[0])) < 0.25 and float(top_left[1]) < -0.8
+    quarter = grid[0, 0, 4]  # azimuth ~ 90 deg: east = right of the tile
+    assert float(quarter[0]) > 0.8
+
+
+def test_local_weights_file_initialises_where_cnn(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    donor = build_model("where-cnn")
+    features = {f"features.{k}": v + 1.0 for k, v in donor.ground_trunk.state_dict().items()}
+    path = tmp_path / "alexnet-places.pth"
+    torch.save({"state_dict": features}, path)  # the layout of torchvision's AlexNet checkpoints
+    model = build_model("where-cnn", weights=str(path))
+    assert torch.equal(model.ground_trunk[0].weight, features["features.0.weight"])
+    assert torch.equal(model.aerial_trunk[3].weight, features["features.3.weight"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_model("where-cnn", weights=str(tmp_path / "missing.pth"))
+
+
+def test_weight_enum_is_never_downloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not cached"):
+        build_model("where-cnn", weights_enum="IMAGENET1K_V1")
