@@ -9,6 +9,7 @@ such rows still train, they just cannot be placed on a map.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,6 @@ from wherecnn.data.manifest import (
     PAIRS,
     TILE_COLUMNS,
     TILES,
-    resolve_uris,
 )
 
 Severity = Literal["error", "warning"]
@@ -294,7 +294,7 @@ def _check_type(name: str, col: pd.Series, field_name: str, kind: str, report: V
         return
     if kind == "O":
         if field_name == "semi_positive_tile_ids":
-            for row, value in enumerate(col):
+            for row, value in enumerate(col.to_numpy(dtype=object)):
                 if value is None:
                     continue
                 if not isinstance(value, (list, tuple, np.ndarray)) or not all(
@@ -321,7 +321,10 @@ def _check_type(name: str, col: pd.Series, field_name: str, kind: str, report: V
                 )
             )
             return
-        bad = [i for i, v in enumerate(col) if v is not None and not isinstance(v, str) and not _isnan(v)]
+        if isinstance(col.dtype, pd.StringDtype):  # string-typed columns hold only strings and nulls
+            return
+        values = col.to_numpy(dtype=object)
+        bad = [i for i, v in enumerate(values) if v is not None and not isinstance(v, str) and not _isnan(v)]
         for row in bad:
             report.add(
                 Problem(
@@ -361,93 +364,107 @@ def _check_lat_lon(name: str, frame: pd.DataFrame, report: ValidationReport) -> 
         bad_lat = ~unknown & ~(np.abs(lat) <= 90.0)
         bad_lon = ~unknown & ~(np.abs(lon) <= 180.0)
     for row in np.flatnonzero(bad_lat):
-        hint = " (lat and lon swapped?)" if abs(lon[row]) <= 90.0 else ""
+        hint = " (lat and lon swapped?)" if abs(lat[row]) <= 180.0 and abs(lon[row]) <= 90.0 else ""
         report.add(Problem(name, int(row), "lat", "out-of-range", f"lat {lat[row]} outside [-90, 90]{hint}"))
     for row in np.flatnonzero(bad_lon):
         report.add(Problem(name, int(row), "lon", "out-of-range", f"lon {lon[row]} outside [-180, 180]"))
     return ~unknown & ~bad_lat & ~bad_lon
 
 
-def _check_points(name: str, frame: pd.DataFrame, report: ValidationReport) -> None:
-    valid = _check_lat_lon(name, frame, report)
+def _geometry_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(geometries, missing-or-empty mask, geometry type names) as arrays, or None without a geometry."""
+    import shapely
+
     if "geometry" not in frame.columns or not hasattr(frame, "geometry"):
+        return None
+    geoms = np.asarray(frame.geometry.array, dtype=object)
+    missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    types = np.array([g.geom_type if g is not None else "" for g in geoms], dtype=object)
+    return geoms, missing, types
+
+
+def _check_points(name: str, frame: pd.DataFrame, report: ValidationReport) -> None:
+    import shapely
+
+    valid = _check_lat_lon(name, frame, report)
+    arrays = _geometry_arrays(frame)
+    if arrays is None:
         return
+    geoms, missing, types = arrays
+    for row in np.flatnonzero(missing & valid):
+        report.add(
+            Problem(name, int(row), "geometry", "geometry-mismatch", "geometry is empty but lat/lon are set")
+        )
+    wrong = ~missing & (types != "Point")
+    for row in np.flatnonzero(wrong):
+        report.add(
+            Problem(name, int(row), "geometry", "geometry-type", f"expected a Point, got {types[row]}")
+        )
     lat, lon = _num(frame, "lat"), _num(frame, "lon")
-    geoms = frame.geometry
-    for row in range(len(frame)):
-        g = geoms.iloc[row]
-        if g is None or g.is_empty:
-            if valid[row]:
-                report.add(
-                    Problem(
-                        name, row, "geometry", "geometry-mismatch", "geometry is empty but lat/lon are set"
-                    )
-                )
-            continue
-        if g.geom_type != "Point":
-            report.add(
-                Problem(name, row, "geometry", "geometry-type", f"expected a Point, got {g.geom_type}")
+    check = ~missing & ~wrong & valid
+    if lat is None or lon is None or not check.any():
+        return
+    x = np.full(len(frame), np.nan)
+    y = np.full(len(frame), np.nan)
+    x[check] = shapely.get_x(geoms[check])
+    y[check] = shapely.get_y(geoms[check])
+    with np.errstate(invalid="ignore"):
+        bad = check & ((np.abs(x - lon) > _GEOM_TOL_DEG) | (np.abs(y - lat) > _GEOM_TOL_DEG))
+    for row in np.flatnonzero(bad):
+        swapped = abs(x[row] - lat[row]) <= _GEOM_TOL_DEG and abs(y[row] - lon[row]) <= _GEOM_TOL_DEG
+        hint = " — x/y swapped: geometry must be (x=lon, y=lat)" if swapped else ""
+        report.add(
+            Problem(
+                name,
+                int(row),
+                "geometry",
+                "geometry-mismatch",
+                f"point ({x[row]}, {y[row]}) does not match lon/lat ({lon[row]}, {lat[row]}){hint}",
             )
-            continue
-        if not valid[row] or lat is None or lon is None:
-            continue
-        x, y = g.x, g.y
-        if abs(x - lon[row]) > _GEOM_TOL_DEG or abs(y - lat[row]) > _GEOM_TOL_DEG:
-            swapped = abs(x - lat[row]) <= _GEOM_TOL_DEG and abs(y - lon[row]) <= _GEOM_TOL_DEG
-            hint = " — x/y swapped: geometry must be (x=lon, y=lat)" if swapped else ""
-            report.add(
-                Problem(
-                    name,
-                    row,
-                    "geometry",
-                    "geometry-mismatch",
-                    f"point ({x}, {y}) does not match lon/lat ({lon[row]}, {lat[row]}){hint}",
-                )
-            )
+        )
 
 
 def _check_footprints(name: str, frame: pd.DataFrame, report: ValidationReport) -> None:
-    from shapely.geometry import Point
+    import shapely
 
     valid = _check_lat_lon(name, frame, report)
-    if "geometry" not in frame.columns or not hasattr(frame, "geometry"):
+    arrays = _geometry_arrays(frame)
+    if arrays is None:
         return
+    geoms, missing, types = arrays
+    for row in np.flatnonzero(missing & valid):
+        report.add(
+            Problem(name, int(row), "geometry", "geometry-mismatch", "footprint is empty but lat/lon are set")
+        )
+    wrong = ~missing & ~np.isin(types, ["Polygon", "MultiPolygon"])
+    for row in np.flatnonzero(wrong):
+        report.add(
+            Problem(
+                name, int(row), "geometry", "geometry-type", f"expected a footprint Polygon, got {types[row]}"
+            )
+        )
     lat, lon = _num(frame, "lat"), _num(frame, "lon")
-    geoms = frame.geometry
-    for row in range(len(frame)):
-        g = geoms.iloc[row]
-        if g is None or g.is_empty:
-            if valid[row]:
-                report.add(
-                    Problem(
-                        name, row, "geometry", "geometry-mismatch", "footprint is empty but lat/lon are set"
-                    )
-                )
-            continue
-        if g.geom_type not in ("Polygon", "MultiPolygon"):
-            report.add(
-                Problem(
-                    name, row, "geometry", "geometry-type", f"expected a footprint Polygon, got {g.geom_type}"
-                )
+    check = ~missing & ~wrong & valid
+    if lat is None or lon is None or not check.any():
+        return
+    idx = np.flatnonzero(check)
+    grown = shapely.buffer(geoms[idx], _GEOM_TOL_DEG)
+    inside = shapely.contains_xy(grown, lon[idx], lat[idx])
+    for k in np.flatnonzero(~inside):
+        row = int(idx[k])
+        swapped = bool(shapely.contains_xy(grown[k], lat[row], lon[row]))
+        hint = " — x/y swapped: geometry must be (x=lon, y=lat)" if swapped else ""
+        b = geoms[row].bounds
+        report.add(
+            Problem(
+                name,
+                row,
+                "geometry",
+                "geometry-mismatch",
+                f"tile centre (lat {lat[row]}, lon {lon[row]}) lies outside its footprint "
+                f"(lon {b[0]:.6f}..{b[2]:.6f}, lat {b[1]:.6f}..{b[3]:.6f}){hint}",
             )
-            continue
-        if not valid[row] or lat is None or lon is None:
-            continue
-        centre = Point(lon[row], lat[row])
-        if not g.buffer(_GEOM_TOL_DEG).contains(centre):
-            swapped = g.buffer(_GEOM_TOL_DEG).contains(Point(lat[row], lon[row]))
-            hint = " — x/y swapped: geometry must be (x=lon, y=lat)" if swapped else ""
-            b = g.bounds
-            report.add(
-                Problem(
-                    name,
-                    row,
-                    "geometry",
-                    "geometry-mismatch",
-                    f"tile centre (lat {lat[row]}, lon {lon[row]}) lies outside its footprint "
-                    f"(lon {b[0]:.6f}..{b[2]:.6f}, lat {b[1]:.6f}..{b[3]:.6f}){hint}",
-                )
-            )
+        )
 
 
 def _check_required_strings(
@@ -507,7 +524,7 @@ def _check_pairs(
 ) -> None:
     _check_required_strings(PAIRS, pairs, ("capture_id", "tile_id", "track"), report)
     if "capture_id" in pairs.columns and capture_ids is not None:
-        for row, cid in enumerate(pairs["capture_id"]):
+        for row, cid in enumerate(pairs["capture_id"].to_numpy(dtype=object)):
             if isinstance(cid, str) and cid not in capture_ids:
                 report.add(
                     Problem(
@@ -515,7 +532,7 @@ def _check_pairs(
                     )
                 )
     if "tile_id" in pairs.columns and tile_ids is not None:
-        for row, tid in enumerate(pairs["tile_id"]):
+        for row, tid in enumerate(pairs["tile_id"].to_numpy(dtype=object)):
             if isinstance(tid, str) and tid not in tile_ids:
                 report.add(
                     Problem(
@@ -523,7 +540,7 @@ def _check_pairs(
                     )
                 )
     if "semi_positive_tile_ids" in pairs.columns and tile_ids is not None:
-        for row, ids in enumerate(pairs["semi_positive_tile_ids"]):
+        for row, ids in enumerate(pairs["semi_positive_tile_ids"].to_numpy(dtype=object)):
             if ids is None or not isinstance(ids, (list, tuple, np.ndarray)):
                 continue
             for tid in ids:
@@ -558,14 +575,20 @@ def _check_pairs(
 def _id_set(frame: pd.DataFrame, col: str) -> set[str]:
     if col not in frame.columns:
         return set()
-    return {v for v in frame[col] if isinstance(v, str)}
+    return {v for v in frame[col].to_numpy(dtype=object) if isinstance(v, str)}
 
 
 def _uris(name: str, frame: pd.DataFrame, root: Path) -> list[tuple[str, int, str]]:
     if "uri" not in frame.columns:
         return []
-    resolved = resolve_uris(frame[["uri"]].copy(), root)["uri"]
-    return [(name, row, u) for row, u in enumerate(resolved) if isinstance(u, str) and u]
+    # same rule as manifest.resolve_uris (relative -> the manifest's folder), on plain strings for speed
+    base = str(root.resolve())
+    out = []
+    for row, u in enumerate(frame["uri"].to_numpy(dtype=object)):
+        if not isinstance(u, str) or not u:
+            continue
+        out.append((name, row, u if "://" in u or u.startswith("/") else os.path.join(base, u)))
+    return out
 
 
 def _check_uris(
@@ -577,6 +600,8 @@ def _check_uris(
 
     def check(uri: str) -> tuple[str, str | None]:
         try:
+            if "://" not in uri:  # plain path: skip the URI machinery
+                return uri, (None if os.path.exists(uri) else "does not exist")
             return uri, (None if storage.exists(uri) else "does not exist")
         except ValueError as exc:  # unsupported scheme
             return uri, str(exc)
