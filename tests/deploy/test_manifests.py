@@ -114,7 +114,7 @@ def check_cli_invocation(argv: list[str], where: str) -> None:
     command = commands[name]
     while rest and not rest[0].startswith("-") and hasattr(command, "commands"):
         assert rest[0] in command.commands, f"{where}: `wherecnn {name} {rest[0]}` is not a CLI command"
-        command, rest = command.commands[rest[0]], rest[1:]
+        command, name, rest = command.commands[rest[0]], f"{name} {rest[0]}", rest[1:]
     known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
     for token in rest:
         if token.startswith("--"):
