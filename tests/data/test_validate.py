@@ -223,3 +223,39 @@ def test_cli_exit_codes_and_json(tmp_path: Path, valid_dir: Path) -> None:
     human = runner.invoke(app, ["validate", str(d), "--limit", "1"])
     assert human.exit_code == 1
     assert "captures.parquet" in human.output and "row 0" in human.output and "2 more" in human.output
+
+
+def test_unpaired_capture_and_unknown_split_are_warnings(tmp_path: Path, valid_dir: Path) -> None:
+    d = _corrupt(valid_dir, tmp_path / "c")
+    caps = gpd.read_parquet(d / CAPTURES)
+    caps.loc[0, "split"] = "holdout"
+    caps.to_parquet(d / CAPTURES)
+    pairs = read_pairs(d)
+    pairs.iloc[1:].to_parquet(d / PAIRS)
+    report = validate_dir(d)
+    assert report.ok
+    found = {(p.kind, p.row, p.field) for p in report.problems}
+    assert found == {("unknown-split", 0, "split"), ("unpaired-capture", 0, "capture_id")}
+
+
+def test_manifests_on_s3(
+    tmp_path: Path, valid_dir: Path, s3_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest folder on S3: tables are fetched, relative URIs resolve against the prefix."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    storage.s3_client().create_bucket(Bucket="manifests")
+    prefix = "s3://manifests/run1"
+    for path in sorted(valid_dir.rglob("*")):
+        if path.is_file() and path.name != "t3.png":  # t3's URI is absolute (local), skip the copy
+            storage.write_bytes(storage.join(prefix, str(path.relative_to(valid_dir))), path.read_bytes())
+    report = validate_dir(prefix, workers=4)
+    assert report.ok, report.to_json(5)
+    assert report.directory == prefix and report.rows[CAPTURES] == 3
+    client = storage.s3_client()
+    client.delete_object(Bucket="manifests", Key="run1/captures/c1.jpg")
+    client.delete_object(Bucket="manifests", Key="run1/pairs.parquet")
+    report = validate_dir(prefix, workers=4)
+    found = {(p.file, p.kind, p.row) for p in report.errors()}
+    assert (PAIRS, "missing-file", None) in found
+    assert (CAPTURES, "unresolved-uri", 1) in found
+    assert any("s3://manifests/run1/captures/c1.jpg" in p.message for p in report.errors())

@@ -8,6 +8,7 @@ such rows still train, they just cannot be placed on a map.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -27,6 +28,7 @@ from wherecnn.data.manifest import (
     CRS,
     PAIR_COLUMNS,
     PAIRS,
+    SPLITS,
     TILE_COLUMNS,
     TILES,
 )
@@ -130,13 +132,32 @@ def validate_dir(
 ) -> ValidationReport:
     """Validate ``captures.parquet``, ``tiles.parquet`` and ``pairs.parquet`` in ``directory``.
 
-    ``progress(done, total)`` is called while URIs are checked (the slow part on S3).
+    ``directory`` may be a local folder or an ``s3://bucket/prefix``: the three tables are then downloaded to
+    a temporary folder and relative image URIs resolve against the prefix. ``progress(done, total)`` is called
+    while URIs are checked (the slow part on S3).
     """
-    root = Path(directory)
+    if storage.is_s3(str(directory)):
+        import tempfile
+
+        prefix = str(directory).rstrip("/")
+        with tempfile.TemporaryDirectory(prefix="wherecnn-validate-") as tmp:
+            for name in (CAPTURES, TILES, PAIRS):
+                with contextlib.suppress(FileNotFoundError):  # reported as missing-file below
+                    storage.download_to(storage.join(prefix, name), Path(tmp) / name)
+            report = _validate_local(Path(tmp), prefix, check_uris, workers, progress, cap)
+        report.directory = prefix
+        return report
+    return _validate_local(Path(directory), None, check_uris, workers, progress, cap)
+
+
+def _validate_local(
+    root: Path, uri_base: str | None, check_uris: bool, workers: int, progress: Progress | None, cap: int
+) -> ValidationReport:
     report = ValidationReport(directory=str(root), cap=cap)
     if not root.is_dir():
         report.add(Problem(str(root), None, None, "missing-folder", f"no such folder: {root}"))
         return report
+    base = uri_base if uri_base is not None else str(root.resolve())
 
     captures = _read_geo(root / CAPTURES, report)
     tiles = _read_geo(root / TILES, report)
@@ -150,15 +171,29 @@ def validate_dir(
         _check_points(CAPTURES, captures, report)
         _check_capture_values(captures, report)
         capture_ids = _id_set(captures, "capture_id")
-        uri_rows += _uris(CAPTURES, captures, root)
+        uri_rows += _uris(CAPTURES, captures, base)
     if tiles is not None:
         _check_table(TILES, tiles, TILE_COLUMNS, "tile_id", report)
         _check_footprints(TILES, tiles, report)
         _check_tile_values(tiles, report)
         tile_ids = _id_set(tiles, "tile_id")
-        uri_rows += _uris(TILES, tiles, root)
+        uri_rows += _uris(TILES, tiles, base)
     if pairs is not None:
         _check_table(PAIRS, pairs, PAIR_COLUMNS, None, report)
+        if captures is not None and "capture_id" in pairs.columns and "capture_id" in captures.columns:
+            paired = set(pairs["capture_id"].to_numpy(dtype=object))
+            for row, cid in enumerate(captures["capture_id"].to_numpy(dtype=object)):
+                if isinstance(cid, str) and cid not in paired:
+                    report.add(
+                        Problem(
+                            CAPTURES,
+                            row,
+                            "capture_id",
+                            "unpaired-capture",
+                            f"capture {cid!r} has no pair (it can be searched for, not trained on)",
+                            "warning",
+                        )
+                    )
         _check_pairs(
             pairs,
             capture_ids if captures is not None else None,
@@ -481,6 +516,21 @@ def _check_required_strings(
 
 def _check_capture_values(frame: pd.DataFrame, report: ValidationReport) -> None:
     _check_required_strings(CAPTURES, frame, ("city", "uri", "split"), report)
+    for col in ("split", "split_cross_area"):
+        if col not in frame.columns:
+            continue
+        values = frame[col].to_numpy(dtype=object)
+        for row in np.flatnonzero([isinstance(v, str) and v and v not in SPLITS for v in values]):
+            report.add(
+                Problem(
+                    CAPTURES,
+                    int(row),
+                    col,
+                    "unknown-split",
+                    f"{col} {values[row]!r} is not one of {', '.join(SPLITS)} (train/evaluate ignore it)",
+                    "warning",
+                )
+            )
     fov = _num(frame, "fov_deg")
     if fov is not None:
         with np.errstate(invalid="ignore"):
@@ -578,16 +628,22 @@ def _id_set(frame: pd.DataFrame, col: str) -> set[str]:
     return {v for v in frame[col].to_numpy(dtype=object) if isinstance(v, str)}
 
 
-def _uris(name: str, frame: pd.DataFrame, root: Path) -> list[tuple[str, int, str]]:
+def _uris(name: str, frame: pd.DataFrame, base: str) -> list[tuple[str, int, str]]:
+    """(file, row, absolute URI); relative URIs resolve against the manifest's folder or S3 prefix.
+
+    Same rule as ``manifest.resolve_uris``, on plain strings for speed.
+    """
     if "uri" not in frame.columns:
         return []
-    # same rule as manifest.resolve_uris (relative -> the manifest's folder), on plain strings for speed
-    base = str(root.resolve())
+    remote = storage.is_s3(base)
     out = []
     for row, u in enumerate(frame["uri"].to_numpy(dtype=object)):
         if not isinstance(u, str) or not u:
             continue
-        out.append((name, row, u if "://" in u or u.startswith("/") else os.path.join(base, u)))
+        if "://" in u or u.startswith("/"):
+            out.append((name, row, u))
+        else:
+            out.append((name, row, storage.join(base, u) if remote else os.path.join(base, u)))
     return out
 
 
