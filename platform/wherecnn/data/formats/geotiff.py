@@ -69,7 +69,7 @@ def ground_pixel_size(ds) -> tuple[float, float]:
     cc, cr = ds.width / 2.0, ds.height / 2.0
     d = 50.0  # pixels: long enough to be precise, short enough to be local
     pts = [(cc - d, cr), (cc + d, cr), (cc, cr - d), (cc, cr + d)]
-    xs, ys = zip(*[ds.transform * p for p in pts], strict=True)
+    xs, ys = zip(*[ds.transform @ p for p in pts], strict=True)
     lon, lat = to_ll.transform(np.array(xs), np.array(ys))
     gx = float(distance_m(lat1=lat[0], lon1=lon[0], lat2=lat[1], lon2=lon[1])) / (2 * d)
     gy = float(distance_m(lat1=lat[2], lon1=lon[2], lat2=lat[3], lon2=lon[3])) / (2 * d)
@@ -109,7 +109,7 @@ def point_windows(
     inv = ~ds.transform
     out = []
     for tid, x, y in zip(tile_ids, np.atleast_1d(xs), np.atleast_1d(ys), strict=True):
-        c, r = inv * (float(x), float(y))
+        c, r = inv @ (float(x), float(y))
         out.append(Window(tid, int(round(c - tw / 2)), int(round(r - th / 2)), tw, th))
     return out
 

@@ -130,6 +130,15 @@ def _same_area_split(xy: np.ndarray, extent_m: float, rng: np.random.Generator) 
     return label[bi]
 
 
+def city_frame(city: City, extent_m: float):
+    """(UTM CRS, western easting, northern northing) of a city's square, snapped to whole metres."""
+    from wherecnn.geo import to_utm, utm_crs_for
+
+    crs = utm_crs_for(lat=city.lat, lon=city.lon)
+    e0, n0 = to_utm(lat=city.lat, lon=city.lon, crs=crs)
+    return crs, float(math.floor(e0 - extent_m / 2)), float(math.floor(n0 + extent_m / 2))
+
+
 def held_out_cities(names: list[str]) -> list[str]:
     """The cities the cross-area protocol tests on: the last two (the last one with fewer than 4 cities)."""
     if len(names) >= 4:
@@ -148,18 +157,31 @@ def generate(
     oblique: bool = False,
     preview: bool = False,
     progress: Progress | None = None,
+    places_per_city: int | None = None,
+    extent_m: float | None = None,
 ) -> dict:
-    """Write the synthetic world under ``out_dir``; returns a summary (cities, captures, tiles, seconds)."""
+    """Write the synthetic world under ``out_dir``; returns a summary (cities, captures, tiles, seconds).
+
+    ``places_per_city`` and ``extent_m`` override the size preset (small fixtures, benchmarks).
+    """
     import geopandas as gpd
 
     from wherecnn.data.formats.geotiff import tile_raster
     from wherecnn.data.manifest import CRS, captures_frame, write_manifests
     from wherecnn.data.synthetic.render import GroundRenderer, Sun, oblique_view
-    from wherecnn.geo import from_utm, to_utm, utm_crs_for
+    from wherecnn.geo import from_utm
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     spec = SIZES[size]
+    if places_per_city is not None or extent_m is not None:
+        spec = SizeSpec(
+            spec.cities,
+            int(places_per_city or spec.places_per_city),
+            float(extent_m or spec.extent_m),
+        )
+    if spec.extent_m < TILE_M + 10:
+        raise ValueError(f"extent_m must exceed the {TILE_M:g} m tile size, got {spec.extent_m}")
     n_cities = spec.cities if cities is None else int(cities)
     if not 1 <= n_cities <= len(CITIES):
         raise ValueError(f"cities must be between 1 and {len(CITIES)}, got {cities}")
@@ -202,10 +224,7 @@ def generate(
 
         world = build_world(city, extent_m=spec.extent_m, res=WORLD_RES_M, seed=seed)
         mark("world")
-        crs = utm_crs_for(lat=city.lat, lon=city.lon)
-        e0, n0 = to_utm(lat=city.lat, lon=city.lon, crs=crs)
-        west = float(math.floor(e0 - spec.extent_m / 2))
-        north = float(math.floor(n0 + spec.extent_m / 2))
+        crs, west, north = city_frame(city, world.extent_m)
         south = north - world.extent_m
         aerial_sun = Sun.random(rng, elevation=(35, 60))
         aerial = shade_aerial_for(world, aerial_sun, rng)
