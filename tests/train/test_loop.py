@@ -1,0 +1,126 @@
+"""The training function: it learns, is deterministic on CPU, checkpoints every epoch and resumes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from wherecnn.models.embedder import Embedder
+from wherecnn.train.loop import TrainOptions, train_func
+
+# a small dual-cpu keeps these tests to seconds on 2 cores
+TINY = {
+    "ground_size": [32, 128],
+    "aerial_size": [32, 32],
+    "channels": [8, 16, 16, 32, 32, 32],
+    "strides": [2, 2, 2, 1, 2, 1],
+    "head_channels": 8,
+    "embed_dim": 32,
+    "train": {"warmup_steps": 0},
+}
+
+
+def _opts(data: Path, out: Path, **kw: object) -> dict:
+    base = dict(
+        data=str(data),
+        out=str(out),
+        model="dual-cpu",
+        epochs=2,
+        batch_size=16,
+        val_size=16,
+        overrides=TINY,
+        progress=False,
+        lr=3e-3,
+    )
+    base.update(kw)
+    return asdict(TrainOptions(**base))  # type: ignore[arg-type]
+
+
+def test_training_lowers_the_loss_and_writes_a_checkpoint(fake_pairs: Path, tmp_path: Path) -> None:
+    summary = train_func(_opts(fake_pairs, tmp_path / "ck", epochs=6))
+    history = [json.loads(line) for line in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [h for h in history if h["kind"] == "epoch"]
+    assert [h["epoch"] for h in epochs] == list(range(1, 7))
+    assert epochs[-1]["loss"] < 0.8 * epochs[0]["loss"]
+    assert summary["epochs"] == 6 and summary["train_pairs"] == 64  # 80 train places, 16 held out
+    card = json.loads((tmp_path / "ck" / "model_card.json").read_text())
+    assert card["data"]["track"] == "aligned" and len(card["data"]["manifest_digest"]) == 64
+    assert card["metrics"]["val"]["R@1"] >= 0 and card["config"]["embed_dim"] == 32
+    emb = Embedder.from_checkpoint(str(tmp_path / "ck"), device="cpu")
+    assert emb.model_id == card["model_id"] and emb.embed_dim == 32
+
+
+def test_same_seed_same_weights_on_cpu(fake_pairs: Path, tmp_path: Path) -> None:
+    train_func(_opts(fake_pairs, tmp_path / "a", epochs=1, seed=5))
+    train_func(_opts(fake_pairs, tmp_path / "b", epochs=1, seed=5))
+    train_func(_opts(fake_pairs, tmp_path / "c", epochs=1, seed=6))
+    a, b, c = (torch.load(tmp_path / x / "model.pt", weights_only=False)["state_dict"] for x in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_budget_mode_stops_and_photo_track_trains(fake_pairs: Path, tmp_path: Path) -> None:
+    summary = train_func(
+        _opts(fake_pairs, tmp_path / "p", epochs=None, minutes=0.05, track="photo", protocol="cross-area")
+    )
+    assert summary["epochs"] >= 1 and summary["elapsed_s"] < 60
+    card = json.loads((tmp_path / "p" / "model_card.json").read_text())
+    assert card["data"]["protocol"] == "cross-area" and card["data"]["track"] == "photo"
+
+
+def test_killed_run_resumes_to_the_end(fake_pairs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "wherecnn",
+        "train",
+        "--data",
+        str(fake_pairs),
+        "--out",
+        str(out),
+        "--epochs",
+        "5",
+        "--batch-size",
+        "16",
+        "--val-size",
+        "16",
+        "--no-progress",
+        "--seed",
+        "1",
+    ]
+    for key, value in TINY.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    card = out / "model_card.json"
+    deadline = time.time() + 240
+    while not card.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert card.exists(), proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    # killed as soon as the first checkpoint lands: the run is inside a later epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_before = json.loads(card.read_text())["epoch"]
+    assert done_before < 5
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from epoch {done_before}" in resumed.stdout + resumed.stderr
+    final = json.loads(card.read_text())
+    assert final["epoch"] == 5
+    epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs if e["kind"] == "epoch"] == [1, 2, 3, 4, 5]
+
+
+def test_bad_inputs_fail_clearly(fake_pairs: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exactly one of epochs or minutes"):
+        TrainOptions(data=str(fake_pairs), out=str(tmp_path), epochs=1, minutes=1.0)
+    with pytest.raises(ValueError, match="fewer than|< batch"):
+        train_func(_opts(fake_pairs, tmp_path / "x", batch_size=512))

@@ -1,0 +1,77 @@
+"""Losses: they rank matched pairs below mismatched ones, train the temperature, and gather correctly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from wherecnn.train.losses import (
+    contrastive_loss,
+    gather_with_grad,
+    infonce_loss,
+    make_loss,
+    soft_margin_triplet_loss,
+)
+
+
+def _pair(n: int = 16, d: int = 32, noise: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(n, d, generator=g), dim=1)
+    y = F.normalize(x + noise * torch.randn(n, d, generator=g), dim=1)
+    return x, y
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda g, a: contrastive_loss(g, a, margin=0.5),
+        lambda g, a: soft_margin_triplet_loss(g, a),
+        lambda g, a: infonce_loss(g, a, torch.tensor(math.log(1 / 0.05))),
+    ],
+    ids=["contrastive", "triplet", "infonce"],
+)
+def test_matched_pairs_score_lower_than_shuffled(fn) -> None:  # noqa: ANN001
+    g, a = _pair()
+    assert float(fn(g, a)) < 0.5 * float(fn(g, a.roll(1, dims=0)))
+
+
+def test_contrastive_is_zero_when_positives_coincide_and_negatives_are_far() -> None:
+    e = torch.eye(8)  # orthogonal: distance sqrt(2) > margin
+    assert float(contrastive_loss(e, e, margin=1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(contrastive_loss(e, e, margin=2.0)) > 0  # now negatives violate the margin
+
+
+def test_infonce_is_symmetric_and_trains_the_temperature() -> None:
+    g, a = _pair(noise=0.3)
+    scale = torch.tensor(math.log(1 / 0.07), requires_grad=True)
+    loss = infonce_loss(g, a, scale)
+    assert float(loss.detach()) == pytest.approx(float(infonce_loss(a, g, scale).detach()), rel=1e-5)
+    loss.backward()
+    assert scale.grad is not None and float(scale.grad) != 0.0
+
+
+def test_label_smoothing_keeps_loss_above_zero() -> None:
+    e = torch.eye(8)
+    scale = torch.tensor(math.log(100.0))
+    assert float(infonce_loss(e, e, scale)) < 1e-3
+    assert float(infonce_loss(e, e, scale, label_smoothing=0.1)) > 0.1
+
+
+def test_make_loss_reads_the_config() -> None:
+    g, a = _pair()
+
+    class M(torch.nn.Module):
+        logit_scale = torch.nn.Parameter(torch.tensor(math.log(20.0)))
+
+    m = M()
+    for name in ("contrastive", "triplet", "infonce"):
+        assert float(make_loss({"loss": {"name": name}})(g, a, m)) >= 0
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss({"loss": {"name": "hinge"}})
+
+
+def test_gather_without_a_process_group_is_identity() -> None:
+    x = torch.randn(3, 4)
+    assert gather_with_grad(x) is x
