@@ -133,15 +133,25 @@ class GroundRenderer:
     a table entry.
     """
 
-    def __init__(self, world: World, *, max_dist_m: float = 240.0, steps: int = 112) -> None:
+    def __init__(self, world: World, *, max_dist_m: float = 220.0, steps: int = 88) -> None:
         self.world = world
         self.n = world.n
         self.res = world.res
         self.height = torch.from_numpy(world.height.ravel())
-        self.albedo = torch.from_numpy(world.albedo.reshape(-1, 3).astype(np.float32))
-        self.facade = torch.from_numpy(world.facade.reshape(-1, 3).astype(np.float32))
-        self.angle = torch.from_numpy(world.angle.ravel())
-        self.is_building = torch.from_numpy((world.cls == BUILDING).ravel())
+        # one 8-byte record per cell, fetched with a single gather: albedo, facade, building?, grid angle
+        quarter = np.mod(world.angle, np.pi / 2) / (np.pi / 2)  # walls only need the angle mod 90 degrees
+        packed = np.concatenate(
+            [
+                world.albedo.reshape(-1, 3),
+                world.facade.reshape(-1, 3),
+                (world.cls == BUILDING).reshape(-1, 1).astype(np.uint8),
+                np.minimum(quarter * 256, 255).astype(np.uint8).reshape(-1, 1),
+            ],
+            axis=1,
+        )
+        self.packed = torch.from_numpy(np.ascontiguousarray(packed))
+        lut = (torch.arange(256, dtype=torch.float32) + 0.5) / 256 * (math.pi / 2)
+        self.cos_lut, self.sin_lut = torch.cos(lut), torch.sin(lut)
         # distances grow geometrically: fine steps near the camera, coarse far away
         s = np.geomspace(0.5, max_dist_m, steps).astype(np.float32)
         self.s = torch.from_numpy(s)
@@ -201,9 +211,10 @@ class GroundRenderer:
 
         sun = torch.tensor([s.vector() for s in suns], dtype=torch.float32)  # [B, 3]
         gain = torch.tensor([[t * s.intensity for t in s.tint] for s in suns], dtype=torch.float32)  # [B, 3]
+        cell = self.packed[flat]  # [B, W, K, 8] uint8
         # walls: the district grid axis most facing the camera gives the normal
-        ang = self.angle[flat]
-        a1x, a1y = torch.cos(ang), torch.sin(ang)
+        aq = cell[..., 7].long()
+        a1x, a1y = self.cos_lut[aq], self.sin_lut[aq]
         p1 = dx * a1x + dy * a1y
         p2 = dy * a1x - dx * a1y
         use1 = p1.abs() >= p2.abs()
@@ -214,23 +225,20 @@ class GroundRenderer:
         # window bays every 3 m along the wall, on buildings only
         along = torch.where(use1, py * a1x - px * a1y, px * a1x + py * a1y)
         bay = torch.remainder(along, 3.0)
-        bay_ok = (bay > 0.6) & (bay < 2.3) & self.is_building[flat]
+        bay_ok = (bay > 0.6) & (bay < 2.3) & cell[..., 6].bool()
 
         fog = self.fog[:, None]  # [K, 1]
         keep = (1 - fog) * gain[:, None, None, :]  # [B, 1, K, 3]
         add = (self.haze * fog) * gain[:, None, None, :]
-        top_light = (0.55 + 0.45 * sun[:, 2])[:, None, None, None]
-        wall_light = (0.45 + 0.55 * lam)[..., None]
-        fac = self.facade[flat]
-        table = torch.stack(
-            (
-                self.albedo[flat] * top_light * keep + add,  # roof / ground
-                fac * wall_light * keep + add,  # wall
-                (fac * 0.45 + torch.tensor([30.0, 40.0, 55.0])) * wall_light * keep + add,  # window
-            ),
-            dim=2,
-        )  # [B, W, 3, K, 3]
-        table = table.clamp_(0, 255).to(torch.uint8).reshape(b, w, 3 * k, 3)
+        top_keep = (0.55 + 0.45 * sun[:, 2])[:, None, None, None] * keep
+        wall_keep = (0.45 + 0.55 * lam)[..., None] * keep  # [B, W, K, 3]
+        fac = cell[..., 3:6].float()
+        table = torch.empty((b, w, 3, k, 3), dtype=torch.uint8)
+        table[:, :, 0] = (cell[..., 0:3].float() * top_keep).add_(add).clamp_(0, 255)  # roof / ground
+        table[:, :, 1] = (fac * wall_keep).add_(add).clamp_(0, 255)  # wall
+        glass = fac.mul_(0.45).add_(torch.tensor([30.0, 40.0, 55.0]))
+        table[:, :, 2] = glass.mul_(wall_keep).add_(add).clamp_(0, 255)  # window
+        table = table.reshape(b, w, 3 * k, 3)
 
         # --- per pixel [B, W, H] ---
         q = tan_rows.expand(b, w, h) if tan_rows.dim() == 2 else tan_rows
