@@ -128,12 +128,11 @@ def city_sets(
     seed: int = 0,
 ) -> list[CitySet]:
     """The evaluation sets of every city that has test queries for (protocol, track)."""
-    from wherecnn.data.manifest import read_tiles, split_column
-    from wherecnn.data.torchdata import load_pairs
-
-    pairs = load_pairs(data_dir, track=track, protocol=protocol, split="test")
+    pairs = test_queries(data_dir, protocol=protocol, track=track)
     if pairs.empty:
         raise ValueError(f"{data_dir}: no test captures for track {track!r} under protocol {protocol!r}")
+    from wherecnn.data.manifest import read_tiles, split_column
+
     tiles = pd.DataFrame(read_tiles(data_dir).drop(columns="geometry"))
     tile_split = split_column(tiles, protocol)
     rng = np.random.default_rng(seed)
@@ -178,6 +177,25 @@ def city_sets(
             f"{data_dir}: none of the cities {list(cities or [])} has test captures for {track!r}"
         )
     return out
+
+
+def test_queries(data_dir: str | Path, *, protocol: str, track: str) -> pd.DataFrame:
+    """The track's pairs whose capture is "test" under the protocol, with the capture's columns.
+
+    Columns: capture_id, tile_id, semi_positive_tile_ids, city, lat, lon, heading_deg, fov_deg, ground_uri.
+    """
+    from wherecnn.data.manifest import read_captures, read_pairs, split_column
+
+    pairs = read_pairs(data_dir)
+    tracks = sorted(set(pairs["track"]))
+    pairs = pairs[pairs["track"] == track][["capture_id", "tile_id", "semi_positive_tile_ids"]]
+    if pairs.empty:
+        raise ValueError(f"{data_dir}: no pairs of track {track!r} in pairs.parquet (present: {tracks})")
+    caps = pd.DataFrame(read_captures(data_dir).drop(columns="geometry"))
+    caps = caps[(split_column(caps, protocol) == "test").to_numpy()]
+    caps = caps[["capture_id", "city", "lat", "lon", "heading_deg", "fov_deg", "uri"]]
+    out = pairs.merge(caps.rename(columns={"uri": "ground_uri"}), on="capture_id", how="inner")
+    return out.sort_values("capture_id", kind="stable").reset_index(drop=True)
 
 
 def load_images(uris: Sequence[str]) -> list[np.ndarray]:

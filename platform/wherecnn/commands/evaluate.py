@@ -1,0 +1,136 @@
+"""`wherecnn evaluate`: metrics per city and overall, baselines, and the HTML report of the paper's plots."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from wherecnn.evaluate.baselines import KINDS
+
+
+class Protocol(StrEnum):
+    same_area = "same-area"
+    cross_area = "cross-area"
+
+
+class Track(StrEnum):
+    aligned = "aligned"
+    offset = "offset"
+    photo = "photo"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+
+
+def _parse_compare(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, ckpt = item.partition("=")
+        if not sep or not name.strip() or not ckpt.strip():
+            raise typer.BadParameter(
+                f"--compare expects NAME=CHECKPOINT (e.g. imagenet=var/ckpt-in), got {item!r}"
+            )
+        out[name.strip()] = ckpt.strip()
+    return out
+
+
+def evaluate(
+    data: Path = typer.Option(
+        ..., "--data", help="Folder with captures/tiles/pairs.parquet (and <city>/aerial.tif)."
+    ),
+    checkpoint: str = typer.Option(
+        ..., "--checkpoint", help="Checkpoint folder or s3:// prefix (`wherecnn train --out`)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Report folder: index.html, PNGs, metrics.json."),
+    protocol: list[Protocol] = typer.Option(
+        [],
+        "--protocol",
+        help="same-area | cross-area (repeatable). Default: the checkpoint's; 'both' → both.",
+    ),
+    track: Track | None = typer.Option(
+        None, "--track", help="aligned | offset | photo. Default: the checkpoint's."
+    ),
+    baselines: bool = typer.Option(
+        True,
+        "--baselines/--no-baselines",
+        help="Also fit and evaluate the hand-crafted and generic deep baselines.",
+    ),
+    baseline: list[str] = typer.Option(
+        [], "--baseline", help=f"Only these baselines (repeatable; of {', '.join(KINDS)}). Default: all."
+    ),
+    compare: list[str] = typer.Option(
+        [],
+        "--compare",
+        help="Initialisation comparison row NAME=CHECKPOINT (repeatable: random=, imagenet=, places=...).",
+    ),
+    max_gallery: int | None = typer.Option(
+        None, "--max-gallery", min=1, help="Cap each city's gallery (true tiles always kept)."
+    ),
+    max_queries: int | None = typer.Option(None, "--max-queries", min=1, help="Cap each city's queries."),
+    baseline_pairs: int = typer.Option(
+        1500, "--baseline-pairs", min=3, help="Training pairs for each baseline's CCA."
+    ),
+    deep_weights: Path | None = typer.Option(
+        None,
+        "--deep-weights",
+        help="Local ResNet-18 weights file for the generic deep baseline (else random init).",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    seed: int = typer.Option(0, "--seed", help="Seed for gallery/query caps and balanced-AP sampling."),
+) -> None:
+    """Evaluate a checkpoint: Recall@1/5/10/1%, hit rate, pair AP, localisation error; writes the report."""
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from wherecnn.evaluate.pipeline import EvaluateOptions, evaluate_checkpoint
+
+    console = Console()
+    unknown = [b for b in baseline if b not in KINDS]
+    if unknown:
+        raise typer.BadParameter(f"--baseline {unknown}: expected some of {', '.join(KINDS)}")
+    kinds = (baseline or list(KINDS)) if baselines else []
+    opts = EvaluateOptions(
+        data=str(data),
+        checkpoint=checkpoint,
+        out=str(out),
+        protocols=[p.value for p in protocol] or None,
+        track=track.value if track else None,
+        baselines=kinds,
+        compare=_parse_compare(compare),
+        max_gallery=max_gallery,
+        max_queries=max_queries,
+        baseline_pairs=baseline_pairs,
+        deep_weights=str(deep_weights) if deep_weights else None,
+        device=device,
+        seed=seed,
+    )
+    t0 = time.perf_counter()
+    try:
+        with console.status("evaluating ...") as status:
+            sections, index = evaluate_checkpoint(
+                opts, log=lambda msg: (console.print(msg), status.update(msg.strip()))
+            )
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for section in sections:
+        table = Table(
+            title=f"{section.protocol} · {section.track} (mean over {len(section.main.cities)} cities)"
+        )
+        for col in ("features", "R@1", "R@5", "R@10", "R@1%", "hit rate", "AP", "median m"):
+            table.add_column(col, justify="right")
+        for run in [*section.baselines, *section.compare.values(), section.main]:
+            o = run.overall
+            table.add_row(
+                run.name,
+                *(f"{o[k]:.3f}" for k in ("R@1", "R@5", "R@10", "R@1%", "hit_rate")),
+                f"{o['AP']:.4f}",
+                f"{o['median_m']:.0f}",
+            )
+        console.print(table)
+    console.print(f"report: {index}  ({time.perf_counter() - t0:.0f} s)")
