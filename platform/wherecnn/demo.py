@@ -1,0 +1,264 @@
+"""The main job end to end on the embedded default: synthesize → train → index → evaluate → sample searches.
+
+Each stage records what it produced in ``DIR/demo.json`` (with a fingerprint of its inputs), so a second run
+reuses data, checkpoint, index and report unless asked to rebuild or an input changed. Layout of ``DIR``:
+``data/`` (the synthetic world), ``checkpoint/``, ``index/`` (Qdrant Edge store), ``report/``.
+
+One model serves both protocols: it trains on places that are training places under both the same-area and
+the cross-area split (protocol "both"), so the same-area test places and the held-out cities are both unseen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("data", "train", "index", "evaluate", "search")
+# Training budget per world size, minutes of wall clock on the machine at hand.
+DEFAULT_MINUTES = {"tiny": 1.0, "small": 10.0, "full": 30.0}
+
+
+@dataclass
+class DemoPaths:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def store(self) -> str:
+        return f"edge://{self.index.resolve()}"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "demo.json"
+
+
+@dataclass
+class StageResult:
+    name: str
+    seconds: float
+    reused: bool
+    detail: str = ""
+
+
+@dataclass
+class DemoResult:
+    paths: DemoPaths
+    stages: list[StageResult] = field(default_factory=list)
+    per_city: list[dict[str, Any]] = field(default_factory=list)
+    overall: dict[str, dict[str, float]] = field(default_factory=dict)
+    searches: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else "missing"
+
+
+class _State:
+    """``demo.json``: stage name -> {fingerprint, seconds, ...}; written after each completed stage."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+
+    def done(self, stage: str, fingerprint: str) -> bool:
+        return self.data.get(stage, {}).get("fingerprint") == fingerprint
+
+    def record(self, stage: str, fingerprint: str, seconds: float, **extra: Any) -> None:
+        self.data[stage] = {"fingerprint": fingerprint, "seconds": round(seconds, 2), **extra}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+
+    def forget_from(self, stage: str) -> None:
+        """A rebuilt stage invalidates every later one."""
+        for later in STAGES[STAGES.index(stage) :]:
+            self.data.pop(later, None)
+
+
+def run_demo(
+    out: str | Path,
+    *,
+    size: str = "small",
+    seed: int = 0,
+    minutes: float | None = None,
+    rebuild: bool = False,
+    baselines: bool = True,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> DemoResult:
+    """Run (or reuse) every stage; return what a person reads: timings, metrics, sample searches."""
+    paths = DemoPaths(Path(out))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    state = _State(paths.state)
+    if rebuild:
+        state.forget_from("data")
+    result = DemoResult(paths)
+    minutes = DEFAULT_MINUTES.get(size, 10.0) if minutes is None else minutes
+
+    def stage(name: str, fingerprint: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if state.done(name, fingerprint):
+            info = state.data[name]
+            result.stages.append(StageResult(name, 0.0, True, info.get("detail", "")))
+            log(f"[{name}] up to date (built in {info['seconds']:.0f} s); reusing it")
+            return info
+        state.forget_from(name)
+        log(f"[{name}] running ...")
+        t0 = time.perf_counter()
+        extra = fn()
+        seconds = time.perf_counter() - t0
+        state.record(name, fingerprint, seconds, **extra)
+        result.stages.append(StageResult(name, seconds, False, extra.get("detail", "")))
+        log(f"[{name}] done in {seconds:.0f} s {extra.get('detail', '')}")
+        return state.data[name]
+
+    # 1. the synthetic world
+    def make_data() -> dict[str, Any]:
+        from wherecnn.data.synthetic import generate
+
+        summary = generate(paths.data, size=size, seed=seed)
+        return {"detail": f"({len(summary['cities'])} cities, {summary['captures']} captures, "
+                          f"{summary['tiles']} tiles)"}  # fmt: skip
+
+    data_fp = _fingerprint("data", size, seed)
+    stage("data", data_fp, make_data)
+    manifests_fp = _fingerprint(data_fp, _file_digest(paths.data / "tiles.parquet"))
+
+    # 2. the default model, trained on places that are training places under both protocols
+    def train() -> dict[str, Any]:
+        from wherecnn.train.loop import TrainOptions, run_training
+
+        opts = TrainOptions(
+            data=str(paths.data), out=str(paths.checkpoint), model="dual-cpu", minutes=minutes,
+            protocol="both", track="aligned", seed=seed, progress=progress,
+        )  # fmt: skip
+        out = run_training(opts)
+        r1 = (out.get("val") or {}).get("R@1")
+        detail = f"({out['epochs']} epochs, {out['pairs']} pairs in {minutes:g} min"
+        return {"detail": detail + (f", validation R@1 {r1:.3f})" if r1 is not None else ")")}
+
+    train_fp = _fingerprint(manifests_fp, "dual-cpu", minutes, seed)
+    stage("train", train_fp, train)
+    ckpt_fp = _fingerprint(train_fp, _file_digest(paths.checkpoint / "model_card.json"))
+
+    # 3. every aerial tile of every city into the embedded store, through the Ray Data pipeline
+    def index() -> dict[str, Any]:
+        from wherecnn.index.pipeline import run_index
+
+        summary = run_index(
+            str(paths.data / "tiles.parquet"), str(paths.checkpoint), paths.store,
+            workers=1, use_ray=True, run_dir=paths.root / "runs" / "index", show_progress=progress,
+        )  # fmt: skip
+        return {"detail": f"({summary.embedded} tiles embedded, {summary.skipped_total} skipped, "
+                          f"{summary.tiles_per_s:.0f} tiles/s)"}  # fmt: skip
+
+    stage("index", _fingerprint(ckpt_fp, "index"), index)
+
+    # 4. both protocols, with the report
+    def evaluate() -> dict[str, Any]:
+        from wherecnn.evaluate.pipeline import EvaluateOptions, evaluate_checkpoint
+
+        opts = EvaluateOptions(data=str(paths.data), checkpoint=str(paths.checkpoint), out=str(paths.report))
+        if not baselines:
+            opts.baselines = ()
+        sections, _ = evaluate_checkpoint(opts, log=log)
+        metrics = {
+            s.protocol: {"overall": s.main.overall, "cities": {c.city: c.metrics for c in s.main.cities}}
+            for s in sections
+        }
+        return {"detail": f"(report in {paths.report})", "metrics": metrics}
+
+    evaluated = stage("evaluate", _fingerprint(ckpt_fp, "evaluate", baselines), evaluate)
+    metrics = evaluated.get("metrics", {})
+    result.overall = {p: m["overall"] for p, m in metrics.items()}
+
+    # 5. a few sample searches (always run: they are quick and show the store answering)
+    t0 = time.perf_counter()
+    result.searches = sample_searches(paths, count=3, seed=seed)
+    seconds = time.perf_counter() - t0
+    result.stages.append(StageResult("search", seconds, False, f"({len(result.searches)} queries)"))
+
+    result.per_city = _per_city(paths, metrics)
+    return result
+
+
+def sample_searches(paths: DemoPaths, *, count: int = 3, seed: int = 0) -> list[dict[str, Any]]:
+    """Search a few test panoramas from different cities; report the best guess and its error."""
+    from wherecnn.data.manifest import read_captures
+    from wherecnn.index.store import open_store
+    from wherecnn.models.embedder import Embedder
+    from wherecnn.search.engine import SearchEngine
+
+    captures = read_captures(paths.data)
+    panos = captures[(captures["split"] == "test") & (captures["fov_deg"] >= 360)]
+    picks = (
+        panos.groupby("city", sort=True).sample(n=1, random_state=seed).head(count) if len(panos) else panos
+    )
+    store = open_store(paths.store, read_only=True)
+    try:
+        engine = SearchEngine(store, Embedder.from_checkpoint(str(paths.checkpoint)))
+        out = []
+        for row in picks.itertuples(index=False):
+            res = engine.search(row.uri, k=5, true_lat=row.lat, true_lon=row.lon)
+            best = res.best
+            top = res.ranked.sort_values("score", ascending=False).iloc[0] if len(res.ranked) else None
+            out.append(
+                {
+                    "capture_id": row.capture_id,
+                    "city": row.city,
+                    "uri": row.uri,
+                    "best_city": best.city if best else None,
+                    "best_lat": best.lat if best else None,
+                    "best_lon": best.lon if best else None,
+                    "confidence": best.confidence if best else None,
+                    "error_m": float(top["distance_m"]) if top is not None else None,
+                }
+            )
+        return out
+    finally:
+        store.close()
+
+
+def _per_city(paths: DemoPaths, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per city: tiles in the live index and each protocol's R@1, R@1% and median localisation error."""
+    from wherecnn.index.store import open_store
+
+    store = open_store(paths.store, read_only=True)
+    try:
+        cities = sorted(store.cities())
+        rows = []
+        for city in cities:
+            row: dict[str, Any] = {"city": city, "tiles": store.count(cities=[city])}
+            for protocol, m in metrics.items():
+                cm = m["cities"].get(city)
+                if cm is None:
+                    continue
+                row[protocol] = {k: cm.get(k) for k in ("R@1", "R@1%", "median_m")}
+            rows.append(row)
+        return rows
+    finally:
+        store.close()
