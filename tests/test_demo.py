@@ -1,0 +1,67 @@
+"""`wherecnn demo` end to end on the tiny world, then again to show it reuses what it built."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "wherecnn", "demo", "--size", "tiny", "--out", str(out), "--minutes", "0.5"]
+    return subprocess.run(
+        [*cmd, "--no-progress", *extra], capture_output=True, text=True, env=env, timeout=1200, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("demo")
+    return out, _demo(out)
+
+
+def test_demo_runs_every_stage_and_prints_the_summary(demo_run) -> None:
+    out, proc = demo_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = json.loads((out / "demo.json").read_text())
+    assert set(state) == {"data", "train", "index", "evaluate"}
+    metrics = state["evaluate"]["metrics"]
+    assert set(metrics) == {"same-area", "cross-area"}
+    for protocol in metrics.values():
+        assert 0.0 <= protocol["overall"]["R@1"] <= 1.0
+    assert (out / "report" / "index.html").exists()
+    assert (out / "checkpoint" / "model_card.json").exists()
+    text = proc.stdout
+    assert "Per city" in text and "Sample searches" in text and "Next steps" in text
+    assert "make dashboard" in text and "wherecnn search" in text
+
+
+def test_demo_index_holds_every_tile_once(demo_run) -> None:
+    import pandas as pd
+    from wherecnn.index.store import open_store
+
+    out, proc = demo_run
+    assert proc.returncode == 0
+    tiles = pd.read_parquet(out / "data" / "tiles.parquet")
+    store = open_store(f"edge://{out / 'index'}", read_only=True)
+    try:
+        assert store.count() == len(tiles)
+        assert sorted(store.cities()) == sorted(tiles["city"].unique())
+    finally:
+        store.close()
+
+
+def test_second_demo_reuses_everything(demo_run) -> None:
+    out, first = demo_run
+    assert first.returncode == 0
+    before = json.loads((out / "demo.json").read_text())
+    proc = _demo(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in ("data", "train", "index", "evaluate"):
+        assert f"[{stage}] up to date" in proc.stdout
+    assert json.loads((out / "demo.json").read_text()) == before
