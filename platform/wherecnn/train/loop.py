@@ -25,7 +25,7 @@ from wherecnn.data.torchdata import GeoBatchSampler, MinedBatchSampler, PairData
 from wherecnn.models import build_model, model_from_config
 from wherecnn.train.checkpoint import load_checkpoint, manifest_digest, save_checkpoint
 from wherecnn.train.losses import gather_with_grad, make_loss
-from wherecnn.train.mining import embed_dataset, neighbour_table, recall_at
+from wherecnn.train.mining import embed_dataset, neighbour_table
 
 
 @dataclass
@@ -155,7 +155,9 @@ def _validate(model: Any, val: PairDataset, device: torch.device) -> dict[str, f
     g, a = embed_dataset(model, val, device)
     tiles = val.frame["tile_id"].to_numpy()
     _, first, inverse = np.unique(tiles, return_index=True, return_inverse=True)
-    return recall_at(g, a[first], inverse, ks=(1, 5))
+    from wherecnn.evaluate.metrics import retrieval_metrics
+
+    return retrieval_metrics(g, a[first], inverse, ks=(1, 5))
 
 
 # --------------------------------------------------------------------------------------------- the function

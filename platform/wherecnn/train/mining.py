@@ -1,8 +1,7 @@
-"""Embedding a dataset, exact Recall@K for in-loop validation, and Sample4Geo-style neighbour tables."""
+"""Embedding a dataset (in-loop validation, mining) and Sample4Geo-style neighbour tables."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,18 +29,6 @@ def embed_dataset(
     finally:
         inner.train(was_training)
     return np.concatenate(gs), np.concatenate(aes)
-
-
-def recall_at(
-    query: np.ndarray, gallery: np.ndarray, positives: np.ndarray, ks: Sequence[int] = (1, 5, 10)
-) -> dict[str, float]:
-    """Exact Recall@K: rank = number of gallery items scored strictly above the true one (chunked)."""
-    ranks = np.empty(len(query), dtype=np.int64)
-    for s in range(0, len(query), 1024):
-        sim = query[s : s + 1024] @ gallery.T
-        true = sim[np.arange(sim.shape[0]), positives[s : s + 1024]]
-        ranks[s : s + 1024] = (sim > true[:, None]).sum(axis=1)
-    return {f"R@{k}": float((ranks < k).mean()) for k in ks}
 
 
 def neighbour_table(ground: np.ndarray, aerial: np.ndarray, k: int = 32) -> np.ndarray:
