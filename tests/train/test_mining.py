@@ -7,7 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-
 from wherecnn.train.loop import TrainOptions, train_func
 from wherecnn.train.mining import neighbour_table
 
