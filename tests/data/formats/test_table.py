@@ -75,7 +75,8 @@ def test_sidecar_table_and_s3_tiles(
             "city": "Portland",
         }
     ).to_parquet(sidecar)
-    result = table.load(photos, "s3://tiles-bucket/aerial/", tile_table=sidecar)
+    storage.write_bytes("s3://tiles-bucket/aerial2/z/stray_45.5_-122.6.png", b"not listed")
+    result = table.load(photos, "s3://tiles-bucket/aerial", tile_table=sidecar)
     assert len(result.tiles) == 4
     assert result.tiles["uri"].str.startswith("s3://tiles-bucket/aerial/z/").all()
     assert result.tiles["gsd_m"].tolist() == [0.5] * 4

@@ -122,6 +122,8 @@ def load(
     notes: list[str] = []
     photos_uri = os.fspath(photos)
     tiles_uri = os.fspath(tiles)
+    if storage.is_s3(tiles_uri) and not tiles_uri.endswith("/"):
+        tiles_uri += "/"  # a folder: never match sibling prefixes (tiles/ vs tiles2/)
     if sum(v is not None for v in (gsd_m, zoom, tile_size_m)) > 1:
         raise ValueError("give at most one of gsd_m, zoom, tile_size_m")
 
