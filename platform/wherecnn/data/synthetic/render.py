@@ -124,40 +124,53 @@ def oblique_view(world: World, sun: Sun, *, heading_deg: float = 0.0, out_res: f
     return img.clamp(0, 255).to(torch.uint8).numpy()
 
 
+ANGLE_LEVELS = 16  # wall orientations (mod 90 degrees) the ground renderer distinguishes
+EDGE_RGB = (118, 116, 104)  # what lies beyond the city's edge
+
+
 class GroundRenderer:
     """Ray-marches street-level views of one world; keeps the world's rasters as flat torch tensors.
 
     Work is split so that little happens per output pixel: everything that depends only on a ray sample
     (surface colours, wall lighting, fog, window bays) is computed per (camera, column, step) into a small
     colour table, and each pixel only finds its first hit, decides roof/ground vs wall vs window and picks
-    a table entry.
+    a table entry. The world is padded by the ray length, so samples never need bounds checks, and cameras
+    at cell centres (as the generator places them) share one table of cell offsets per panorama column.
     """
 
-    def __init__(self, world: World, *, max_dist_m: float = 220.0, steps: int = 88) -> None:
+    def __init__(self, world: World, *, max_dist_m: float = 200.0, steps: int = 64) -> None:
         self.world = world
         self.n = world.n
         self.res = world.res
-        self.height = torch.from_numpy(world.height.ravel())
+        self.pad = int(math.ceil(max_dist_m / world.res)) + 2
+        self.np_ = self.n + 2 * self.pad
+        pad = ((self.pad, self.pad), (self.pad, self.pad))
+        self.height = torch.from_numpy(np.pad(world.height, pad).ravel())
         # one 8-byte record per cell, fetched with a single gather: albedo, facade, building?, grid angle
         quarter = np.mod(world.angle, np.pi / 2) / (np.pi / 2)  # walls only need the angle mod 90 degrees
+        edge = [np.pad(world.albedo[..., i], pad, constant_values=EDGE_RGB[i]) for i in range(3)]
+        albedo = np.stack(edge, -1)
         packed = np.concatenate(
             [
-                world.albedo.reshape(-1, 3),
-                world.facade.reshape(-1, 3),
-                (world.cls == BUILDING).reshape(-1, 1).astype(np.uint8),
-                np.minimum(quarter * 256, 255).astype(np.uint8).reshape(-1, 1),
+                albedo,
+                np.pad(world.facade, pad + ((0, 0),)),
+                np.pad(world.cls == BUILDING, pad)[..., None].astype(np.uint8),
+                np.pad(np.minimum(quarter * ANGLE_LEVELS, ANGLE_LEVELS - 1).astype(np.uint8), pad)[..., None],
             ],
-            axis=1,
+            axis=-1,
         )
-        self.packed = torch.from_numpy(np.ascontiguousarray(packed))
-        lut = (torch.arange(256, dtype=torch.float32) + 0.5) / 256 * (math.pi / 2)
+        self.packed = torch.from_numpy(np.ascontiguousarray(packed.reshape(-1, 8)))
+        lut = (torch.arange(ANGLE_LEVELS, dtype=torch.float32) + 0.5) / ANGLE_LEVELS * (math.pi / 2)
         self.cos_lut, self.sin_lut = torch.cos(lut), torch.sin(lut)
         # distances grow geometrically: fine steps near the camera, coarse far away
         s = np.geomspace(0.5, max_dist_m, steps).astype(np.float32)
         self.s = torch.from_numpy(s)
+        self.inv_s = 1.0 / self.s
+        self.inv_prev = 1.0 / torch.cat([torch.tensor([1e-3]), self.s[:-1]])
         self.ds = torch.from_numpy(np.diff(s, prepend=np.float32(0.0)).astype(np.float32))
         self.fog = 1 - torch.exp(-self.s / 600.0)
         self.haze = torch.tensor([175.0, 182.0, 190.0])
+        self._offsets: dict[int, torch.Tensor] = {}
 
     def panorama(
         self, x: np.ndarray, y: np.ndarray, suns: list[Sun], *, size: tuple[int, int] = (128, 512)
@@ -168,7 +181,7 @@ class GroundRenderer:
         el = math.pi / 4 - (torch.arange(h, dtype=torch.float32) + 0.5) / h * (math.pi / 2)
         tan_rows = torch.tan(el)[None, :].expand(w, h).contiguous()
         b = len(x)
-        return self._render(x, y, az[None].expand(b, w), tan_rows, suns)
+        return self._render(x, y, az[None].expand(b, w), tan_rows, suns, shared_az=True)
 
     def photo(
         self,
@@ -187,43 +200,75 @@ class GroundRenderer:
         heading = torch.from_numpy(np.radians(np.asarray(heading_deg, dtype=np.float32)))
         az = heading[:, None] + torch.atan(uu)[None, :]
         tan_rows = (vv[None, :] / torch.sqrt(1 + uu * uu)[:, None]).contiguous()  # [W, H]
-        return self._render(x, y, az, tan_rows, suns)
+        return self._render(x, y, az, tan_rows, suns, shared_az=False)
+
+    def _cells(self, x: np.ndarray, y: np.ndarray, az: torch.Tensor, shared_az: bool) -> torch.Tensor:
+        """Flat (padded) cell index of every ray sample, [B, W, K]."""
+        n, res, pad, npp = self.n, self.res, self.pad, self.np_
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if x.min() < 0 or y.min() < 0 or x.max() >= n * res or y.max() >= n * res:
+            raise ValueError(f"{self.world.city.name}: camera outside the {n * res:g} m world")
+        col0 = np.floor(x / res).astype(np.int64)
+        row0 = n - 1 - np.floor(y / res).astype(np.int64)
+        base = torch.from_numpy((row0 + pad) * npp + col0 + pad)[:, None, None]
+        centred = np.allclose(x / res - col0, 0.5) and np.allclose(y / res - np.floor(y / res), 0.5)
+        if shared_az and centred:  # every camera at a cell centre: one offset table for all
+            w = az.shape[1]
+            off = self._offsets.get(w)
+            if off is None:
+                dx, dy = torch.sin(az[0])[:, None].double(), torch.cos(az[0])[:, None].double()
+                oc = torch.floor(0.5 + dx * self.s.double() / res).long()
+                orow = -torch.floor(0.5 + dy * self.s.double() / res).long()
+                off = self._offsets[w] = orow * npp + oc
+            return base + off
+        cx = torch.from_numpy(x)[:, None, None]
+        cy = torch.from_numpy(y)[:, None, None]
+        dx, dy = torch.sin(az.double())[..., None], torch.cos(az.double())[..., None]
+        col = torch.floor((cx + dx * self.s.double()) / res).long() + pad
+        row = (n - 1 + pad) - torch.floor((cy + dy * self.s.double()) / res).long()
+        return row * npp + col
 
     @torch.no_grad()
-    def _render(self, x, y, az: torch.Tensor, tan_rows: torch.Tensor, suns: list[Sun]) -> np.ndarray:
-        n, res = self.n, self.res
+    def _render(
+        self, x, y, az: torch.Tensor, tan_rows: torch.Tensor, suns: list[Sun], *, shared_az: bool
+    ) -> np.ndarray:
         b, w = az.shape
         h = tan_rows.shape[-1]
         k = self.s.shape[0]
-        cx = torch.as_tensor(np.asarray(x, dtype=np.float32))[:, None, None]
-        cy = torch.as_tensor(np.asarray(y, dtype=np.float32))[:, None, None]
-        dx, dy = torch.sin(az)[..., None], torch.cos(az)[..., None]  # [B, W, 1]
+        flat = self._cells(x, y, az, shared_az)  # [B, W, K]
 
         # --- per ray sample [B, W, K] ---
-        px = cx + dx * self.s
-        py = cy + dy * self.s
-        col = torch.floor(px / res).long()
-        row = (n - 1) - torch.floor(py / res).long()
-        inside = (col >= 0) & (col < n) & (row >= 0) & (row < n)
-        flat = (row.clamp_(0, n - 1) * n + col.clamp_(0, n - 1)).masked_fill_(~inside, 0)
-        hk = self.height[flat].masked_fill_(~inside, 0.0)
-        occ = torch.cummax((hk - CAMERA_HEIGHT_M) / self.s, dim=-1).values  # occlusion buffer
+        hk = self.height[flat]
+        rise = hk - CAMERA_HEIGHT_M
+        occ = torch.cummax(rise * self.inv_s, dim=-1).values  # occlusion buffer
+        # a ray that hits sample k came down onto its surface (roof/ground) if it was still above that height
+        # at the previous sample: q >= (h_k - z_cam) / s_(k-1); otherwise it ran into a wall
+        onto = rise * self.inv_prev
+        cell = self.packed[flat]  # [B, W, K, 8] uint8
 
         sun = torch.tensor([s.vector() for s in suns], dtype=torch.float32)  # [B, 3]
         gain = torch.tensor([[t * s.intensity for t in s.tint] for s in suns], dtype=torch.float32)  # [B, 3]
-        cell = self.packed[flat]  # [B, W, K, 8] uint8
-        # walls: the district grid axis most facing the camera gives the normal
-        aq = cell[..., 7].long()
-        a1x, a1y = self.cos_lut[aq], self.sin_lut[aq]
+        # wall lighting per (camera, column, grid angle): the grid axis most facing the camera is the normal
+        dx, dy = torch.sin(az)[..., None], torch.cos(az)[..., None]  # [B, W, 1]
+        a1x, a1y = self.cos_lut, self.sin_lut  # [A]
         p1 = dx * a1x + dy * a1y
         p2 = dy * a1x - dx * a1y
-        use1 = p1.abs() >= p2.abs()
+        use1 = p1.abs() >= p2.abs()  # [B, W, A]
         sp1, sp2 = torch.sign(p1), torch.sign(p2)
         nx = torch.where(use1, -sp1 * a1x, sp2 * a1y)
         ny = torch.where(use1, -sp1 * a1y, -sp2 * a1x)
         lam = (nx * sun[:, 0, None, None] + ny * sun[:, 1, None, None]).clamp_(min=0)
+        aq = cell[..., 7].long()
+        lam_k = torch.gather(lam, -1, aq)  # [B, W, K]
+        use1_k = torch.gather(use1, -1, aq)
         # window bays every 3 m along the wall, on buildings only
-        along = torch.where(use1, py * a1x - px * a1y, px * a1x + py * a1y)
+        cx = torch.as_tensor(np.asarray(x, dtype=np.float32))[:, None, None]
+        cy = torch.as_tensor(np.asarray(y, dtype=np.float32))[:, None, None]
+        px = cx + dx * self.s
+        py = cy + dy * self.s
+        ca, sa = self.cos_lut[aq], self.sin_lut[aq]
+        along = torch.where(use1_k, py * ca - px * sa, px * ca + py * sa)
         bay = torch.remainder(along, 3.0)
         bay_ok = (bay > 0.6) & (bay < 2.3) & cell[..., 6].bool()
 
@@ -231,7 +276,7 @@ class GroundRenderer:
         keep = (1 - fog) * gain[:, None, None, :]  # [B, 1, K, 3]
         add = (self.haze * fog) * gain[:, None, None, :]
         top_keep = (0.55 + 0.45 * sun[:, 2])[:, None, None, None] * keep
-        wall_keep = (0.45 + 0.55 * lam)[..., None] * keep  # [B, W, K, 3]
+        wall_keep = (0.45 + 0.55 * lam_k)[..., None] * keep  # [B, W, K, 3]
         fac = cell[..., 3:6].float()
         table = torch.empty((b, w, 3, k, 3), dtype=torch.uint8)
         table[:, :, 0] = (cell[..., 0:3].float() * top_keep).add_(add).clamp_(0, 255)  # roof / ground
@@ -245,10 +290,9 @@ class GroundRenderer:
         idx = torch.searchsorted(occ, q.contiguous())  # first sample whose surface reaches the ray
         hit = idx < k
         idx.clamp_(max=k - 1)
-        s_hit = self.s[idx]
-        z_ray = CAMERA_HEIGHT_M + s_hit * q
+        z_ray = CAMERA_HEIGHT_M + self.s[idx] * q
         h_hit = torch.gather(hk, -1, idx)
-        top = (z_ray >= h_hit - self.ds[idx] * (-q).clamp(min=0) - 0.05) & (q < 0)
+        top = (q >= torch.gather(onto, -1, idx) - 1e-4) & (q < 0)
         floor_pos = torch.remainder(z_ray, 3.5)
         window = (floor_pos > 1.0) & (floor_pos < 2.6) & (z_ray > 1.5) & (z_ray < h_hit - 0.8)
         window &= torch.gather(bay_ok, -1, idx)
