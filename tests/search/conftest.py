@@ -175,3 +175,12 @@ def engine(tiny_index: TinyIndex) -> Any:
     from wherecnn.search import SearchEngine
 
     return SearchEngine(tiny_index.store, tiny_index.embedder, max_pixels=1_000_000)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature `wherecnn demo` folder (data, checkpoint, index), one per module: a Qdrant Edge version
+    admits one open handle, and the dashboard's cached engine keeps its handle for the session."""
+    from .demo_fixture import build_demo_dir
+
+    return build_demo_dir(tmp_path_factory.mktemp("demo"))

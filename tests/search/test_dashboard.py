@@ -9,14 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .demo_fixture import build_demo_dir, demo_env
+from .demo_fixture import demo_env
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_demo_dir(tmp_path_factory.mktemp("demo"))
 
 
 @pytest.fixture()

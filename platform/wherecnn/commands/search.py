@@ -91,17 +91,20 @@ def search(
             prior = GeoPrior.circle(lat=lat, lon=lon, radius_m=radius_m)  # type: ignore[arg-type]
         with console.status("loading model and index…"):
             engine = _open_engine(settings)
-        with console.status("searching…"):
-            result = engine.search(
-                str(image),
-                cities=city or None,
-                k=k,
-                prior=prior,
-                true_lat=true_lat,
-                true_lon=true_lon,
-                heading_deg=heading_deg,
-                fov_deg=fov_deg,
-            )
+        try:
+            with console.status("searching…"):
+                result = engine.search(
+                    str(image),
+                    cities=city or None,
+                    k=k,
+                    prior=prior,
+                    true_lat=true_lat,
+                    true_lon=true_lon,
+                    heading_deg=heading_deg,
+                    fov_deg=fov_deg,
+                )
+        finally:
+            engine.close()
     except SearchInputError as exc:
         _fail(str(exc))
         return

@@ -183,6 +183,10 @@ class SearchEngine:
         vector_store = open_store(store or settings.store, settings=settings, read_only=True)
         return cls(vector_store, embedder, max_pixels=settings.max_image_pixels)
 
+    def close(self) -> None:
+        """Release the store (a Qdrant Edge version admits one open handle at a time)."""
+        self.store.close()
+
     # ---- what the index holds -------------------------------------------------------------------------
 
     def _follow_version(self) -> None:
