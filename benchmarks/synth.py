@@ -134,6 +134,9 @@ def bench_world(tmp: Path, preview: Path | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-world", action="store_true", help="Skip generating the whole small world.")
+    parser.add_argument(
+        "--world-only", action="store_true", help="Only the small world; merge into the existing JSON."
+    )
     parser.add_argument("--preview", type=Path, help="Copy the small world's preview grid here.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -141,23 +144,31 @@ def main() -> None:
     from rich.table import Table
 
     console = Console()
-    result: dict = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_before": [round(x, 2) for x in os.getloadavg()],
-        }
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_avg_before": [round(x, 2) for x in os.getloadavg()],
     }
+    result: dict = {"machine": machine}
+    if args.world_only and args.out.exists():
+        result = json.loads(args.out.read_text())
+        result["machine_world"] = machine
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        console.print("rendering ...")
-        result["render"] = bench_render()
-        console.print("tiling ...")
-        result["tiles"] = bench_tiles(tmp)
+        if not args.world_only:
+            console.print("rendering ...")
+            result["render"] = bench_render()
+            console.print("tiling ...")
+            result["tiles"] = bench_tiles(tmp)
         if not args.skip_world:
             console.print("generating the small world ...")
             result["small_world"] = bench_world(tmp, args.preview)
-    result["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+    machine["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+    if "render" not in result:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"small world: {result['small_world']}")
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -157,6 +157,33 @@ def _to_uint8(data: np.ndarray) -> np.ndarray:
     return np.clip((data.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
 
 
+def _resample_band(
+    img: np.ndarray, band: list[Window], r0: int, c0: int, px: int
+) -> tuple[np.ndarray, float] | None:
+    """Resample a whole band once when every tile in it lands on whole output pixels (regular grids).
+
+    With 50% overlap each source pixel belongs to four tiles; resampling the band instead of each tile does
+    that work once. Returns None (resample per tile) when windows differ in size or fall between pixels.
+    """
+    from PIL import Image
+
+    sizes = {(w.width, w.height) for w in band}
+    if len(sizes) != 1 or len(band) < 4:
+        return None
+    (tw, th), = sizes
+    if tw != th or tw == px:
+        return None
+    scale = px / tw
+    offs = np.array([(w.row_off - r0, w.col_off - c0) for w in band], dtype=np.float64) * scale
+    if np.abs(offs - np.round(offs)).max() > 1e-6:
+        return None
+    h, w = img.shape[:2]
+    out_w, out_h = int(np.ceil(w * scale)), int(np.ceil(h * scale))
+    box = (0.0, 0.0, out_w / scale, out_h / scale)  # exact scale, may reach past the edge by < 1 px
+    scaled = Image.fromarray(img).resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(scaled), scale
+
+
 def _encode(img: np.ndarray, px: int, path: Path, quality: int) -> None:
     from PIL import Image
 
@@ -229,9 +256,15 @@ def tile_raster(
             for band in _bands(windows, max_rows):
                 img, r0, c0 = _read_band(ds, band)
                 futures = []
+                shared = _resample_band(img, band, r0, c0, px)
                 for w in band:
-                    r, c = w.row_off - r0, w.col_off - c0
-                    crop = img[r : r + w.height, c : c + w.width]
+                    if shared is not None:  # grid: the band was resampled once, tiles are plain crops
+                        scaled, scale = shared
+                        r, c = round((w.row_off - r0) * scale), round((w.col_off - c0) * scale)
+                        crop = scaled[r : r + px, c : c + px]
+                    else:
+                        r, c = w.row_off - r0, w.col_off - c0
+                        crop = img[r : r + w.height, c : c + w.width]
                     futures.append(pool.submit(_encode, crop, px, out / f"{w.tile_id}.jpg", quality))
                 for f in futures:
                     f.result()
