@@ -190,8 +190,11 @@ class VectorStore(ABC):
 
     # --- versions ---------------------------------------------------------------------------------------
     @abstractmethod
-    def begin_version(self, tag: str | None = None, *, resume: bool = True) -> str:
-        """Start (or, same tag and `resume`: continue) building a new version; it becomes the target."""
+    def begin_version(self, tag: str | None = None, *, resume: bool = True, dim: int | None = None) -> str:
+        """Start (or, same tag and `resume`: continue) building a new version; it becomes the target.
+
+        With `dim` the empty version is created at once, so other processes can attach to it by tag.
+        """
 
     @abstractmethod
     def switch(self, version: str | None = None) -> str:
@@ -215,6 +218,10 @@ class VectorStore(ABC):
     @abstractmethod
     def drop_version(self, version: str) -> None:
         """Delete one version that is not live."""
+
+    @abstractmethod
+    def detach(self) -> None:
+        """Stop targeting the version being built (kept for resume or prune); reads go to the live one."""
 
     @abstractmethod
     def close(self) -> None: ...

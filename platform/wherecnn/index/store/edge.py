@@ -402,7 +402,7 @@ class EdgeStore(VectorStore):
                 info.points = self.count()
         return infos
 
-    def begin_version(self, tag: str | None = None, *, resume: bool = True) -> str:
+    def begin_version(self, tag: str | None = None, *, resume: bool = True, dim: int | None = None) -> str:
         self._writable()
         with self._lock:
             if resume and tag:
@@ -411,6 +411,8 @@ class EdgeStore(VectorStore):
                     if info.tag == tag and info.status == "building" and info.version != live:
                         self._close_shard()
                         self._building = info.version
+                        if dim is not None:
+                            self._handle(create_dim=dim)
                         return info.version
             version = new_version_id(tag)
             self._vdir(version).mkdir(parents=True)
@@ -418,7 +420,16 @@ class EdgeStore(VectorStore):
             _atomic_write_json(self._vdir(version) / "meta.json", info.to_meta())
             self._close_shard()
             self._building = version
+            if dim is not None:
+                self._handle(create_dim=dim)
             return version
+
+    def detach(self) -> None:
+        """Stop targeting the version being built (it stays, to be resumed or pruned); target the live one."""
+        with self._lock:
+            if self._building is not None:
+                self._close_shard()
+            self._building = None
 
     def finish_version(self) -> None:
         """Flush, build the HNSW index (Edge runs optimizers only when asked) and mark the build ready."""

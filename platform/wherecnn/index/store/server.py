@@ -64,6 +64,7 @@ class ServerStore(VectorStore):
             )
             self._owns_client = True
         self._building: str | None = None
+        self._pending_meta: dict[str, Any] = {}
         self._lock = threading.RLock()
         if self.client._client.__class__.__name__ == "QdrantLocal":
             # in-process mode warns payload indexes / search params are no-ops there; they matter on a server
@@ -346,7 +347,7 @@ class ServerStore(VectorStore):
             info.points = int(self.client.count(self._coll(info.version), exact=True).count)
         return infos
 
-    def begin_version(self, tag: str | None = None, *, resume: bool = True) -> str:
+    def begin_version(self, tag: str | None = None, *, resume: bool = True, dim: int | None = None) -> str:
         self._writable()
         with self._lock:
             if resume and tag:
@@ -360,7 +361,14 @@ class ServerStore(VectorStore):
                 version=version, status="building", tag=tag, created=time.time()
             ).to_meta()
             self._building = version
+            if dim is not None:
+                self._create(version, dim, self._pending_meta)
             return version
+
+    def detach(self) -> None:
+        """Stop targeting the version being built (it stays, to be resumed or pruned); target the live one."""
+        with self._lock:
+            self._building = None
 
     def finish_version(self) -> None:
         with self._lock:

@@ -1,0 +1,145 @@
+"""Bulk reindex from a moto S3 server, end to end, on both backends, with a reader searching throughout."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pandas as pd
+import pytest
+from wherecnn.config import get_settings, reset_settings_cache
+from wherecnn.index.pipeline import run_index
+from wherecnn.index.reindex import ValidationError, run_reindex
+from wherecnn.index.store import VectorStore
+from wherecnn.index.store.edge import EdgeStore
+from wherecnn.index.store.server import ServerStore
+
+from tests.index.conftest import _tile_image, make_tile_set
+
+CKPT = "untrained:dual-cpu"
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    reset_settings_cache()
+    yield s3_server
+    reset_settings_cache()
+
+
+def upload(local: Path, endpoint: str, bucket: str, prefix: str) -> str:
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            s3.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(local)}", Body=path.read_bytes())
+    return f"s3://{bucket}/{prefix}"
+
+
+def open_pair(backend: str, tmp_path: Path) -> tuple[VectorStore, VectorStore]:
+    """(writer, reader) on one index: the reader is read-only and follows switches."""
+    settings = get_settings()
+    if backend == "edge":
+        return EdgeStore(tmp_path / "idx", settings=settings), EdgeStore(
+            tmp_path / "idx", settings=settings, read_only=True
+        )
+    writer = ServerStore(":memory:", settings=settings)
+    return writer, ServerStore(client=writer.client, settings=settings, read_only=True)
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_reindex_from_s3_with_concurrent_reader(backend: str, s3_env: str, tmp_path: Path) -> None:
+    old_manifest, _ = make_tile_set(tmp_path / "old", n_good=8, seed=1, prefix="old")
+    new_manifest, bad = make_tile_set(tmp_path / "new", n_good=20, seed=2, prefix="new")
+    source = upload(new_manifest.parent, s3_env, f"tiles-{backend}", "city-v2")
+    s3 = boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1")
+    gone = "new-beta-0003"  # listed in the manifest, deleted from the bucket before the freeze
+    s3.delete_object(Bucket=f"tiles-{backend}", Key=f"city-v2/tiles/{gone}.jpg")
+
+    writer, reader = open_pair(backend, tmp_path)
+    run_index(str(old_manifest), CKPT, writer, use_ray=False, run_dir=tmp_path / "r0", show_progress=False)
+    old_live = writer.live_version()
+    if backend == "edge":
+        writer.close()
+    probe = reader.all_vectors("alpha")[1][0]
+
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def search() -> None:
+        while not stop.is_set():
+            try:
+                hits = reader.query(probe, k=1)
+                seen.append(hits[0].tile_id.split("-")[0] if hits else "empty")
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=search, daemon=True)
+    thread.start()
+    try:
+        result = run_reindex(
+            source, CKPT, writer, use_ray=False, batch_size=4, run_dir=tmp_path / "rx", show_progress=False
+        )
+        while len(seen) < 3 or seen[-1] != "new":
+            if not thread.is_alive():
+                break
+            stop.wait(0.01)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert seen[0] == "old" and seen[-1] == "new" and "empty" not in seen
+    flip = seen.index("new")
+    assert set(seen[:flip]) == {"old"} and set(seen[flip:]) == {"new"}  # old, then new, never back
+
+    expected_skips = {**{r: n for r, n in _count(bad).items()}}
+    expected_skips["missing"] = expected_skips.get("missing", 0) + 1
+    assert result.summary.skipped == dict(sorted(expected_skips.items()))
+    assert result.previous == old_live and result.summary.switched
+    assert reader.count() == 20 - 1 and gone not in reader.tile_ids()
+    assert result.checks["sampled"] == 8 and result.checks["sample_failures"] == []
+    frozen = pd.read_parquet(result.manifest)
+    assert len(frozen) == 24 and not frozen.set_index("tile_id").loc[gone, "present"]
+
+    # rollback returns the old index to the reader
+    writer.rollback()
+    assert reader.count() == 8
+    writer.close()
+    reader.close()
+
+
+def _count(bad: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for reason in bad.values():
+        out[reason] = out.get(reason, 0) + 1
+    return out
+
+
+def test_failed_validation_leaves_live_untouched(s3_env: str, tmp_path: Path) -> None:
+    """Tiles overwritten after they were embedded: sample queries miss, the switch does not happen."""
+    manifest, _ = make_tile_set(tmp_path / "world", n_good=12, seed=3, prefix="v")
+    source = upload(manifest.parent, s3_env, "tiles-fail", "c")
+    store = EdgeStore(tmp_path / "idx")
+    old = make_tile_set(tmp_path / "old", n_good=4, seed=4, prefix="old")[0]
+    run_index(str(old), CKPT, store, use_ray=False, run_dir=tmp_path / "r0", show_progress=False)
+    live = store.live_version()
+    kwargs = {"use_ray": False, "run_dir": tmp_path / "rx", "show_progress": False, "samples": 4}
+    result = run_reindex(source, CKPT, store, switch=False, **kwargs)
+    assert store.live_version() == live and result.summary.version != live
+
+    s3 = boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1")
+    rng = np.random.default_rng(99)
+    for key in pd.read_parquet(
+        io.BytesIO(s3.get_object(Bucket="tiles-fail", Key="c/tiles.parquet")["Body"].read())
+    )["uri"]:
+        s3.put_object(Bucket="tiles-fail", Key=f"c/{key}", Body=_tile_image(rng))
+    with pytest.raises(ValidationError, match="do not find themselves"):
+        run_reindex(source, CKPT, store, **kwargs)
+    assert store.live_version() == live and store.count() == 4
+    store.close()
