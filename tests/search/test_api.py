@@ -194,3 +194,15 @@ def test_fuzz_parameters_never_500(
     else:
         results = resp.json()["results"]
         assert all(1 <= r["rank"] <= 1000 for r in results)
+
+
+def test_ray_serve_app_builds_and_pickles() -> None:
+    """Ray ships the ingress class (with the FastAPI app inside) to replicas with cloudpickle."""
+    import ray.cloudpickle as cloudpickle
+    from wherecnn.search.serving import DEPLOYMENT_NAME, build_serve_app
+
+    bound = build_serve_app(num_replicas=2)
+    deployment = bound._bound_deployment
+    assert deployment.name == DEPLOYMENT_NAME and deployment.num_replicas == 2
+    cls = cloudpickle.loads(cloudpickle.dumps(deployment.func_or_class))
+    assert cls.__name__ == "SearchAPI"
