@@ -229,6 +229,22 @@ class PairDataset(Dataset):
             self._cache[i] = item
         return item
 
+    def preload(self, *, threads: int = 2, progress: bool = False, label: str = "decode") -> None:
+        """Decode and resize every image now (threads: PIL releases the GIL), so epochs only compute."""
+        if self._cache is None or not len(self):
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = [i for i, item in enumerate(self._cache) if item is None]
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            results = pool.map(self.raw, todo, chunksize=32)
+            if progress:
+                from rich.progress import track
+
+                results = track(results, total=len(todo), description=f"{label} {len(todo)} pairs")
+            for _ in results:
+                pass
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         ground, aerial = self.raw(i)
         if self.augment:

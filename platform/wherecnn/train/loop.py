@@ -212,6 +212,10 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     }
     train_set = PairDataset(frame=frame, augment=augment, seed=opts.seed, **common)
     val_set = PairDataset(frame=val_frame, **common)
+    t_load = time.perf_counter()
+    train_set.preload(progress=rank0 and opts.progress, label="decoding train")
+    val_set.preload(progress=rank0 and opts.progress, label="decoding val")
+    load_s = time.perf_counter() - t_load
     keys = train_set.tile_keys()
     geo_sampler = GeoBatchSampler(
         frame["lat"],
@@ -262,6 +266,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             "epochs": opts.epochs,
             "minutes": opts.minutes,
             "device": str(ctx.device),
+            "decode_s": round(load_s, 1),
         },
     }
     mine_every = int(train_cfg.get("mine_every", 0) or 0)
