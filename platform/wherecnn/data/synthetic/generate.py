@@ -380,7 +380,8 @@ def generate(
     if preview:
         from wherecnn.data.synthetic.preview import write_preview
 
-        summary["preview"] = str(write_preview(out, out / "preview.png"))
+        per_city_rows = 2 if len(chosen) <= 3 else 1
+        summary["preview"] = str(write_preview(out, out / "preview.png", per_city=per_city_rows))
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     return summary
 

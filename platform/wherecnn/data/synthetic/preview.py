@@ -61,7 +61,7 @@ def write_preview(world_dir: str | Path, path: str | Path, *, per_city: int = 2,
         d = ImageDraw.Draw(row)
         for i, letter in enumerate("NESW"):
             d.text((i * pano.width / 4 + 2, 1), letter, fill=(200, 0, 0))
-        d.text((pano.width // 2 + 14, 1), f"{pid} panorama, north at left", fill=(0, 0, 0))
+        d.text((pano.width // 2 + 14, 1), pid, fill=(0, 0, 0))
         d.text((pano.width + GAP + 2, 1), f"photo {heading:.0f} deg", fill=(0, 0, 0))
         d.text((pano.width + photo.width + 2 * GAP + 2, 1), "aerial tile 100 m", fill=(0, 0, 0))
         rows.append(row)
