@@ -2,6 +2,17 @@
 
 ``build_model("dual-cpu", embed_dim=64)`` merges overrides into the config (nested dicts merge key by key), so
 every experiment is a config plus overrides and a checkpoint can rebuild its model from the stored config.
+
+Config keys shared by every model:
+- ``embed_dim``, ``ground_size`` [H, W], ``aerial_size`` [H, W], ``mean``/``std`` (input normalisation);
+- ``shared``: one trunk for both views (heads stay per view) instead of two;
+- ``ground_layout``: ``"canvas"`` (default) puts a limited-FOV photo on a 360-degree canvas centred on its
+  compass heading, i.e. the heading is used exactly as if the tile were rotated heading-up, while the gallery
+  stays north-up and is embedded once; ``"resize"`` ignores the heading (unknown-orientation training);
+- ``polar`` (torchvision family): SAFA-style polar transform of the aerial tile to ``polar_size``;
+- ``weights`` (local state-dict file) / ``weights_enum`` (torchvision enum, only if already cached);
+- ``loss`` (``contrastive`` | ``triplet`` | ``infonce`` and their parameters) and ``train`` (batch size, lr,
+  optimizer, warmup, augmentation, hard-negative sampling, ``mine_every`` for Sample4Geo-style mining).
 """
 
 from __future__ import annotations
