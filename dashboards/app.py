@@ -323,7 +323,7 @@ if explained is not None:
         st.subheader("What the model looked at")
         st.image(
             overlay(explained["ground_view"], explained["ground_saliency"]),
-            caption="query (as the model saw it)",
+            caption=f"query as the model saw it ({explained.get('method', 'saliency')})",
             width="stretch",
         )
     with b_col:

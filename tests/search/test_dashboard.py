@@ -81,6 +81,7 @@ def test_upload_choose_city_ranked_table_and_map(demo_settings: Path) -> None:
     left, bottom, right, top = aerial["bounds"]
     assert left < min(table["lon"]) < max(table["lon"]) < right and bottom < min(table["lat"]) < top
     assert _layer(spec, "heatmap") is not None
+    assert not [c.value for c in at.caption if "unavailable" in c.value]  # tiles and activation maps shown
     labels = {b.label for b in at.get("download_button")}
     assert {"Download GeoJSON", "Download CSV"} <= labels
     at.toggle(key="heat").set_value(False).run()

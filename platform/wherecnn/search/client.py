@@ -144,17 +144,24 @@ class LocalBackend:
         query = self.engine.prepare(data)
         fov = infer_fov(query, fov_deg)
         try:
-            from wherecnn.evaluate.activations import match_activations  # type: ignore[attr-defined]
-        except ImportError:
-            match_activations = None
-        if match_activations is not None:
-            try:
-                return match_activations(embedder, query, tile, heading_deg=heading_deg, fov_deg=fov)
-            except TypeError:  # a different signature: fall back to gradient saliency
-                pass
+            from wherecnn.evaluate.activations import pair_maps
+        except ImportError:  # evaluation not installed: plain gradient saliency
+            pair_maps = None
+        if pair_maps is not None:
+            maps = pair_maps(embedder, query, tile, heading_deg=heading_deg, fov_deg=fov)
+            return {
+                "ground_view": maps.ground,
+                "aerial_view": maps.aerial,
+                "ground_saliency": maps.ground_cam,
+                "aerial_saliency": maps.aerial_cam,
+                "score": np.float32(maps.score),
+                "method": "Grad-CAM",
+            }
         from wherecnn.search.saliency import match_saliency
 
-        return match_saliency(embedder, query, tile, heading_deg=heading_deg, fov_deg=fov)
+        return match_saliency(embedder, query, tile, heading_deg=heading_deg, fov_deg=fov) | {
+            "method": "gradient"
+        }
 
 
 class RemoteBackend:
