@@ -273,7 +273,9 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
     if resumed is not None and rank0:
         print(f"resuming from epoch {loop['epoch']} (step {loop['step']}) of {opts.out}", flush=True)
-    progress = _Progress(enabled=rank0 and opts.progress, total=(total_steps or None), budget_s=budget_s)
+    progress = _Progress(
+        enabled=rank0 and opts.progress, total=(total_steps or None), budget_s=budget_s, rank0=rank0
+    )
     start_epoch = int(loop["epoch"])
     progress.start(loop["step"], loop["elapsed_s"])
     t_start = time.perf_counter() - float(loop["elapsed_s"])
@@ -390,8 +392,10 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 class _Progress:
     """rich progress on rank 0: loss, pairs/s and the latest validation R@1."""
 
-    def __init__(self, *, enabled: bool, total: int | None, budget_s: float | None) -> None:
-        self.enabled, self.total, self.budget_s = enabled, total, budget_s
+    def __init__(
+        self, *, enabled: bool, total: int | None, budget_s: float | None, rank0: bool = True
+    ) -> None:
+        self.enabled, self.total, self.budget_s, self.rank0 = enabled, total, budget_s, rank0
         self._p: Any = None
 
     def start(self, step: int, elapsed: float) -> None:
@@ -422,6 +426,8 @@ class _Progress:
         self, step: int, elapsed: float, epoch: int, loss: float, rate: float, r1: float | None
     ) -> None:
         if self._p is None:
+            if self.rank0 and step % 50 == 0:
+                print(f"step {step}: loss {loss:.4f}  {rate:.0f} pairs/s  ({elapsed:.0f} s)", flush=True)
             return
         self._p.update(
             self._task,
@@ -433,13 +439,17 @@ class _Progress:
         )
 
     def epoch_done(self, metrics: dict[str, Any]) -> None:
+        """One line per epoch: in the progress display, or plain (logs, Ray workers, --no-progress)."""
+        val = metrics.get("val", {})
+        line = (
+            f"epoch {metrics['epoch']}: loss {metrics['loss']:.4f}  T {metrics['temperature']:.3f}  "
+            f"{metrics['pairs_per_s']:.0f} pairs/s  val R@1 {val.get('R@1', float('nan')):.3f} "
+            f"R@5 {val.get('R@5', float('nan')):.3f}  ({metrics['elapsed_s']:.0f} s)"
+        )
         if self._p is not None:
-            val = metrics.get("val", {})
-            self._p.console.log(
-                f"epoch {metrics['epoch']}: loss {metrics['loss']:.4f}  T {metrics['temperature']:.3f}  "
-                f"{metrics['pairs_per_s']:.0f} pairs/s  val R@1 {val.get('R@1', float('nan')):.3f} "
-                f"R@5 {val.get('R@5', float('nan')):.3f}  ({metrics['elapsed_s']:.0f} s)"
-            )
+            self._p.console.log(line)
+        elif self.rank0:
+            print(line, flush=True)
 
     def stop(self) -> None:
         if self._p is not None:
