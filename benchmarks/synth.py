@@ -66,6 +66,10 @@ def bench_render(n: int = 256) -> dict:
     out["panorama_64x256"] = _timed(panos((64, 256), n), n)
     out["panorama_128x512"] = _timed(panos((128, 512), n // 2), n // 2)
     out["photo_128"] = _timed(photos, n)
+    from wherecnn.data.synthetic.render import photos_from_panoramas
+
+    panos = g.panorama(xy[:64, 0], xy[:64, 1], suns[:64], size=(128, 512))
+    out["photo_from_pano_128"] = _timed(lambda: photos_from_panoramas(panos, headings[:64], size=128), 64)
     return out
 
 
@@ -180,7 +184,8 @@ def main() -> None:
     for key, label in (
         ("panorama_64x256", "panoramas 64x256"),
         ("panorama_128x512", "panoramas 128x512"),
-        ("photo_128", "photos 128x128"),
+        ("photo_128", "photos 128x128 (ray-marched)"),
+        ("photo_from_pano_128", "photos 128x128 (cut from pano)"),
     ):
         table.add_row(label, f"{r[key]['per_s']:.0f}", f"{r[key]['cpu_ms_per_item']:.1f}")
     for key, label in (("tiles_grid_128", "grid tiles 128 px"), ("tiles_centred_128", "centred tiles")):

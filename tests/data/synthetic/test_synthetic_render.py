@@ -81,3 +81,23 @@ def test_oblique_view_shows_the_tower_facade() -> None:
     img = oblique_view(w, Sun(180.0, 45.0), heading_deg=0.0, out_res=1.0)
     assert img.shape[1] == 200
     assert redness(img).max() > 0.05  # the south-facing red wall is visible from the south
+
+
+def test_photos_cut_from_panoramas_match_rendered_photos() -> None:
+    from wherecnn.data.synthetic.generate import street_cameras
+    from wherecnn.data.synthetic.render import photos_from_panoramas
+    from wherecnn.data.synthetic.world import build_world
+
+    w = build_world(CITIES[2], extent_m=300, res=1.0, seed=0)
+    rng = np.random.default_rng(0)
+    xy = street_cameras(w, 6, rng, margin_m=52)
+    suns = [Sun(150.0, 45.0)] * 6
+    heading = rng.uniform(0, 360, 6)
+    g = GroundRenderer(w)
+    panos = g.panorama(xy[:, 0], xy[:, 1], suns, size=(128, 512))
+    cut = photos_from_panoramas(panos, heading, size=128, fov_deg=90).astype(int)
+    direct = g.photo(xy[:, 0], xy[:, 1], heading, suns, size=128, fov_deg=90).astype(int)
+    assert cut.shape == direct.shape == (6, 128, 128, 3)
+    assert np.abs(cut - direct).mean() < 20  # same scene, resampling differences only
+    shuffled = direct[[1, 2, 3, 4, 5, 0]]
+    assert np.abs(cut - shuffled).mean() > np.abs(cut - direct).mean() + 5

@@ -4,7 +4,7 @@ Layout under ``out_dir``::
 
     <city>/aerial.tif                 nadir orthomosaic, city's UTM CRS, 0.5 m/px
     <city>/pano/<place>.jpg           360-degree panorama, 128x512, north at the left edge
-    <city>/photo/<place>.jpg          ~90-degree perspective photo, 128x128, heading in the manifest
+    <city>/photo/<place>.jpg          90-degree pinhole photo cut from the panorama, 128x128, random heading
     <city>/tiles/<tile_id>.jpg        128 px tiles of 100 m: grid (50% overlap) and centred on each place
     <city>/oblique/...                (--oblique) 45-degree bird's-eye mosaic and per-place crops
     captures.parquet tiles.parquet pairs.parquet    (relative uris; see docs/contracts.md)
@@ -37,7 +37,7 @@ STRIDE_M = 50.0
 PANO_SIZE = (128, 512)
 PHOTO_PX = 128
 PHOTO_FOV = 90.0
-BATCH = 32
+BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def generate(
 
     from wherecnn.data.formats.geotiff import tile_raster
     from wherecnn.data.manifest import CRS, captures_frame, write_manifests
-    from wherecnn.data.synthetic.render import GroundRenderer, Sun, oblique_view
+    from wherecnn.data.synthetic.render import GroundRenderer, Sun, oblique_view, photos_from_panoramas
     from wherecnn.geo import from_utm
 
     if size not in SIZES:
@@ -247,9 +247,7 @@ def generate(
         for b0 in range(0, n_places, BATCH):
             sl = slice(b0, b0 + BATCH)
             panos = renderer.panorama(xy[sl, 0], xy[sl, 1], suns[sl], size=PANO_SIZE)
-            photos = renderer.photo(
-                xy[sl, 0], xy[sl, 1], headings[sl], suns[sl], size=PHOTO_PX, fov_deg=PHOTO_FOV
-            )
+            photos = photos_from_panoramas(panos, headings[sl], size=PHOTO_PX, fov_deg=PHOTO_FOV)
             for j, pid in enumerate(place_ids[sl]):
                 futures.append(pool.submit(_jpeg, panos[j], cdir / "pano" / f"{pid}.jpg"))
                 futures.append(pool.submit(_jpeg, photos[j], cdir / "photo" / f"{pid}.jpg"))
