@@ -128,6 +128,8 @@ def make_fake_pairs(out: Path, *, n_places: int = 96, seed: int = 0) -> Path:
                 capture_id=f"{i:03d}-photo", tile_id=f"tile-{i:03d}", track="photo", semi_positive_tile_ids=[]
             ),
         ]
+    for pair in pairs[-3:]:  # the synthetic world also copies city and splits into pairs
+        pair.update(city=city, split=split)
     write_manifests(
         out, captures_frame(pd.DataFrame(caps)), tiles_frame(pd.DataFrame(tiles)), pd.DataFrame(pairs)
     )

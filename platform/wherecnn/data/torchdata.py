@@ -139,7 +139,7 @@ def load_pairs(
     captures = read_captures(data_dir)
     tiles = read_tiles(data_dir)
     pairs = read_pairs(data_dir)
-    pairs = pairs[pairs["track"] == track]
+    pairs = pairs.loc[pairs["track"] == track, ["capture_id", "tile_id", "track", "semi_positive_tile_ids"]]
     if pairs.empty:
         tracks = sorted(set(read_pairs(data_dir)["track"]))
         raise ValueError(
