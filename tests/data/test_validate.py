@@ -259,3 +259,21 @@ def test_manifests_on_s3(
     assert (PAIRS, "missing-file", None) in found
     assert (CAPTURES, "unresolved-uri", 1) in found
     assert any("s3://manifests/run1/captures/c1.jpg" in p.message for p in report.errors())
+
+
+def test_tiny_world_validates_and_a_corrupted_copy_fails(tiny_world: Path, tmp_path: Path) -> None:
+    """The synthetic world passes; breaking it yields row-level errors (issue 2's "done when")."""
+    report = validate_dir(tiny_world)
+    assert report.ok and report.n_warnings == 0, report.to_json(5)
+    d = tmp_path / "bad"
+    d.mkdir()
+    for name in (CAPTURES, TILES, PAIRS):
+        shutil.copy(tiny_world / name, d / name)
+    caps = gpd.read_parquet(d / CAPTURES)
+    caps.loc[4, "lon"] = 500.0
+    caps.to_parquet(d / CAPTURES)
+    report = validate_dir(d)  # relative URIs now point into an empty folder
+    assert not report.ok
+    found = {(p.file, p.kind) for p in report.errors()}
+    assert (CAPTURES, "out-of-range") in found and (CAPTURES, "unresolved-uri") in found
+    assert any(p.row == 4 and p.field == "lon" for p in report.errors())
