@@ -124,3 +124,62 @@ def test_cli_ingest_table(tmp_path: Path, builders: dict) -> None:
     assert "valid" in res.output
     tiles = pd.read_parquet(out / "tiles.parquet")
     assert tiles["gsd_m"].iloc[0] == pytest.approx(0.2986 * 0.7007, rel=2e-3)  # cos(45.5 deg)
+
+
+def test_readme_flow_tiler_output_as_tiles(tmp_path: Path, builders: dict) -> None:
+    """`wherecnn tile ortho.tif --out T`, then `ingest table --tiles T` reads T/tiles.parquet."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from typer.testing import CliRunner
+    from wherecnn.cli import app
+
+    crs = geo.utm_crs_for(lat=LAT0, lon=LON0)
+    e0, n0 = geo.to_utm(lat=LAT0, lon=LON0, crs=crs)
+    ortho = tmp_path / "ortho.tif"
+    data = np.random.default_rng(0).integers(0, 255, (3, 240, 240), dtype=np.uint8)
+    with rasterio.open(
+        ortho,
+        "w",
+        driver="GTiff",
+        width=240,
+        height=240,
+        count=3,
+        dtype="uint8",
+        crs=crs.to_wkt(),
+        transform=from_origin(e0 - 60, n0 + 60, 0.5, 0.5),
+    ) as ds:
+        ds.write(data)
+    runner = CliRunner()
+    tiles_dir = tmp_path / "mine" / "tiles"
+    res = runner.invoke(
+        app,
+        [
+            "tile",
+            str(ortho),
+            "--out",
+            str(tiles_dir),
+            "--size-m",
+            "60",
+            "--px",
+            "64",
+            "--stride-m",
+            "30",
+            "--city",
+            "Portland",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    photos, _, _ = _layout(tmp_path / "p", builders)
+    out = tmp_path / "mine"
+    res = runner.invoke(
+        app, ["ingest", "table", "--photos", str(photos), "--tiles", str(tiles_dir), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    tiler = pd.read_parquet(tiles_dir / "tiles.parquet")
+    tiles = pd.read_parquet(out / "tiles.parquet")
+    assert sorted(tiles["tile_id"]) == sorted(tiler["tile_id"])  # the tiler's ids and footprints are kept
+    merged = tiles.merge(tiler, on="tile_id", suffixes=("", "_tiler"))
+    assert np.allclose(merged["min_lat"], merged["min_lat_tiler"]) and (merged["size_m"] == 60.0).all()
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    assert len(pairs) == 4 and set(pairs["tile_id"]) <= set(tiler["tile_id"])

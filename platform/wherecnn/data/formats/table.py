@@ -69,7 +69,12 @@ def read_table(uri: str | os.PathLike[str]) -> pd.DataFrame:
             return pd.read_csv(io.BytesIO(data), compression="gzip" if lower.endswith(".gz") else None)
         if lower.endswith(".tsv"):
             return pd.read_csv(io.BytesIO(data), sep="\t")
-        return pd.read_parquet(io.BytesIO(data))
+        try:  # GeoParquet keeps its geometry (e.g. the tiler's exact footprints)
+            import geopandas as gpd
+
+            return gpd.read_parquet(io.BytesIO(data))
+        except ValueError:
+            return pd.read_parquet(io.BytesIO(data))
     except Exception as exc:
         raise ValueError(f"cannot read table {name}: {exc}") from exc
 
@@ -176,6 +181,9 @@ def load(
     if not uris:
         raise FileNotFoundError(f"no tile images ({', '.join(IMAGE_SUFFIXES)}) under {tiles_uri}")
     side = None
+    if tile_table is None and storage.exists(storage.join(tiles_uri, "tiles.parquet")):
+        tile_table = storage.join(tiles_uri, "tiles.parquet")  # what `wherecnn tile` writes next to its tiles
+        notes.append(f"tile coordinates from {tile_table}")
     if tile_table is not None:
         side = _canonical(
             read_table(tile_table),
@@ -194,7 +202,7 @@ def load(
     _scale(tile_frame, gsd_m=gsd_m, zoom=zoom, tile_size_m=tile_size_m)
     _photo_cities(caps, tile_frame)
     _tile_cities(tile_frame, caps, city)
-    tile_frame["split"] = "gallery"
+    tile_frame["split"] = tile_frame["split"].fillna("gallery") if "split" in tile_frame else "gallery"
     if "split" in frame:
         caps["split"] = frame["split"].astype(str).to_numpy()
     else:
@@ -219,7 +227,7 @@ def load(
     pairs = pd.concat(parts, ignore_index=True) if parts else make_pairs([])
     return IngestResult(
         captures=make_captures(caps),
-        tiles=make_tiles(tile_frame),
+        tiles=_with_footprints(tile_frame),
         pairs=make_pairs(pairs),
         source=f"table:{photos_uri} + {tiles_uri}",
         notes=notes,
@@ -238,16 +246,13 @@ def _tiles_frame(uris: list[str], prefix: str, side: pd.DataFrame | None, notes:
     rows, skipped = [], []
     for uri in uris:
         rel = uri[len(root) :] if uri.startswith(root) else Path(uri).name
+        uri = uri if storage.is_s3(uri) else absolute(uri)
         rec = by_uri.get(uri) or by_name.get(Path(uri).name)
-        row: dict[str, Any] = {"uri": uri if storage.is_s3(uri) else absolute(uri)}
-        if rec is not None:
-            row.update(
-                {
-                    k: rec[k]
-                    for k in ("lat", "lon", "gsd_m", "size_m", "width", "city", "tile_id")
-                    if k in rec and not _missing(rec[k])
-                }
-            )
+        row: dict[str, Any] = {"uri": uri}
+        if rec is not None:  # every sidecar column travels along; its footprint replaces ours below
+            row.update({k: v for k, v in rec.items() if k not in ("uri", "geometry") and not _missing(v)})
+            if rec.get("geometry") is not None:
+                row["_footprint"] = rec["geometry"]
         else:
             found = lat_lon_from_name(uri)
             if found is None:
@@ -264,6 +269,22 @@ def _tiles_frame(uris: list[str], prefix: str, side: pd.DataFrame | None, notes:
             f"duplicate tile ids under {prefix}: {frame['tile_id'][frame['tile_id'].duplicated()].iloc[0]}"
         )
     return frame
+
+
+def _with_footprints(frame: pd.DataFrame) -> Any:
+    """Tiles GeoDataFrame: north-up squares from size_m, replaced by the sidecar's footprints where given."""
+    if "_footprint" not in frame.columns:
+        return make_tiles(frame)
+    given = frame["_footprint"].to_numpy(dtype=object)
+    tiles = make_tiles(frame.drop(columns="_footprint"))
+    has = np.array([g is not None and not getattr(g, "is_empty", True) for g in given])
+    if has.any():
+        geoms = np.asarray(tiles.geometry.array, dtype=object)
+        geoms[has] = given[has]
+        tiles = tiles.set_geometry(list(geoms), crs=tiles.crs)
+        bounds = np.array([g.bounds for g in given[has]])
+        tiles.loc[has, ["min_lon", "min_lat", "max_lon", "max_lat"]] = bounds
+    return tiles
 
 
 def _missing(v: Any) -> bool:
