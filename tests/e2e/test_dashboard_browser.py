@@ -123,7 +123,7 @@ def test_upload_and_screenshot(dashboard_url: str, demo_dir: Path, tmp_path: Pat
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1150}, device_scale_factor=1)
+            page = browser.new_page(viewport={"width": 1600, "height": 1500}, device_scale_factor=1)
             page.goto(dashboard_url, wait_until="domcontentloaded")
             expect(page.get_by_text("Upload a ground photo")).to_be_visible(timeout=120_000)
             page.locator("input[type=file]").first.set_input_files(str(query))

@@ -9,7 +9,9 @@ import pytest
 
 
 @pytest.mark.slow
-def test_true_tile_of_training_captures_ranks_first(fake_pairs: Path, tmp_path: Path) -> None:
+def test_true_tile_of_training_captures_ranks_first(tmp_path: Path) -> None:
+    import importlib.util
+
     from wherecnn import storage
     from wherecnn.data.manifest import read_captures, read_pairs, read_tiles
     from wherecnn.index.store import TilePoint, open_store
@@ -17,16 +19,24 @@ def test_true_tile_of_training_captures_ranks_first(fake_pairs: Path, tmp_path: 
     from wherecnn.search import SearchEngine
     from wherecnn.train.loop import TrainOptions, run_training
 
+    spec = importlib.util.spec_from_file_location("root_conftest", Path(__file__).parents[1] / "conftest.py")
+    assert spec and spec.loader
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    # 24 places (20 train, 4 held for validation): one 16-pair batch per epoch, a few seconds on a free CPU.
+    fake_pairs = root_conftest.make_fake_pairs(tmp_path / "pairs", n_places=24)
     ckpt = tmp_path / "ckpt"
     run_training(
         TrainOptions(
             data=str(fake_pairs),
             out=str(ckpt),
-            epochs=12,
+            epochs=60,
             track="aligned",
             seed=0,
             device="cpu",
-            val_size=16,
+            val_size=4,
+            batch_size=16,
+            lr=3e-3,
             progress=False,
         )
     )
@@ -51,14 +61,10 @@ def test_true_tile_of_training_captures_ranks_first(fake_pairs: Path, tmp_path: 
     engine = SearchEngine(store, embedder)
     captures = read_captures(fake_pairs).set_index("capture_id")
     pairs = read_pairs(fake_pairs)
-    train = (
-        pairs[(pairs["track"] == "aligned")]
-        .merge(
-            captures[captures["split"] == "train"][["uri", "lat", "lon", "city"]],
-            left_on="capture_id",
-            right_index=True,
-        )
-        .head(12)
+    train = pairs[(pairs["track"] == "aligned")].merge(
+        captures[captures["split"] == "train"][["uri", "lat", "lon", "city"]],
+        left_on="capture_id",
+        right_index=True,
     )
     firsts = 0
     for row in train.itertuples():
@@ -67,4 +73,5 @@ def test_true_tile_of_training_captures_ranks_first(fake_pairs: Path, tmp_path: 
         firsts += int(top.tile_id == row.tile_id)
         if top.tile_id == row.tile_id:
             assert top.distance_m < 1.0
-    assert firsts >= 10, f"only {firsts}/12 training captures found their own tile first"
+    assert len(train) == 20
+    assert firsts >= 15, f"only {firsts}/20 training captures found their own tile first"  # chance: 1/12
