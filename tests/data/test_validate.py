@@ -251,6 +251,10 @@ def test_manifests_on_s3(
     report = validate_dir(prefix, workers=4)
     assert report.ok, report.to_json(5)
     assert report.directory == prefix and report.rows[CAPTURES] == 3
+    from wherecnn.cli import app
+
+    res = CliRunner().invoke(app, ["validate", prefix])
+    assert res.exit_code == 0 and "s3://manifests/run1" in res.output, res.output
     client = storage.s3_client()
     client.delete_object(Bucket="manifests", Key="run1/captures/c1.jpg")
     client.delete_object(Bucket="manifests", Key="run1/pairs.parquet")

@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
 
 def validate(
     directory: Annotated[
-        Path, typer.Argument(help="Folder with captures.parquet, tiles.parquet, pairs.parquet.")
+        str,
+        typer.Argument(help="Folder or s3:// prefix with captures.parquet, tiles.parquet, pairs.parquet."),
     ],
     check_uris: Annotated[
         bool, typer.Option("--check-uris/--no-check-uris", help="Check that every image URI resolves.")
@@ -58,7 +59,7 @@ def validate(
     raise typer.Exit(code=0 if report.ok else 1)
 
 
-def _validate_with_progress(directory: Path, *, check_uris: bool, workers: int) -> ValidationReport:
+def _validate_with_progress(directory: str | Path, *, check_uris: bool, workers: int) -> ValidationReport:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wherecnn.data.validate import validate_dir
