@@ -47,6 +47,8 @@ def test_evaluate_command_writes_the_report(fake_world: Path, tmp_path: Path) ->
             "color-hist",
             "--compare",
             f"imagenet={ckpt}",
+            "--model",
+            f"where-cnn={ckpt}",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -55,7 +57,7 @@ def test_evaluate_command_writes_the_report(fake_world: Path, tmp_path: Path) ->
     assert sections == {("same-area", "aligned")}  # the checkpoint's protocol and track
     same = next(s for s in metrics["sections"] if s["protocol"] == "same-area")
     names = [r["name"] for r in same["runs"]]
-    assert names == ["baseline-color-hist", "init-imagenet", "dual-cpu"]
+    assert names == ["baseline-color-hist", "init-imagenet", "where-cnn", "dual-cpu"]
     main = same["runs"][-1]
     assert set(main["cities"]) == {"alpha", "beta"}
     for key in ("R@1", "R@5", "R@10", "R@1%", "hit_rate", "AP", "AP_balanced", "median_m", "within_100m"):

@@ -25,13 +25,13 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
 
 
-def _parse_compare(items: list[str]) -> dict[str, str]:
+def _parse_compare(items: list[str], flag: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         name, sep, ckpt = item.partition("=")
         if not sep or not name.strip() or not ckpt.strip():
             raise typer.BadParameter(
-                f"--compare expects NAME=CHECKPOINT (e.g. imagenet=var/ckpt-in), got {item!r}"
+                f"{flag} expects NAME=CHECKPOINT (e.g. imagenet=var/ckpt-in), got {item!r}"
             )
         out[name.strip()] = ckpt.strip()
     return out
@@ -65,6 +65,11 @@ def evaluate(
         [],
         "--compare",
         help="Initialisation comparison row NAME=CHECKPOINT (repeatable: random=, imagenet=, places=...).",
+    ),
+    model: list[str] = typer.Option(
+        [],
+        "--model",
+        help="Another learned model for the comparison NAME=CHECKPOINT (e.g. where-cnn=var/wcnn).",
     ),
     max_gallery: int | None = typer.Option(
         None, "--max-gallery", min=1, help="Cap each city's gallery (true tiles always kept)."
@@ -101,7 +106,8 @@ def evaluate(
         protocols=[p.value for p in protocol] or None,
         track=track.value if track else None,
         baselines=kinds,
-        compare=_parse_compare(compare),
+        compare=_parse_compare(compare, "--compare"),
+        others=_parse_compare(model, "--model"),
         max_gallery=max_gallery,
         max_queries=max_queries,
         baseline_pairs=baseline_pairs,
@@ -124,7 +130,7 @@ def evaluate(
         )
         for col in ("features", "R@1", "R@5", "R@10", "R@1%", "hit rate", "AP", "median m"):
             table.add_column(col, justify="right")
-        for run in [*section.baselines, *section.compare.values(), section.main]:
+        for run in [*section.baselines, *section.compare.values(), *section.others.values(), section.main]:
             o = run.overall
             table.add_row(
                 run.name,

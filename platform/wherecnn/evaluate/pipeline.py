@@ -28,6 +28,9 @@ class EvaluateOptions:
     track: str | None = None
     baselines: Sequence[str] = KINDS
     compare: dict[str, str] = field(default_factory=dict)  # init name -> checkpoint
+    others: dict[str, str] = field(
+        default_factory=dict
+    )  # other learned models (e.g. where-cnn) -> checkpoint
     max_gallery: int | None = None
     max_queries: int | None = None
     baseline_pairs: int = 1500
@@ -74,6 +77,7 @@ def evaluate_checkpoint(
         raise ValueError(f"unknown baseline(s) {unknown}; expected some of {KINDS}")
     name = str(embedder.card.get("model") or embedder.card.get("config", {}).get("name") or embedder.model_id)
     variants = {k: Embedder.from_checkpoint(v, device=opts.device) for k, v in opts.compare.items()}
+    other_models = {k: Embedder.from_checkpoint(v, device=opts.device) for k, v in opts.others.items()}
     sections: list[Section] = []
     for protocol in protocols:
         sets = city_sets(
@@ -111,6 +115,11 @@ def evaluate_checkpoint(
             )
             o = compare[label].overall
             log(f"  init {label}: R@1 {o['R@1']:.3f} AP {o['AP']:.4f}")
+        others = {}
+        for label, emb in other_models.items():
+            others[label] = evaluate_embedder(emb, sets, name=label, protocol=protocol, track=track)
+            o = others[label].overall
+            log(f"  {label}: R@1 {o['R@1']:.3f} AP {o['AP']:.4f}")
         sections.append(
             Section(
                 protocol=protocol,
@@ -120,6 +129,7 @@ def evaluate_checkpoint(
                 embedder=embedder,
                 baselines=baselines,
                 compare=compare,
+                others=others,
             )  # fmt: skip
         )
     index = None

@@ -38,7 +38,8 @@ class Section:
     sets: list[CitySet]
     embedder: Any = None  # the learned Embedder (activation maps); None skips section 4
     baselines: list[EvalRun] = field(default_factory=list)
-    compare: dict[str, EvalRun] = field(default_factory=dict)
+    compare: dict[str, EvalRun] = field(default_factory=dict)  # initialisation variants
+    others: dict[str, EvalRun] = field(default_factory=dict)  # other learned models (e.g. where-cnn)
 
     @property
     def slug(self) -> str:
@@ -377,7 +378,7 @@ def build_report(
 
     for section in sections:
         s = section.slug
-        runs = [*section.baselines, *section.compare.values(), section.main]
+        runs = [*section.baselines, *section.compare.values(), *section.others.values(), section.main]
         parts.append(f"<h2>{html.escape(section.protocol)} · {html.escape(section.track)}</h2>")
         rows = [[r.name, _family(r), *[r.overall.get(k, float("nan")) for k in TABLE_KEYS]] for r in runs]
         parts.append(

@@ -1,0 +1,240 @@
+"""The issue's accuracy table: every track × protocol, learned models vs baselines, with the targets.
+
+For each track (aligned, offset, photo) and protocol (same-area, cross-area): train each model (default
+`dual-cpu` and `where-cnn`) for a wall-clock budget with the one training function (`wherecnn.train`), fit
+the baselines (hand-crafted + generic deep, CCA-projected) on the same training pairs, and evaluate all of
+them per city against each city's whole gallery (mean over cities). Writes
+``benchmarks/results/accuracy.json`` and prints R@1, R@5, R@1%, hit rate, AP and the AP ratio to the best
+hand-crafted baseline, with the issue's targets marked.
+
+    wherecnn synth --size small --out var/small
+    flock /tmp/wherecnn-heavy.lock .venv/bin/python benchmarks/accuracy.py --data var/small --minutes 15
+
+Full run: 6 combinations × (15 + where-cnn minutes) of training plus evaluation (~3-4 h on 2 cores).
+``--reuse`` evaluates checkpoints already in ``--work`` instead of retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.json"
+TRACKS = ("aligned", "offset", "photo")
+PROTOCOLS = ("same-area", "cross-area")
+# (track, protocol) -> {metric: minimum} for dual-cpu, from the issue
+TARGETS: dict[tuple[str, str], dict[str, float]] = {
+    ("aligned", "same-area"): {"R@1": 0.95},
+    ("aligned", "cross-area"): {"R@1": 0.92},
+    ("offset", "cross-area"): {"R@1": 0.60, "hit_rate": 0.75},
+    ("photo", "cross-area"): {"R@1": 0.75},
+}
+AP_RATIO_TARGET = 5.0
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def train_model(args: argparse.Namespace, model: str, track: str, protocol: str, out: Path) -> dict[str, Any]:
+    from wherecnn.train.loop import TrainOptions, run_training
+
+    minutes = args.where_cnn_minutes if model == "where-cnn" and args.where_cnn_minutes else args.minutes
+    if args.reuse and (out / "model_card.json").exists():
+        return {"reused": True}
+    t0 = time.perf_counter()
+    summary = run_training(
+        TrainOptions(
+            data=str(args.data),
+            out=str(out),
+            model=model,
+            minutes=minutes,
+            protocol=protocol,
+            track=track,
+            workers=args.workers,
+            device=args.device,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    )
+    return {"minutes": minutes, "seconds": round(time.perf_counter() - t0, 1), "summary": summary}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from rich.console import Console
+    from wherecnn.evaluate.baselines import HANDCRAFTED, fit_baseline
+    from wherecnn.evaluate.evaluation import city_sets, evaluate_embedder
+    from wherecnn.models.embedder import Embedder
+
+    console = Console()
+    rows: list[dict[str, Any]] = []
+    for track in args.tracks:
+        for protocol in args.protocols:
+            sets = city_sets(args.data, protocol=protocol, track=track, max_gallery=args.max_gallery)
+            gallery_sizes = {s.city: len(s.gallery) for s in sets}
+            console.rule(f"{track} · {protocol}: {len(sets)} cities, galleries {gallery_sizes}")
+            combo: list[dict[str, Any]] = []
+            for kind in args.baselines:
+                t0 = time.perf_counter()
+                base = fit_baseline(
+                    kind,
+                    args.data,
+                    protocol=protocol,
+                    track=track,
+                    max_pairs=args.baseline_pairs,
+                    weights=args.deep_weights if kind == "deep-generic" else None,
+                )
+                ev = evaluate_embedder(base, sets, name=f"baseline-{kind}", protocol=protocol, track=track)
+                combo.append(
+                    {
+                        "features": kind,
+                        "family": "hand-crafted" if kind in HANDCRAFTED else "generic deep",
+                        "model_id": base.model_id,
+                        "overall": ev.overall,
+                        "cities": ev.to_json()["cities"],
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
+                )
+                console.print(f"  baseline {kind}: R@1 {ev.overall['R@1']:.3f} AP {ev.overall['AP']:.4f}")
+            for model in args.models:
+                ckpt = Path(args.work) / f"{model}-{track}-{protocol}"
+                training = train_model(args, model, track, protocol, ckpt)
+                emb = Embedder.from_checkpoint(str(ckpt), device=args.device)
+                ev = evaluate_embedder(emb, sets, name=model, protocol=protocol, track=track)
+                combo.append(
+                    {
+                        "features": model,
+                        "family": "learned",
+                        "model_id": emb.model_id,
+                        "checkpoint": str(ckpt),
+                        "training": training,
+                        "overall": ev.overall,
+                        "cities": ev.to_json()["cities"],
+                    }
+                )
+                console.print(f"  {model}: R@1 {ev.overall['R@1']:.3f} AP {ev.overall['AP']:.4f}")
+            best_hand = max(
+                (r["overall"]["AP"] for r in combo if r["family"] == "hand-crafted"), default=None
+            )
+            for r in combo:
+                r.update(track=track, protocol=protocol)
+                r["AP_ratio_to_best_handcrafted"] = r["overall"]["AP"] / best_hand if best_hand else None
+                if r["features"] == "dual-cpu":
+                    r["targets"] = _check_targets(track, protocol, r)
+            rows.extend(combo)
+    return {"rows": rows}
+
+
+def _check_targets(track: str, protocol: str, row: dict[str, Any]) -> dict[str, Any]:
+    checks: dict[str, Any] = {}
+    for metric, minimum in TARGETS.get((track, protocol), {}).items():
+        value = row["overall"].get(metric)
+        checks[f"{metric}>={minimum}"] = bool(value is not None and value >= minimum)
+    ratio = row.get("AP_ratio_to_best_handcrafted")
+    if ratio is not None:
+        checks[f"AP_ratio>={AP_RATIO_TARGET}"] = bool(ratio >= AP_RATIO_TARGET)
+    return checks
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Accuracy on the synthetic benchmark (mean over cities)")
+    for col in (
+        "track",
+        "protocol",
+        "features",
+        "R@1",
+        "R@5",
+        "R@1%",
+        "hit rate",
+        "AP",
+        "AP / best hand",
+        "targets",
+    ):
+        table.add_column(col, justify="right")
+    for r in rows:
+        o = r["overall"]
+        ratio = r.get("AP_ratio_to_best_handcrafted")
+        targets = r.get("targets") or {}
+        mark = " ".join(("✓ " if ok else "✗ ") + k for k, ok in targets.items())
+        table.add_row(
+            r["track"],
+            r["protocol"],
+            r["features"],
+            f"{o['R@1']:.3f}",
+            f"{o['R@5']:.3f}",
+            f"{o['R@1%']:.3f}",
+            f"{o['hit_rate']:.3f}",
+            f"{o['AP']:.4f}",
+            "–" if ratio is None else f"{ratio:.1f}×",
+            mark,
+        )
+    Console(width=160).print(table)
+
+
+def main() -> None:
+    from wherecnn.evaluate.baselines import KINDS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", type=Path, required=True, help="A synthetic world (`wherecnn synth --size small`)."
+    )
+    parser.add_argument("--minutes", type=float, default=15.0, help="Training budget per dual-cpu run.")
+    parser.add_argument("--where-cnn-minutes", type=float, default=None, help="Budget per where-cnn run.")
+    parser.add_argument("--models", type=_csv, default=["dual-cpu", "where-cnn"])
+    parser.add_argument("--tracks", type=_csv, default=list(TRACKS))
+    parser.add_argument("--protocols", type=_csv, default=list(PROTOCOLS))
+    parser.add_argument("--baselines", type=_csv, default=list(KINDS))
+    parser.add_argument("--baseline-pairs", type=int, default=1500)
+    parser.add_argument("--deep-weights", default=None, help="Local ResNet-18 weights (else random init).")
+    parser.add_argument("--max-gallery", type=int, default=None)
+    parser.add_argument("--work", type=Path, default=Path("var/accuracy"), help="Checkpoints go here.")
+    parser.add_argument(
+        "--reuse", action="store_true", help="Evaluate existing checkpoints instead of training."
+    )
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    for name, values, allowed in (
+        ("tracks", args.tracks, TRACKS),
+        ("protocols", args.protocols, PROTOCOLS),
+        ("baselines", args.baselines, KINDS),
+    ):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            parser.error(f"--{name}: unknown {bad}; expected some of {', '.join(allowed)}")
+    if not (args.data / "pairs.parquet").exists():
+        parser.error(
+            f"--data {args.data}: no pairs.parquet (make one with `wherecnn synth --size small --out DIR`)"
+        )
+
+    t0 = time.perf_counter()
+    result = run(args)
+    print_table(result["rows"])
+    payload = {
+        "benchmark": "accuracy",
+        "data": str(args.data.resolve()),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "seconds": round(time.perf_counter() - t0, 1),
+        **result,
+    }
+    from wherecnn.evaluate.report import clean_json
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(clean_json(payload), indent=2, default=str) + "\n")
+    print(f"wrote {args.out} ({payload['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
