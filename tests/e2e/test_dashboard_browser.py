@@ -1,8 +1,9 @@
 """The dashboard in a real browser: `wherecnn dashboard` in a subprocess, Debian's Chromium via Playwright.
 
-Uploads a ground image, waits for the ranked results and the map, and saves a screenshot to
-docs/images/dashboard.png (used in the README). Set WHERECNN_E2E_DEMO_DIR to a `wherecnn demo` folder to shoot
-the real demo; otherwise a miniature demo folder is built in seconds.
+Uploads a ground image, waits for the ranked results and the map, and saves a screenshot. With
+WHERECNN_E2E_DEMO_DIR set to a `wherecnn demo` folder it shoots that demo into docs/images/dashboard.png (the
+README's picture); otherwise it builds a miniature demo folder in seconds and saves to var/e2e/dashboard.png,
+so a plain test run never overwrites the committed picture with test patterns.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
+README_SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
+TEST_SCREENSHOT = ROOT / "var" / "e2e" / "dashboard.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -137,8 +139,9 @@ def test_upload_and_screenshot(dashboard_url: str, demo_dir: Path, tmp_path: Pat
             rows = page.locator("[data-testid='stDataFrame']")
             expect(rows.first).to_be_visible()
             page.wait_for_timeout(2500)  # let deck.gl draw the bitmap layers
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            shot = README_SCREENSHOT if os.environ.get("WHERECNN_E2E_DEMO_DIR") else TEST_SCREENSHOT
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    assert SCREENSHOT.stat().st_size > 20_000
+    assert shot.stat().st_size > 20_000
