@@ -521,11 +521,13 @@ def _run_ray(
 
     n_blocks = max(1, min(200, math.ceil(len(todo_ids) / batch_size)))
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    actor_cpus = max(0.25, min(1.0, (cluster_cpus - 0.5) / max(1, workers)))
+    # logical CPUs: always leave one for the read/prepare/load/write tasks, else the actors starve them
+    actor_cpus = max(0.25, min(1.0, (cluster_cpus - 1.0) / max(1, workers)))
+    light = {"num_cpus": 0.25}
     gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
     ds = (
-        ray.data.read_parquet(path, filesystem=fs)
-        .map_batches(prepare, batch_format="pandas", batch_size=None)
+        ray.data.read_parquet(path, filesystem=fs, num_cpus=0.25)
+        .map_batches(prepare, batch_format="pandas", batch_size=None, **light)
         .repartition(n_blocks)
         .map_batches(
             _ray_load,
@@ -541,7 +543,6 @@ def _run_ray(
             fn_constructor_args=(checkpoint, "cuda" if gpu else "cpu", threads),
             compute=ActorPoolStrategy(size=max(1, workers)),
             num_gpus=1 if gpu else 0,
-            # logical CPUs only: leave room so loaders and the writer always get scheduled (else: deadlock)
             num_cpus=0 if gpu else actor_cpus,
         )
     )

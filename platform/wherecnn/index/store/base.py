@@ -87,7 +87,7 @@ class TilePoint:
         return payload
 
     def vector_list(self) -> list[float]:
-        return [float(v) for v in np.asarray(self.vector, dtype=np.float32).reshape(-1)]
+        return np.asarray(self.vector, dtype=np.float32).reshape(-1).tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

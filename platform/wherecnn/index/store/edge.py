@@ -219,8 +219,7 @@ class EdgeStore(VectorStore):
                 ]
                 shard.update(qe.UpdateOperation.upsert_points(ops))
                 written += len(ops)
-            if written and self._shard is not None:
-                self._shard.flush()
+        # no flush per call: the WAL makes each update durable once it returns (what resume relies on)
         return written
 
     def _filter(

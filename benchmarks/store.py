@@ -1,0 +1,171 @@
+"""Vector store: Qdrant Edge HNSW vs exact search on random 128-d vectors, with city and geo-radius filters.
+
+For each size: upsert points/s (batched, through `EdgeStore.upsert`), HNSW build time (Edge runs its
+optimizers when the version is finished), then per filter case recall@10 of HNSW against exact search over
+the same store and queries/s of both (one query at a time, as the search engine issues them).
+Goal: recall@10 >= 0.98.
+
+    flock /tmp/wherecnn-heavy.lock .venv/bin/python benchmarks/store.py            # 100k
+    flock /tmp/wherecnn-heavy.lock .venv/bin/python benchmarks/store.py --full     # + 1M
+
+Writes benchmarks/results/store.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from wherecnn.config import get_settings
+from wherecnn.index.store import GeoRadius, TilePoint
+from wherecnn.index.store.edge import EdgeStore
+
+CITY_CENTRES = [
+    (40.71, -74.0), (48.86, 2.35), (35.68, 139.69), (51.51, -0.13), (-33.87, 151.21), (52.52, 13.40),
+    (37.77, -122.42),
+]  # fmt: skip
+SPREAD_DEG = 0.05  # points lie within ~5 km of their city's centre
+
+
+def make_points(n: int, dim: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cities = rng.integers(0, len(CITY_CENTRES), size=n)
+    centres = np.asarray(CITY_CENTRES)[cities]
+    locs = centres + rng.uniform(-SPREAD_DEG, SPREAD_DEG, size=(n, 2))
+    return vectors, cities, locs
+
+
+def build(
+    root: Path, vectors: np.ndarray, cities: np.ndarray, locs: np.ndarray, batch: int
+) -> dict[str, Any]:
+    store = EdgeStore(root, settings=get_settings())
+    store.begin_version("bench")
+    t0 = time.perf_counter()
+    for start in range(0, len(vectors), batch):
+        points = [
+            TilePoint(
+                f"t{i}",
+                vectors[i],
+                {"city": f"c{cities[i]}", "location": {"lat": float(locs[i, 0]), "lon": float(locs[i, 1])}},
+            )  # fmt: skip
+            for i in range(start, min(start + batch, len(vectors)))
+        ]
+        store.upsert(points, batch_size=batch)
+    upsert_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    store.switch()  # finish: flush + optimize (HNSW build) + atomic pointer flip
+    build_s = time.perf_counter() - t1
+    store.close()
+    reader = EdgeStore(root, settings=get_settings(), read_only=True)
+    shard_info = None
+    reader.count()
+    if reader._shard is not None:
+        info = reader._shard.info()
+        shard_info = {"segments": info.segments_count, "indexed_vectors": info.indexed_vectors_count}
+    reader.close()
+    return {"upsert_s": upsert_s, "upsert_points_per_s": len(vectors) / upsert_s, "index_build_s": build_s,
+            "shard": shard_info}  # fmt: skip
+
+
+def run_case(store: EdgeStore, queries: np.ndarray, k: int, filters: dict[str, Any]) -> dict[str, Any]:
+    exact, approx = [], []
+    t0 = time.perf_counter()
+    for q in queries:
+        exact.append([h.tile_id for h in store.query(q, k, exact=True, **filters)])
+    exact_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for q in queries:
+        approx.append([h.tile_id for h in store.query(q, k, **filters)])
+    hnsw_s = time.perf_counter() - t1
+    recalls = [len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(approx, exact, strict=True)]
+    return {
+        "recall_at_k": float(np.mean(recalls)),
+        "min_recall": float(np.min(recalls)),
+        "hnsw_qps": len(queries) / hnsw_s,
+        "exact_qps": len(queries) / exact_s,
+        "qps_ratio": (len(queries) / hnsw_s) / (len(queries) / exact_s),
+        "mean_hits": float(np.mean([len(e) for e in exact])),
+    }
+
+
+def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    rng = np.random.default_rng(args.seed)
+    vectors, cities, locs = make_points(n, args.dim, rng)
+    queries = rng.normal(size=(args.queries, args.dim)).astype(np.float32)
+    root = Path(tempfile.mkdtemp(prefix=f"store-bench-{n}-", dir=args.tmp))
+    try:
+        out: dict[str, Any] = {"points": n, **build(root, vectors, cities, locs, args.batch)}
+        store = EdgeStore(root, settings=get_settings(), read_only=True)
+        lat0, lon0 = CITY_CENTRES[0]
+        cases = {
+            "none": {},
+            "city": {"cities": "c0"},
+            "geo_radius_2km": {"radius": GeoRadius(lat=lat0, lon=lon0, radius_m=2000.0)},
+            "city+geo_radius_3km": {"cities": ["c1"], "radius": GeoRadius(*CITY_CENTRES[1], radius_m=3000.0)},
+        }
+        out["cases"] = {}
+        for name, filters in cases.items():
+            out["cases"][name] = run_case(store, queries, args.k, filters)
+            c = out["cases"][name]
+            print(
+                f"  {n:>8} {name:<22} recall@{args.k} {c['recall_at_k']:.4f}  hnsw {c['hnsw_qps']:8.1f} q/s  "
+                f"exact {c['exact_qps']:8.1f} q/s  x{c['qps_ratio']:.1f}",
+                flush=True,
+            )
+        store.close()
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[100_000], help="Point counts (default 100k)."
+    )
+    parser.add_argument("--full", action="store_true", help="Also 1M points.")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=1000, help="Upsert batch size.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tmp", default=None, help="Folder for the temporary stores.")
+    parser.add_argument("--out", default="benchmarks/results/store.json")
+    args = parser.parse_args()
+    sizes = list(args.sizes) + ([1_000_000] if args.full and 1_000_000 not in args.sizes else [])
+    s = get_settings()
+    print(
+        f"Edge HNSW m={s.hnsw_m} ef_construct={s.hnsw_ef_construct} ef={s.hnsw_ef} "
+        f"quantization={s.quantization}"
+    )
+    results = [bench_size(n, args) for n in sizes]
+    for r in results:
+        print(
+            f"  {r['points']:>8} upsert {r['upsert_points_per_s']:.0f} points/s, "
+            f"HNSW build {r['index_build_s']:.1f} s, shard {r['shard']}"
+        )
+    report = {
+        "benchmark": "store",
+        "backend": "qdrant-edge",
+        "settings": {"hnsw_m": s.hnsw_m, "hnsw_ef_construct": s.hnsw_ef_construct, "hnsw_ef": s.hnsw_ef,
+                     "quantization": s.quantization},  # fmt: skip
+        "dim": args.dim, "queries": args.queries, "k": args.k, "goal_recall": 0.98,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "sizes": results,
+    }  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
