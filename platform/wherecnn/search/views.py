@@ -96,14 +96,14 @@ def _literal(text: str) -> str:
 
 
 def zoom_for(bounds: Bounds, *, width_px: int = 540) -> float:
-    """Web-mercator zoom that fits the bounds' larger side into about `width_px` pixels."""
+    """Web-mercator zoom (deck.gl: 512-px world at zoom 0) fitting the larger side into ~`width_px` pixels."""
     lat = (bounds.min_lat + bounds.max_lat) / 2
     metres = max(
         (bounds.max_lon - bounds.min_lon) * 111_320 * math.cos(math.radians(lat)),
         (bounds.max_lat - bounds.min_lat) * 110_540,
         50.0,
     )
-    return float(np.clip(math.log2(156_543.03 * math.cos(math.radians(lat)) * width_px / metres), 1, 20))
+    return float(np.clip(math.log2(78_271.52 * math.cos(math.radians(lat)) * width_px / metres), 1, 20))
 
 
 def score_colours(scores: Sequence[float]) -> list[list[int]]:
