@@ -91,8 +91,9 @@ def register(app: typer.Typer) -> None:
         with open_store(settings.store, settings=settings, read_only=True) as vs:
             infos = vs.versions()
         table = Table(title=f"versions of {settings.store}")
-        for col in ("version", "live", "status", "points", "created", "previous"):
-            table.add_column(col)
+        table.add_column("version", no_wrap=True)
+        for col in ("live", "status", "points", "created", "previous"):
+            table.add_column(col, overflow="fold")
         for i in infos:
             created = dt.datetime.fromtimestamp(i.created, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
             points = "" if i.points is None else str(i.points)
