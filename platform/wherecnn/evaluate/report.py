@@ -190,7 +190,7 @@ def plot_examples(section: Section, path: Path, n: int = 4) -> bool:
             gi = int(outcome.result.topk[qi, k])
             ax.imshow(_load(cs.gallery["uri"].iloc[gi]))
             true = gi == int(cs.positives[qi])
-            ax.set_title(f"#{k + 1} {outcome.result.topk_scores[qi, k]:.2f}", fontsize=8,
+            ax.set_title(f"#{k + 1} {outcome.result.topk_scores[qi, k]:.3f}", fontsize=8,
                          color="green" if true else "black")  # fmt: skip
             if true:
                 h, w = _load(cs.gallery["uri"].iloc[gi]).shape[:2]
