@@ -110,11 +110,11 @@ def bench_tiles(tmp: Path) -> dict:
     return out
 
 
-def bench_world(tmp: Path, preview: Path | None) -> dict:
+def bench_world(tmp: Path, preview: Path | None, cities: int) -> dict:
     from wherecnn.data.synthetic import generate
 
     w0, c0 = time.perf_counter(), time.process_time()
-    summary = generate(tmp / "small", size="small", seed=0, preview=preview is not None)
+    summary = generate(tmp / "small", size="small", cities=cities, seed=0, preview=preview is not None)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     if preview is not None:
         preview.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +143,7 @@ def main() -> None:
     )
     parser.add_argument("--preview", type=Path, help="Copy the small world's preview grid here.")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--world-cities", type=int, default=7, help="Cities of the small world to generate.")
     args = parser.parse_args()
     from rich.console import Console
     from rich.table import Table
@@ -166,12 +167,14 @@ def main() -> None:
             result["tiles"] = bench_tiles(tmp)
         if not args.skip_world:
             console.print("generating the small world ...")
-            result["small_world"] = bench_world(tmp, args.preview)
+            key = "small_world" if args.world_cities == 7 else f"small_world_{args.world_cities}_cities"
+            result[key] = bench_world(tmp, args.preview, args.world_cities)
     machine["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     if "render" not in result:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"small world: {result['small_world']}")
+        worlds = {k: v for k, v in result.items() if k.startswith("small")}
+        console.print(f"small world: {json.dumps(worlds)}")
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -191,8 +194,8 @@ def main() -> None:
     for key, label in (("tiles_grid_128", "grid tiles 128 px"), ("tiles_centred_128", "centred tiles")):
         table.add_row(label, f"{t[key]['per_s']:.0f}", f"{t[key]['cpu_ms_per_item']:.2f}")
     console.print(table)
-    if "small_world" in result:
-        s = result["small_world"]
+    for key in [k for k in result if k.startswith("small_world")]:
+        s = result[key]
         console.print(
             f"small world: {s['cities']} cities, {s['places']} places, {s['tiles']} tiles in {s['wall_s']} s "
             f"(stages: {s['stage_seconds_total']})"

@@ -290,14 +290,13 @@ class GroundRenderer:
         idx = torch.searchsorted(occ, q.contiguous())  # first sample whose surface reaches the ray
         hit = idx < k
         idx.clamp_(max=k - 1)
-        z_ray = CAMERA_HEIGHT_M + self.s[idx] * q
-        h_hit = torch.gather(hk, -1, idx)
-        top = (q >= torch.gather(onto, -1, idx) - 1e-4) & (q < 0)
-        floor_pos = torch.remainder(z_ray, 3.5)
-        window = (floor_pos > 1.0) & (floor_pos < 2.6) & (z_ray > 1.5) & (z_ray < h_hit - 0.8)
-        window &= torch.gather(bay_ok, -1, idx)
-        which = torch.where(top, 0, torch.where(window, 2, 1))
-        entry = (which * k + idx).unsqueeze(-1).expand(b, w, h, 3)
+        wall = q < torch.gather(onto, -1, idx) - 1e-4
+        wall |= q >= 0
+        # windows: floors every 3.5 m (from the ray's height at the hit) x bays along the wall
+        floor_pos = torch.remainder(self.s[idx].mul_(q).add_(CAMERA_HEIGHT_M), 3.5)
+        window = (floor_pos > 1.0) & (floor_pos < 2.6) & torch.gather(bay_ok, -1, idx) & wall
+        entry = idx.add_(wall.long().mul_(k)).add_(window.long().mul_(k))
+        entry = entry.unsqueeze(-1).expand(b, w, h, 3)
         rgb = torch.gather(table, 2, entry)  # [B, W, H, 3] uint8
 
         el = torch.atan(tan_rows if tan_rows.dim() == 2 else tan_rows[0])  # sky by elevation
