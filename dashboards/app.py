@@ -331,7 +331,7 @@ if explained is not None:
         st.image(
             overlay(explained["aerial_view"], explained["aerial_saliency"]),
             caption=f"tile {top_tile}",
-            width="stretch",
+            width=260,
         )
 else:
     a_col.caption("Activation overlays need the in-process model.")

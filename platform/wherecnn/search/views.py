@@ -60,7 +60,7 @@ def aerial_overlay(path: str | Path, *, max_side: int = 1400) -> tuple[np.ndarra
 
     with rasterio.open(path) as src:
         vrt_ctx = (
-            WarpedVRT(src, crs="EPSG:4326", resampling=Resampling.bilinear)
+            WarpedVRT(src, crs="EPSG:4326", resampling=Resampling.bilinear, add_alpha=True)
             if src.crs is not None and src.crs.to_epsg() != 4326
             else None
         )
@@ -68,13 +68,18 @@ def aerial_overlay(path: str | Path, *, max_side: int = 1400) -> tuple[np.ndarra
         try:
             scale = max(ds.width, ds.height) / max_side
             out_h, out_w = max(1, round(ds.height / max(scale, 1))), max(1, round(ds.width / max(scale, 1)))
-            bands = min(ds.count, 3)
+            bands = min(src.count, 3)
             data = ds.read(
                 indexes=list(range(1, bands + 1)),
                 out_shape=(bands, out_h, out_w),
                 resampling=Resampling.average,
             )
-            mask = ds.dataset_mask(out_shape=(out_h, out_w)) if vrt_ctx is not None else None
+            # the warp's own alpha band: the corners outside the source raster stay transparent, not black
+            mask = (
+                ds.read(ds.count, out_shape=(out_h, out_w), resampling=Resampling.nearest)
+                if vrt_ctx is not None
+                else None
+            )
             left, bottom, right, top = ds.bounds
         finally:
             if vrt_ctx is not None:
