@@ -16,8 +16,10 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -182,16 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    import torch
-    import uvicorn
+    import httpx
     from rich.console import Console
     from rich.table import Table
-    from wherecnn.config import get_settings
-    from wherecnn.search import SearchEngine
-    from wherecnn.search.api import create_app
 
-    console = Console()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    console = Console(width=max(Console().width, 110))
     tmp = None
     if args.demo_dir is not None:
         store_uri = f"edge://{(args.demo_dir / 'index').resolve()}"
@@ -201,23 +198,45 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="wherecnn-bench-")
         store_uri, ckpt, data_dir = build_tiny_index(Path(tmp.name), console)
         source = "tiny synthetic world, untrained dual-cpu"
-    settings = get_settings(store=store_uri, checkpoint=ckpt, device="cpu", api_key=None)
-    engine = SearchEngine.from_settings(settings)
-    n_tiles = sum(c.tiles for c in engine.city_info())
     images = query_images(data_dir, 32)
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning", workers=1
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
     url = f"http://127.0.0.1:{port}"
+    # The server is its own process (`wherecnn serve`, one uvicorn worker): clients don't share its GIL.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHERECNN_")} | {"WHERECNN_DEVICE": "cpu"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wherecnn",
+            "serve",
+            "--store",
+            store_uri,
+            "--checkpoint",
+            ckpt,
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     levels = []
     try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                ready = httpx.get(f"{url}/readyz", timeout=30)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"search API did not become ready (exit {server.poll()})")
+            time.sleep(0.5)
+        model = ready.json().get("model")
+        cities = httpx.get(f"{url}/v1/cities", timeout=30).json()["cities"]
+        n_tiles = sum(c["tiles"] for c in cities)
         run_level(url, images, concurrency=1, requests=5, max_seconds=30, k=args.k)  # warm-up
         for c in args.concurrency:
             with console.status(f"load test: {c} client thread(s)…"):
@@ -232,9 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.store.close()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
         if tmp is not None:
             tmp.cleanup()
     result = {
@@ -244,16 +262,15 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(),
             "device": "cpu",
         },
         "setup": {
             "source": source,
-            "server": "uvicorn, 1 worker, loopback",
+            "server": "`wherecnn serve`: uvicorn, 1 worker process, loopback; clients in another process",
             "store": "qdrant-edge",
-            "model": engine.embedder.model_id,
+            "model": model,
             "tiles": n_tiles,
-            "cities": len(engine.cities()),
+            "cities": len(cities),
             "k_per_city": args.k,
             "query_images": len(images),
         },
