@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,8 @@ STRIDE_M = 50.0
 PANO_SIZE = (128, 512)
 PHOTO_PX = 128
 PHOTO_FOV = 90.0
-BATCH = 64
+BATCH = 32
+RENDER_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,14 @@ def _same_area_split(xy: np.ndarray, extent_m: float, rng: np.random.Generator) 
     return label[bi]
 
 
+def _views(renderer, xy: np.ndarray, suns: list, headings: np.ndarray, sl: slice):
+    """Panoramas of one batch of places and the photos cut from them."""
+    from wherecnn.data.synthetic.render import photos_from_panoramas
+
+    panos = renderer.panorama(xy[sl, 0], xy[sl, 1], suns[sl], size=PANO_SIZE)
+    return sl, panos, photos_from_panoramas(panos, headings[sl], size=PHOTO_PX, fov_deg=PHOTO_FOV)
+
+
 def city_frame(city: City, extent_m: float):
     """(UTM CRS, western easting, northern northing) of a city's square, snapped to whole metres."""
     from wherecnn.geo import to_utm, utm_crs_for
@@ -164,11 +175,36 @@ def generate(
 
     ``places_per_city`` and ``extent_m`` override the size preset (small fixtures, benchmarks).
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see the render pool in _generate
+    try:
+        return _generate(
+            out_dir, size=size, cities=cities, seed=seed, oblique=oblique, preview=preview, progress=progress,
+            places_per_city=places_per_city, extent_m=extent_m,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate(
+    out_dir: str | Path,
+    *,
+    size: str,
+    cities: int | None,
+    seed: int,
+    oblique: bool,
+    preview: bool,
+    progress: Progress | None,
+    places_per_city: int | None,
+    extent_m: float | None,
+) -> dict:
     import geopandas as gpd
 
     from wherecnn.data.formats.geotiff import tile_raster
     from wherecnn.data.manifest import CRS, captures_frame, write_manifests
-    from wherecnn.data.synthetic.render import GroundRenderer, Sun, oblique_view, photos_from_panoramas
+    from wherecnn.data.synthetic.render import GroundRenderer, Sun, oblique_view
     from wherecnn.geo import from_utm
 
     if size not in SIZES:
@@ -194,7 +230,10 @@ def generate(
     tile_frames: list[pd.DataFrame] = []
     pair_rows: list[pd.DataFrame] = []
     per_city: list[dict] = []
-    pool = ThreadPoolExecutor(max_workers=3)
+    pool = ThreadPoolExecutor(max_workers=3)  # JPEG encoding (Pillow releases the GIL)
+    # Rendering: one torch thread per Python thread. Intra-op threads spin while they wait and waste most
+    # of their CPU on a busy machine; independent batches on separate threads keep every core busy instead.
+    render_pool = ThreadPoolExecutor(max_workers=RENDER_THREADS)
 
     for ci, city in enumerate(chosen):
         t0 = time.perf_counter()
@@ -243,15 +282,17 @@ def generate(
         cross = np.where(city.name in held, "test", "train")
 
         renderer = GroundRenderer(world)
+
+        views = partial(_views, renderer, xy, suns, headings)
         futures = []
-        for b0 in range(0, n_places, BATCH):
-            sl = slice(b0, b0 + BATCH)
-            panos = renderer.panorama(xy[sl, 0], xy[sl, 1], suns[sl], size=PANO_SIZE)
-            photos = photos_from_panoramas(panos, headings[sl], size=PHOTO_PX, fov_deg=PHOTO_FOV)
-            for j, pid in enumerate(place_ids[sl]):
-                futures.append(pool.submit(_jpeg, panos[j], cdir / "pano" / f"{pid}.jpg"))
-                futures.append(pool.submit(_jpeg, photos[j], cdir / "photo" / f"{pid}.jpg"))
-            tick(2 * len(panos), "ground views")
+        batches = [slice(b0, b0 + BATCH) for b0 in range(0, n_places, BATCH)]
+        views(slice(0, 1))  # warm the renderer's shared offset table before threads use it
+        for c0 in range(0, len(batches), 2 * RENDER_THREADS):  # bounded: a few batches in flight
+            for sl, panos, photos in render_pool.map(views, batches[c0 : c0 + 2 * RENDER_THREADS]):
+                for j, pid in enumerate(place_ids[sl]):
+                    futures.append(pool.submit(_jpeg, panos[j], cdir / "pano" / f"{pid}.jpg"))
+                    futures.append(pool.submit(_jpeg, photos[j], cdir / "photo" / f"{pid}.jpg"))
+                tick(2 * len(panos), "ground views")
         for f in futures:
             f.result()
         del renderer
@@ -358,6 +399,7 @@ def generate(
         del world, aerial
 
     pool.shutdown(wait=True)
+    render_pool.shutdown(wait=True)
     captures = captures_frame(pd.concat(cap_rows, ignore_index=True))
     tiles = gpd.GeoDataFrame(pd.concat(tile_frames, ignore_index=True), geometry="geometry", crs=CRS)
     pairs = pd.concat(pair_rows, ignore_index=True)
