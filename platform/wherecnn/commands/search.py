@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +216,9 @@ def serve(
 
 
 def _serve_ray(settings: Any, *, host: str, port: int, replicas: int, console: Any) -> None:
+    import signal
+    import threading
+
     import ray
     from ray import serve
 
@@ -229,17 +231,21 @@ def _serve_ray(settings: Any, *, host: str, port: int, replicas: int, console: A
         runtime_env={"env_vars": env},
         include_dashboard=False,
     )
+    stop = threading.Event()
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_serve_app(settings, num_replicas=replicas), name="search", route_prefix="/")
+        # Installed after Ray's own setup so Ctrl-C / SIGTERM (docker stop, k8s) reach us and we clean up.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         console.print(f"[green]Ray Serve is up[/] with {replicas} replica(s); Ctrl-C stops it.")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        while not stop.wait(1.0):
+            pass
         console.print("stopping…")
     finally:
         serve.shutdown()
         ray.shutdown()
+        console.print("Ray Serve stopped.")
 
 
 def dashboard_script() -> Path:
