@@ -232,6 +232,9 @@ try:
 except BackendError as exc:
     st.error(str(exc))
     st.stop()
+except Exception as exc:  # a broken index or model: a message, not a stack trace
+    st.error(f"Search failed: {type(exc).__name__}: {exc}")
+    st.stop()
 
 ranked = view.ranked
 if ranked.empty or view.best is None:
@@ -270,9 +273,13 @@ with map_col:
         try:
             with st.spinner("Scoring every tile of the city…"):
                 heat = run_heatmap(backend, backend_key + digest, data, map_city, heading, fov)
-        except BackendError as exc:
+        except Exception as exc:  # the map still shows the candidates
             st.warning(f"Heat map unavailable: {exc}")
-    mosaic = city_mosaic(settings.data_dir, map_city)
+    try:
+        mosaic = city_mosaic(settings.data_dir, map_city)
+    except Exception as exc:  # an unreadable GeoTIFF must not take the page down
+        st.warning(f"Aerial mosaic unavailable: {type(exc).__name__}: {exc}")
+        mosaic = None
     if mosaic is None:
         st.caption("No aerial mosaic found for this city (set WHERECNN_DATA_DIR); showing candidates only.")
     deck = build_deck(
