@@ -104,6 +104,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for model in args.models:
                 ckpt = Path(args.work) / f"{model}-{track}-{protocol}"
                 training = train_model(args, model, track, protocol, ckpt)
+                if not (ckpt / "model.pt").exists():  # e.g. too few pairs for one batch on a tiny world
+                    console.print(
+                        f"  [red]{model}: training wrote no checkpoint[/red] ({training.get('summary')})"
+                    )
+                    rows.append(
+                        {
+                            "track": track,
+                            "protocol": protocol,
+                            "features": model,
+                            "family": "learned",
+                            "error": "training wrote no checkpoint",
+                            "training": training,
+                        }
+                    )
+                    continue
                 emb = Embedder.from_checkpoint(str(ckpt), device=args.device)
                 ev = evaluate_embedder(emb, sets, name=model, protocol=protocol, track=track)
                 combo.append(
@@ -160,6 +175,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     ):
         table.add_column(col, justify="right")
     for r in rows:
+        if "error" in r:
+            table.add_row(r["track"], r["protocol"], r["features"], *["–"] * 6, r["error"])
+            continue
         o = r["overall"]
         ratio = r.get("AP_ratio_to_best_handcrafted")
         targets = r.get("targets") or {}
