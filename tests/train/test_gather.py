@@ -31,7 +31,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     loss = infonce_loss(gather_with_grad(g), gather_with_grad(a), torch.tensor(math.log(1 / 0.07)))
     loss.backward()
     # DDP averages parameter gradients over workers; do the same to the feature gradients
-    torch.save((g.grad / world, a.grad / world, float(loss)), Path(out) / f"grad{rank}.pt")
+    torch.save((g.grad / world, a.grad / world, float(loss.detach())), Path(out) / f"grad{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -45,9 +45,10 @@ def test_two_workers_match_the_global_batch_gradient(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     gr, ar = g.clone().requires_grad_(True), a.clone().requires_grad_(True)
     loss = infonce_loss(gr, ar, torch.tensor(math.log(1 / 0.07)))
+    value = float(loss.detach())
     loss.backward()
     parts = [torch.load(tmp_path / f"grad{r}.pt") for r in range(2)]
-    assert abs(parts[0][2] - float(loss)) < 1e-5 and abs(parts[1][2] - float(loss)) < 1e-5
+    assert abs(parts[0][2] - value) < 1e-5 and abs(parts[1][2] - value) < 1e-5
     # each worker's rows get (after averaging) exactly the single-process gradient of the global loss
     assert torch.allclose(torch.cat([p[0] for p in parts]), gr.grad, atol=1e-6)
     assert torch.allclose(torch.cat([p[1] for p in parts]), ar.grad, atol=1e-6)
