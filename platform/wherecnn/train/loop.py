@@ -492,6 +492,7 @@ def _run_ray(opts: TrainOptions) -> dict[str, Any]:
         config = asdict(opts) | {
             "data": os.path.abspath(opts.data),
             "out": opts.out if storage.is_s3(opts.out) else os.path.abspath(opts.out),
+            "progress": False,  # workers' output goes to logs: plain lines, not live bars
         }
         trainer = TorchTrainer(
             train_func,
