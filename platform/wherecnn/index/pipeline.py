@@ -366,19 +366,30 @@ def _run_plain(
 # --------------------------------------------------------------------------------------------- Ray path
 
 
-def _ray_load(batch: pd.DataFrame, tile_size: int | None, settings_json: dict[str, Any]) -> pd.DataFrame:
-    """Ray task: read and decode one batch; rejects keep a 1x1 placeholder image and a reason."""
+def _ray_load(
+    batch: pd.DataFrame, tile_size: int | None, settings_json: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Ray task: read and decode one batch. Same-shape images go out as one [N, H, W, 3] tensor (fast through
+    Arrow); rejects carry a blank image of that shape and a reason."""
     settings = Settings.model_validate(settings_json)
     images, reasons, details = [], [], []
     for row in batch.to_dict("records"):
         image, reason, detail = load_tile(row, tile_size=tile_size, settings=settings)
-        images.append(image if image is not None else np.zeros((1, 1, 3), dtype=np.uint8))
+        images.append(image)
         reasons.append(reason or "")
         details.append(detail)
-    out = batch.copy()
-    out["image"] = images
-    out["reject"] = reasons
-    out["detail"] = details
+    shapes = {im.shape for im in images if im is not None}
+    out = {c: batch[c].to_numpy() for c in batch.columns}
+    out["reject"] = np.asarray(reasons, dtype=object)
+    out["detail"] = np.asarray(details, dtype=object)
+    if len(shapes) <= 1:
+        shape = next(iter(shapes), (1, 1, 3))
+        out["image"] = np.stack([im if im is not None else np.zeros(shape, np.uint8) for im in images])
+    else:  # mixed sizes (no expected size known): a ragged column, slower but correct
+        blank = np.zeros((1, 1, 3), np.uint8)
+        ragged = np.empty(len(images), dtype=object)
+        ragged[:] = [im if im is not None else blank for im in images]
+        out["image"] = ragged
     return out
 
 
@@ -391,16 +402,16 @@ class _EmbedActor:
         torch.set_num_threads(max(1, threads))
         self.embedder = load_embedder(checkpoint, device)
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        good = (batch["reject"] == "").to_numpy()
-        dim = self.embedder.embed_dim
-        vectors = np.zeros((len(batch), dim), dtype=np.float32)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        good = np.asarray(batch["reject"]) == ""
+        n = len(good)
+        vectors = np.zeros((n, self.embedder.embed_dim), dtype=np.float32)
         if good.any():
-            images = [np.asarray(im) for im, ok in zip(batch["image"], good, strict=True) if ok]
+            images = [np.asarray(batch["image"][i]) for i in np.flatnonzero(good)]
             vectors[good] = self.embedder.aerial(images)
-        out = batch.drop(columns=["image"])
-        out["vector"] = list(vectors)
-        out["model"] = self.embedder.model_id
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out["vector"] = vectors
+        out["model"] = np.asarray([self.embedder.model_id] * n, dtype=object)
         return out
 
 
@@ -417,7 +428,9 @@ class _ProgressActor:
         return self.embedded, self.skipped
 
 
-def _make_datasink(store_uri: str, tag: str, settings_json: dict[str, Any], progress_actor: Any) -> Any:
+def _make_datasink(
+    store_uri: str, tag: str, settings_json: dict[str, Any], progress_actor: Any, rows_per_write: int = 1024
+) -> Any:
     from ray.data import Datasink
     from ray.data.block import BlockAccessor
 
@@ -427,6 +440,10 @@ def _make_datasink(store_uri: str, tag: str, settings_json: dict[str, Any], prog
         def __init__(self) -> None:
             self.rejects: list[dict[str, Any]] = []
             self.embedded = 0
+
+        @property
+        def min_rows_per_write(self) -> int:
+            return rows_per_write  # bigger writes: fewer store opens (Edge replays its WAL on each open)
 
         def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
             settings = Settings.model_validate(settings_json)
@@ -538,7 +555,7 @@ def _run_ray(
         )
         .map_batches(
             _EmbedActor,
-            batch_format="pandas",
+            batch_format="numpy",
             batch_size=batch_size,
             fn_constructor_args=(checkpoint, "cuda" if gpu else "cpu", threads),
             compute=ActorPoolStrategy(size=max(1, workers)),
