@@ -21,13 +21,7 @@ app = typer.Typer(
 _AREAS = ("synth", "data", "train", "evaluate", "index", "search", "demo")
 
 for _area in _AREAS:
-    try:
-        _module = importlib.import_module(f"wherecnn.commands.{_area}")
-    except ModuleNotFoundError as exc:  # an area not built yet must not break the others
-        if exc.name != f"wherecnn.commands.{_area}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"wherecnn.commands.{_area}").register(app)
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ from typing import Any
 STAGES = ("data", "train", "index", "evaluate", "search")
 # Training budget per world size, minutes of wall clock on the machine at hand.
 DEFAULT_MINUTES = {"tiny": 1.0, "small": 10.0, "full": 30.0}
+# The tiny world has a few dozen training places: smaller batches and validation sample than the model's.
+TRAIN_SIZES: dict[str, dict[str, int]] = {"tiny": {"batch_size": 16, "val_size": 24}}
 
 
 @dataclass
@@ -154,7 +156,7 @@ def run_demo(
 
         opts = TrainOptions(
             data=str(paths.data), out=str(paths.checkpoint), model="dual-cpu", minutes=minutes,
-            protocol="both", track="aligned", seed=seed, progress=progress,
+            protocol="both", track="aligned", seed=seed, progress=progress, **TRAIN_SIZES.get(size, {}),
         )  # fmt: skip
         out = run_training(opts)
         r1 = (out.get("val") or {}).get("R@1")
