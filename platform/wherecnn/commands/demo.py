@@ -52,25 +52,22 @@ def demo(
     console.print(stages)
 
     protocols = list(result.overall)
-    cities = Table(title="Per city (ground panorama → aerial tile, aligned track)")
+    short = {p: p.split("-")[0] for p in protocols}  # same-area -> same, cross-area -> cross
+    cities = Table(title="Per city (panorama → aerial tile, aligned track; same-area / cross-area protocol)")
     cities.add_column("city")
-    cities.add_column("tiles indexed", justify="right")
+    cities.add_column("tiles", justify="right")
     for p in protocols:
-        for col in ("R@1", "R@1%", "median error"):
-            cities.add_column(f"{p}\n{col}", justify="right")
+        for col in ("R@1", "R@1%", "median err"):
+            cities.add_column(f"{short[p]} {col}", justify="right")
+
+    def cells(m: dict[str, float] | None) -> list[str]:
+        return [f"{m['R@1']:.3f}", f"{m['R@1%']:.3f}", f"{m['median_m']:.0f} m"] if m else ["—"] * 3
+
     for row in result.per_city:
-        cells = [row["city"], str(row["tiles"])]
-        for p in protocols:
-            m = row.get(p)
-            cells += (
-                [f"{m['R@1']:.3f}", f"{m['R@1%']:.3f}", f"{m['median_m']:.0f} m"] if m else ["—", "—", "—"]
-            )
-        cities.add_row(*cells)
-    overall = ["mean", str(sum(r["tiles"] for r in result.per_city))]
-    for p in protocols:
-        o = result.overall[p]
-        overall += [f"{o['R@1']:.3f}", f"{o['R@1%']:.3f}", f"{o['median_m']:.0f} m"]
-    cities.add_row(*overall, style="bold")
+        cities.add_row(row["city"], str(row["tiles"]), *[c for p in protocols for c in cells(row.get(p))])
+    total = str(sum(r["tiles"] for r in result.per_city))
+    overall = [c for p in protocols for c in cells(result.overall[p])]
+    cities.add_row("mean", total, *overall, style="bold")
     console.print(cities)
 
     if result.searches:
