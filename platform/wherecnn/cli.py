@@ -11,7 +11,7 @@ import typer
 
 app = typer.Typer(
     name="wherecnn",
-    help="Ground-to-aerial geolocalization at city scale: synthesize, ingest, train, evaluate, index, search.",
+    help="Where was this ground photo taken? Synthesize, ingest, train, evaluate, index, search.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # search API / dashboard
     api_url: str | None = Field(None, description="Dashboard talks to this search API instead of in-process.")
     api_key: str | None = Field(None, description="If set, the search API requires header X-API-Key.")
-    basemap_url: str | None = Field(None, description="Web basemap tile URL for the dashboard (offline: None).")
+    basemap_url: str | None = Field(None, description="Dashboard web basemap tile URL (unset: offline).")
 
     @classmethod
     def settings_customise_sources(

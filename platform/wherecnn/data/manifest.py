@@ -132,7 +132,8 @@ def _absolute(uri: object, root: Path) -> object:
 
 def read_pairs(path: str | Path) -> pd.DataFrame:
     pairs = pd.read_parquet(_file(path, PAIRS))
-    pairs["semi_positive_tile_ids"] = [list(v) if v is not None else [] for v in pairs["semi_positive_tile_ids"]]
+    semis = pairs["semi_positive_tile_ids"]
+    pairs["semi_positive_tile_ids"] = [list(v) if v is not None else [] for v in semis]
     return pairs
 
 
