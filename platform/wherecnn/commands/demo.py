@@ -40,7 +40,7 @@ def demo(
     console = Console()
     result = run_demo(
         out, size=size, seed=seed, minutes=minutes, rebuild=rebuild, baselines=baselines,
-        log=console.print, progress=not no_progress,
+        log=lambda msg: console.print(msg, markup=False, highlight=False), progress=not no_progress,
     )  # fmt: skip
 
     stages = Table(title="Stages")
