@@ -50,9 +50,9 @@ class Settings(BaseSettings):
     qdrant_timeout_s: int = Field(60, description="Qdrant client timeout.")
     shard_number: int = Field(1, description="Shards per collection (a multiple of the node count).")
     replication_factor: int = Field(1, description="Replicas per shard (2 in prod).")
-    hnsw_m: int = Field(16, description="HNSW graph degree.")
-    hnsw_ef_construct: int = Field(128, description="HNSW build beam width.")
-    hnsw_ef: int = Field(128, description="HNSW search beam width.")
+    hnsw_m: int = Field(32, description="HNSW graph degree (benchmarks/store.py: 16 misses recall 0.98).")
+    hnsw_ef_construct: int = Field(256, description="HNSW build beam width.")
+    hnsw_ef: int = Field(512, description="HNSW search beam width (see benchmarks/store.py).")
     quantization: Literal["none", "int8"] = Field("none", description="Scalar quantization of vectors.")
     retention: int = Field(3, description="Index versions kept (live one included).")
 
