@@ -3,7 +3,9 @@ same torch thread count. Goal: pipeline >= 0.8 x plain loop on 2 cores.
 
 Both read and decode every JPEG tile and embed it with `Embedder.untrained("dual-cpu")` (throughput does not
 depend on the weights). The pipeline also writes every point to a Qdrant Edge store (its Datasink); the plain
-loop only embeds, so the comparison is conservative. Ray's start-up is reported separately, not counted.
+loop only embeds, so the comparison is conservative. Ray's start-up is reported separately, not counted; the
+actors' start-up (torch import, model build) is counted. The plain loop runs before and after the Ray runs and
+the ratio uses its faster run (the machine is shared; load drifts).
 
     flock /tmp/wherecnn-heavy.lock .venv/bin/python benchmarks/embed_throughput.py [--tiles 4096]
 
@@ -127,12 +129,24 @@ def main() -> None:
                 )
         finally:
             ray.shutdown()
+        # the machine is shared: run the baseline again after the Ray runs and compare against the faster
+        # of its two runs, so load that drifts during the benchmark cannot flatter the pipeline
+        plain_after = plain_loop(manifest, args.threads, args.batch)
+        print(
+            f"plain loop again      {plain_after['tiles_per_s']:8.1f} tiles/s",
+            flush=True,
+        )
+        plain_best = max(plain, plain_after, key=lambda r: r["tiles_per_s"])
         best = max(ray_runs.values(), key=lambda r: r["tiles_per_s"])
-        ratio = best["tiles_per_s"] / plain["tiles_per_s"]
-        print(f"ratio Ray pipeline / plain loop: {ratio:.2f} (goal >= 0.8); Ray start-up {ray_start:.1f} s")
+        ratio = best["tiles_per_s"] / plain_best["tiles_per_s"]
+        print(
+            f"ratio best Ray pipeline / best plain loop: {ratio:.2f} (goal >= 0.8); "
+            f"Ray start-up {ray_start:.1f} s (not counted; actor start-up is)"
+        )
         report = {
             "benchmark": "embed_throughput", "model": CKPT, "tiles": args.tiles, "px": args.px,
-            "threads": args.threads, "batch": args.batch, "plain_loop": plain, "pipeline_no_ray": no_ray,
+            "threads": args.threads, "batch": args.batch, "plain_loop": plain_best,
+            "plain_loop_runs": [plain, plain_after], "pipeline_no_ray": no_ray,
             "pipeline_ray": {str(k): v for k, v in ray_runs.items()}, "ray_startup_s": ray_start,
             "ratio_ray_vs_plain": ratio, "goal_ratio": 0.8,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

@@ -1,9 +1,9 @@
 """The embedding pipeline: a tile manifest in, one point per good tile in a NEW store version out.
 
 Two paths share every per-tile function (manifest reading, image loading, payloads, reject reasons):
-- Ray Data: read the manifest (pyarrow filesystem, S3 with an explicit endpoint where configured), load
-  and decode images in parallel tasks, embed with a model actor pool (``ActorPoolStrategy``, CPU or GPU),
-  and write with a ``Datasink`` that upserts batches into the store;
+- Ray Data: the manifest (read with pyarrow's filesystem, S3 with an explicit endpoint where configured)
+  becomes a dataset of row blocks, images are loaded and decoded in parallel tasks, embedded by a model
+  actor pool (``ActorPoolStrategy``, CPU or GPU) and written by a ``Datasink`` that upserts into the store;
 - plain (``use_ray=False``): the same steps in one process, for small jobs and tests.
 
 Resumable by construction: point IDs are ``uuid5(tile_id)`` and a rerun of the same job resumes into the same
@@ -397,6 +397,9 @@ class _EmbedActor:
     """Ray actor: one model per actor (loaded once), embeds the good rows of each batch."""
 
     def __init__(self, checkpoint: str, device: str, threads: int) -> None:
+        # OpenMP's worker threads spin between torch ops by default; beside the loader and writer tasks on
+        # the same cores that spinning steals their CPU. Passive waiting must be set before torch loads it.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -502,8 +505,7 @@ def ensure_ray(settings: Settings) -> bool:
 
 
 def _run_ray(
-    manifest: str,
-    todo_ids: set[str],
+    todo: pd.DataFrame,
     store_uri: str,
     tag: str,
     *,
@@ -516,52 +518,47 @@ def _run_ray(
     settings: Settings,
     progress: Progress,
 ) -> list[dict[str, Any]]:
+    """Embed ``todo`` (manifest rows, URIs absolute) through Ray Data; returns the rejects.
+
+    The driver has already read the manifest (pyarrow, S3 with an explicit endpoint where configured) to
+    derive the job tag and the resume set, so the dataset starts from those rows, cut into blocks here:
+    reading the file a second time in Ray (a listing task, a read task, a filter against the resume set and
+    an all-to-all repartition) cost seconds per job on 2 cores and bought nothing.
+    """
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     settings_json = settings.model_dump()
-    uri = manifest_uri(manifest)
-    fs, path = arrow_fs(uri, settings)
-    base = _base(uri)
-    todo_ref = ray.put(todo_ids)
-
-    def prepare(batch: pd.DataFrame) -> pd.DataFrame:
-        wanted = ray.get(todo_ref)
-        batch = batch.drop(columns=[c for c in ("geometry",) if c in batch.columns])
-        batch["tile_id"] = batch["tile_id"].astype(str)
-        batch = batch[batch["tile_id"].isin(wanted)].copy()
-        batch["uri"] = [resolve_uri(u, base) for u in batch["uri"]]
-        return batch
-
-    n_blocks = max(1, min(200, math.ceil(len(todo_ids) / batch_size)))
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    # logical CPUs: always leave one for the read/prepare/load/write tasks, else the actors starve them
+    rows = todo.drop(columns=[c for c in ("geometry",) if c in todo.columns]).reset_index(drop=True)
+    rows["tile_id"] = rows["tile_id"].astype(str)
+    # load blocks of several embed batches: fewer, larger tasks (each has a fixed Ray scheduling cost), but
+    # enough of them for the loaders to run ahead of the actors
+    block_rows = max(batch_size, min(8 * batch_size, math.ceil(len(rows) / max(4.0, 4 * cluster_cpus))))
+    ds = ray.data.from_pandas([rows.iloc[i : i + block_rows] for i in range(0, len(rows), block_rows)])
+    # logical CPUs: always leave one for the load/write tasks, else the actors starve them
     actor_cpus = max(0.25, min(1.0, (cluster_cpus - 1.0) / max(1, workers)))
-    light = {"num_cpus": 0.25}
     gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
-    ds = (
-        ray.data.read_parquet(path, filesystem=fs, num_cpus=0.25)
-        .map_batches(prepare, batch_format="pandas", batch_size=None, **light)
-        .repartition(n_blocks)
-        .map_batches(
-            _ray_load,
-            batch_format="pandas",
-            batch_size=batch_size,
-            fn_args=(tile_size, settings_json),
-            num_cpus=0.25,
-        )
-        .map_batches(
-            _EmbedActor,
-            batch_format="numpy",
-            batch_size=batch_size,
-            fn_constructor_args=(checkpoint, "cuda" if gpu else "cpu", threads),
-            compute=ActorPoolStrategy(size=max(1, workers)),
-            num_gpus=1 if gpu else 0,
-            num_cpus=0 if gpu else actor_cpus,
-        )
+    ds = ds.map_batches(
+        _ray_load,
+        batch_format="pandas",
+        batch_size=None,  # one task per block
+        fn_args=(tile_size, settings_json),
+        num_cpus=0.25,
+        # at most one loader per core: each extra concurrent task is another Python worker to start
+        # (~1.4 s of CPU to import Ray, pandas and wherecnn), which is what made the load stage slow
+        compute=TaskPoolStrategy(size=max(1, int(cluster_cpus))),
+    ).map_batches(
+        _EmbedActor,
+        batch_format="numpy",
+        batch_size=batch_size,
+        fn_constructor_args=(checkpoint, "cuda" if gpu else "cpu", threads),
+        compute=ActorPoolStrategy(size=max(1, workers)),
+        num_gpus=1 if gpu else 0,
+        num_cpus=0 if gpu else actor_cpus,
     )
     progress_actor = ray.remote(num_cpus=0)(_ProgressActor).remote()
     sink = _make_datasink(store_uri, tag, settings_json, progress_actor)
@@ -696,7 +693,7 @@ def run_index(
                         1, (settings.num_cpus or os.cpu_count() or 1) // max(1, workers)
                     )
                     rejects = _run_ray(
-                        tiles, set(todo["tile_id"]), uri, tag, checkpoint=checkpoint, device=device,
+                        todo, uri, tag, checkpoint=checkpoint, device=device,
                         batch_size=batch_size, workers=workers, threads=n_threads, tile_size=tile_size,
                         settings=settings, progress=progress,
                     )  # fmt: skip
