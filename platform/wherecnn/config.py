@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     # where things live
     data_dir: str = Field("var/data", description="Synthetic world / ingested manifests folder.")
     work_dir: str = Field("var", description="Runs, checkpoints, reports, frozen manifests.")
-    store: str = Field("edge://var/index", description="Vector store URI: edge:///path or http(s)://host:6333.")
+    store: str = Field(
+        "edge://var/index", description="Vector store URI: edge:///path or http(s)://host:6333."
+    )
     collection: str = Field("tiles", description="Collection (server) / store name (edge).")
     checkpoint: str = Field("var/checkpoints/dual-cpu", description="Default checkpoint for index/search.")
 

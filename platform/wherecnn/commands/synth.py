@@ -83,8 +83,14 @@ def synth(
     for c in summary["per_city"]:
         held = " (held out)" if c["city"] in summary["held_out_cities"] else ""
         table.add_row(
-            c["city"] + held, c["style"], c["crs"], str(c["places"]), str(2 * c["places"]),
-            str(c["grid_tiles"]), f"{c['max_height_m']:.0f}", f"{c['seconds']:.1f}",
+            c["city"] + held,
+            c["style"],
+            c["crs"],
+            str(c["places"]),
+            str(2 * c["places"]),
+            str(c["grid_tiles"]),
+            f"{c['max_height_m']:.0f}",
+            f"{c['seconds']:.1f}",
         )
     console.print(table)
     console.print(
@@ -131,8 +137,16 @@ def tile(
         with _progress() as progress:
             task = progress.add_task("tiles", total=None, stage=raster.name)
             frame = tile_raster(
-                raster, out / "tiles", size_m=size_m, px=px, stride_m=stride_m, points=pts, city=city,
-                uri_base=out, quality=quality, progress=lambda k: progress.advance(task, k),
+                raster,
+                out / "tiles",
+                size_m=size_m,
+                px=px,
+                stride_m=stride_m,
+                points=pts,
+                city=city,
+                uri_base=out,
+                quality=quality,
+                progress=lambda k: progress.advance(task, k),
             )
             progress.update(task, total=len(frame), completed=len(frame))
     except TilerError as exc:

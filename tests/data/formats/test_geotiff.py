@@ -31,8 +31,20 @@ def make_raster(
         mx, my = fwd.transform(mark[1], mark[0])
         c, r = ~transform @ (mx, my)
         data[:, int(r) - 8 : int(r) + 8, int(c) - 8 : int(c) + 8] = 255
-    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=3, dtype="uint8", crs=crs,
-                       transform=transform, tiled=True, blockxsize=256, blockysize=256) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=n,
+        height=n,
+        count=3,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    ) as ds:
         ds.write(data)
     return path
 
@@ -58,7 +70,7 @@ def test_centred_tiles_have_true_footprints_in_any_crs(tmp_path: Path, crs: str,
     frame = tile_raster(raster, tmp_path / "tiles", size_m=100, px=64, points=pts, city="x")
     gsd = {"EPSG:3857": 1.0 * np.cos(np.radians(LAT)), "EPSG:32618": 0.6}.get(crs)
     for _, row in frame.iterrows():
-        lat, lon = (mark if row["tile_id"] == "m" else (LAT, LON))
+        lat, lon = mark if row["tile_id"] == "m" else (LAT, LON)
         tol = (gsd or 0.51) * 0.75 + 0.05  # centred to the nearest pixel corner
         assert distance_m(lat1=row["lat"], lon1=row["lon"], lat2=lat, lon2=lon) < tol
         top, right = side_lengths(row["geometry"])

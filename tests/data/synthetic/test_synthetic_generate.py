@@ -95,13 +95,18 @@ def test_centred_tiles_sit_on_their_capture(tiny_world: Path) -> None:
     centred = tiles[tiles["kind"] == "centred"].set_index("place_id")
     pano = caps[caps["kind"] == "panorama"].set_index("place_id")
     t = centred.loc[pano.index]
-    d = distance_m(lat1=pano["lat"].to_numpy(), lon1=pano["lon"].to_numpy(), lat2=t["lat"].to_numpy(),
-                   lon2=t["lon"].to_numpy())
+    d = distance_m(
+        lat1=pano["lat"].to_numpy(),
+        lon1=pano["lon"].to_numpy(),
+        lat2=t["lat"].to_numpy(),
+        lon2=t["lon"].to_numpy(),
+    )
     assert d.max() < 0.05  # centred to the millimetre-ish
     corners = np.array([np.asarray(g.exterior.coords)[:4] for g in t["geometry"]])  # [N, 4, (lon, lat)]
     for a, b in ((0, 1), (1, 2)):  # top edge, right edge: UTM squares are slightly rotated in lat/lon
-        side = distance_m(lat1=corners[:, a, 1], lon1=corners[:, a, 0], lat2=corners[:, b, 1],
-                          lon2=corners[:, b, 0])
+        side = distance_m(
+            lat1=corners[:, a, 1], lon1=corners[:, a, 0], lat2=corners[:, b, 1], lon2=corners[:, b, 0]
+        )
         assert np.allclose(side, 100.0, atol=0.2)
     assert np.allclose(tiles["gsd_m"], 100 / 128)
 

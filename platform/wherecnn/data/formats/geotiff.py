@@ -170,7 +170,7 @@ def _resample_band(
     sizes = {(w.width, w.height) for w in band}
     if len(sizes) != 1 or len(band) < 4:
         return None
-    (tw, th), = sizes
+    ((tw, th),) = sizes
     if tw != th or tw == px:
         return None
     scale = px / tw

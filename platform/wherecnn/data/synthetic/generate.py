@@ -181,8 +181,15 @@ def generate(
     torch.set_num_threads(1)  # see the render pool in _generate
     try:
         return _generate(
-            out_dir, size=size, cities=cities, seed=seed, oblique=oblique, preview=preview, progress=progress,
-            places_per_city=places_per_city, extent_m=extent_m,
+            out_dir,
+            size=size,
+            cities=cities,
+            seed=seed,
+            oblique=oblique,
+            preview=preview,
+            progress=progress,
+            places_per_city=places_per_city,
+            extent_m=extent_m,
         )
     finally:
         torch.set_num_threads(threads)
@@ -299,15 +306,28 @@ def _generate(
         mark("ground")
 
         grid = tile_raster(
-            cdir / "aerial.tif", cdir / "tiles", size_m=TILE_M, px=TILE_PX, stride_m=STRIDE_M, city=city.name,
-            prefix=f"{city.name}-g", uri_base=out, progress=lambda k: tick(k, "grid tiles"),
+            cdir / "aerial.tif",
+            cdir / "tiles",
+            size_m=TILE_M,
+            px=TILE_PX,
+            stride_m=STRIDE_M,
+            city=city.name,
+            prefix=f"{city.name}-g",
+            uri_base=out,
+            progress=lambda k: tick(k, "grid tiles"),
         )
         grid["split_cross_area"] = "gallery"
         grid["place_id"] = None
         pts = pd.DataFrame({"lat": lat, "lon": lon, "tile_id": [f"{p}-tile" for p in place_ids]})
         centred = tile_raster(
-            cdir / "aerial.tif", cdir / "tiles", size_m=TILE_M, px=TILE_PX, points=pts, city=city.name,
-            uri_base=out, progress=lambda k: tick(k, "centred tiles"),
+            cdir / "aerial.tif",
+            cdir / "tiles",
+            size_m=TILE_M,
+            px=TILE_PX,
+            points=pts,
+            city=city.name,
+            uri_base=out,
+            progress=lambda k: tick(k, "centred tiles"),
         )
         centred["split"] = split
         centred["split_cross_area"] = cross
@@ -340,7 +360,9 @@ def _generate(
         gc0, gr0 = grid["col_off"].to_numpy(), grid["row_off"].to_numpy()
         gw, gh = grid["width"].to_numpy(), grid["height"].to_numpy()
         inside = (
-            (cam_col[:, None] >= gc0) & (cam_col[:, None] < gc0 + gw) & (cam_row[:, None] >= gr0)
+            (cam_col[:, None] >= gc0)
+            & (cam_col[:, None] < gc0 + gw)
+            & (cam_row[:, None] >= gr0)
             & (cam_row[:, None] < gr0 + gh)
         )
         d2 = (cam_col[:, None] - (gc0 + gw / 2)) ** 2 + (cam_row[:, None] - (gr0 + gh / 2)) ** 2
@@ -365,8 +387,20 @@ def _generate(
 
         if oblique:
             frames.append(
-                _oblique_tiles(world, aerial_sun, cdir, out, place_ids, xy, lat, lon, split, cross.item(),
-                               oblique_view, pool)
+                _oblique_tiles(
+                    world,
+                    aerial_sun,
+                    cdir,
+                    out,
+                    place_ids,
+                    xy,
+                    lat,
+                    lon,
+                    split,
+                    cross.item(),
+                    oblique_view,
+                    pool,
+                )
             )
             pair_rows.append(
                 pd.DataFrame(
