@@ -199,19 +199,23 @@ def run_demo(
     result.overall = {p: m["overall"] for p, m in metrics.items()}
 
     # 5. a few sample searches (always run: they are quick and show the store answering)
-    t0 = time.perf_counter()
-    result.searches = sample_searches(paths, count=3, seed=seed)
-    seconds = time.perf_counter() - t0
-    result.stages.append(StageResult("search", seconds, False, f"({len(result.searches)} queries)"))
+    from wherecnn.index.store import open_store
 
-    result.per_city = _per_city(paths, metrics)
+    store = open_store(paths.store, read_only=True)
+    try:
+        t0 = time.perf_counter()
+        result.searches = sample_searches(paths, store, count=3, seed=seed)
+        seconds = time.perf_counter() - t0
+        result.stages.append(StageResult("search", seconds, False, f"({len(result.searches)} queries)"))
+        result.per_city = _per_city(store, metrics)
+    finally:
+        store.close()
     return result
 
 
-def sample_searches(paths: DemoPaths, *, count: int = 3, seed: int = 0) -> list[dict[str, Any]]:
+def sample_searches(paths: DemoPaths, store: Any, *, count: int = 3, seed: int = 0) -> list[dict[str, Any]]:
     """Search a few test panoramas from different cities; report the best guess and its error."""
     from wherecnn.data.manifest import read_captures
-    from wherecnn.index.store import open_store
     from wherecnn.models.embedder import Embedder
     from wherecnn.search.engine import SearchEngine
 
@@ -220,47 +224,35 @@ def sample_searches(paths: DemoPaths, *, count: int = 3, seed: int = 0) -> list[
     picks = (
         panos.groupby("city", sort=True).sample(n=1, random_state=seed).head(count) if len(panos) else panos
     )
-    store = open_store(paths.store, read_only=True)
-    try:
-        engine = SearchEngine(store, Embedder.from_checkpoint(str(paths.checkpoint)))
-        out = []
-        for row in picks.itertuples(index=False):
-            res = engine.search(row.uri, k=5, true_lat=row.lat, true_lon=row.lon)
-            best = res.best
-            top = res.ranked.sort_values("score", ascending=False).iloc[0] if len(res.ranked) else None
-            out.append(
-                {
-                    "capture_id": row.capture_id,
-                    "city": row.city,
-                    "uri": row.uri,
-                    "best_city": best.city if best else None,
-                    "best_lat": best.lat if best else None,
-                    "best_lon": best.lon if best else None,
-                    "confidence": best.confidence if best else None,
-                    "error_m": float(top["distance_m"]) if top is not None else None,
-                }
-            )
-        return out
-    finally:
-        store.close()
+    engine = SearchEngine(store, Embedder.from_checkpoint(str(paths.checkpoint)))
+    out = []
+    for row in picks.itertuples(index=False):
+        res = engine.search(row.uri, k=5, true_lat=row.lat, true_lon=row.lon)
+        best = res.best
+        top = res.ranked.sort_values("score", ascending=False).iloc[0] if len(res.ranked) else None
+        out.append(
+            {
+                "capture_id": row.capture_id,
+                "city": row.city,
+                "uri": row.uri,
+                "best_city": best.city if best else None,
+                "best_lat": best.lat if best else None,
+                "best_lon": best.lon if best else None,
+                "confidence": best.confidence if best else None,
+                "error_m": float(top["distance_m"]) if top is not None else None,
+            }
+        )
+    return out
 
 
-def _per_city(paths: DemoPaths, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def _per_city(store: Any, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Per city: tiles in the live index and each protocol's R@1, R@1% and median localisation error."""
-    from wherecnn.index.store import open_store
-
-    store = open_store(paths.store, read_only=True)
-    try:
-        cities = sorted(store.cities())
-        rows = []
-        for city in cities:
-            row: dict[str, Any] = {"city": city, "tiles": store.count(cities=[city])}
-            for protocol, m in metrics.items():
-                cm = m["cities"].get(city)
-                if cm is None:
-                    continue
+    rows = []
+    for city in sorted(store.cities()):
+        row: dict[str, Any] = {"city": city, "tiles": store.count(cities=[city])}
+        for protocol, m in metrics.items():
+            cm = m["cities"].get(city)
+            if cm is not None:
                 row[protocol] = {k: cm.get(k) for k in ("R@1", "R@1%", "median_m")}
-            rows.append(row)
-        return rows
-    finally:
-        store.close()
+        rows.append(row)
+    return rows
