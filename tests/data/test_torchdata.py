@@ -66,6 +66,18 @@ def test_augmentation_keeps_views_consistent(rotation: str) -> None:
         assert consistent < 0.35 * broken, (trial, consistent, broken)
 
 
+def test_colour_augmentation_changes_both_views_alike() -> None:
+    rng = np.random.default_rng(1)
+    tile = blocky(rng)
+    pano = polar(tile, 32, 128)
+    g, a = augment_pair(pano, tile, np.random.default_rng(5), rotation="none", flip=False, color=0.3)
+    assert not np.array_equal(a, tile)
+    # the same palette change on both: the panorama is still the polar view of the tile
+    assert np.abs(polar(a, 32, 128).astype(int) - g.astype(int)).max() <= 1
+    ratio = a.reshape(-1, 3).astype(float).sum(0) / tile.reshape(-1, 3).astype(float).sum(0)
+    assert np.ptp(ratio) > 0.05  # channels scaled differently, not just brightness
+
+
 def test_dataset_filters_track_protocol_split(fake_pairs: Path) -> None:
     same = load_pairs(fake_pairs, track="aligned", protocol="same-area", split="train")
     cross = load_pairs(fake_pairs, track="aligned", protocol="cross-area", split="test")

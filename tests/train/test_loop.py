@@ -124,3 +124,35 @@ def test_bad_inputs_fail_clearly(fake_pairs: Path, tmp_path: Path) -> None:
         TrainOptions(data=str(fake_pairs), out=str(tmp_path), epochs=1, minutes=1.0)
     with pytest.raises(ValueError, match="fewer than|< batch"):
         train_func(_opts(fake_pairs, tmp_path / "x", batch_size=512))
+
+
+def test_fresh_places_train_and_resume_the_same_pool(
+    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendering new places per epoch: a resumed run rebuilds the same pool and ends where a straight run does."""
+    kw = dict(fresh_places=32, fresh_epochs=2, protocol="same-area", val_size=8, epochs=3)
+    straight = train_func(_opts(tiny_world, tmp_path / "a", **kw))
+    assert straight["train_pairs"] == 64 and straight["fresh_places_per_epoch"] == 32
+    card = json.loads((tmp_path / "a" / "model_card.json").read_text())
+    assert card["data"]["fresh_places"] == 32 and card["data"]["fresh_epochs"] == 2
+
+    import wherecnn.train.loop as loop_module
+
+    saved = loop_module.save_checkpoint
+    calls = []
+
+    def crash_after_two(*args: object, **kwargs: object) -> object:
+        out = saved(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run dies right after its second epoch's checkpoint
+        return out
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_func(_opts(tiny_world, tmp_path / "b", **kw))
+    monkeypatch.setattr(loop_module, "save_checkpoint", saved)
+    resumed = train_func(_opts(tiny_world, tmp_path / "b", resume=True, **kw))
+    assert resumed["epochs"] == 3 and resumed["train_pairs"] == 64
+    a, b = (torch.load(tmp_path / x / "model.pt", weights_only=False)["state_dict"] for x in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)

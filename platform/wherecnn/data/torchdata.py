@@ -93,12 +93,15 @@ def augment_pair(
     *,
     rotation: str = "quarter",
     flip: bool = True,
+    color: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply one random change of viewpoint to both views, so the pair still matches.
+    """Apply one random change of viewpoint (and of palette) to both views, so the pair still matches.
 
     A roll of the north-aligned canvas by angle a (its left edge now faces a) goes with rotating the tile
     counter-clockwise by a (bearing a now points up). A mirror of the canvas (heading h -> -h) goes with a
     left-right mirror of the tile. ``rotation``: "none", "quarter" (exact 90-degree steps), "any".
+    ``color`` > 0 scales the RGB channels of both views by the same random gains (log-normal, that sigma):
+    a city with another palette looks like this, so the model learns to match colours rather than know them.
     """
     w = ground.shape[1]
     if rotation == "quarter":
@@ -118,6 +121,10 @@ def augment_pair(
     if flip and rng.random() < 0.5:
         ground = np.roll(ground[:, ::-1], 1, axis=1)
         aerial = aerial[:, ::-1]
+    if color > 0:
+        gains = np.exp(rng.normal(0.0, color, 3)).astype(np.float32)
+        ground = np.clip(ground * gains, 0, 255).astype(np.uint8)
+        aerial = np.clip(aerial * gains, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(ground), np.ascontiguousarray(aerial)
 
 
@@ -189,7 +196,10 @@ class PairDataset(Dataset):
         seed: int = 0,
         cache: bool = True,
         loader: Callable[[str], np.ndarray] | None = None,
+        images: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
+        """``images``: (ground, tile) pairs already in memory, one per row (rendered on the fly), instead
+        of the files the frame names; they are prepared like decoded files."""
         if frame is None:
             if data_dir is None:
                 raise ValueError("PairDataset needs data_dir or frame")
@@ -202,8 +212,13 @@ class PairDataset(Dataset):
         self.seed, self.epoch = seed, 0
         self.loader = loader or default_loader
         self._cache: list[tuple[np.ndarray, np.ndarray] | None] | None = (
-            [None] * len(self.frame) if cache else None
+            [None] * len(self.frame) if cache or images is not None else None
         )
+        if images is not None:
+            if len(images) != len(self.frame):
+                raise ValueError(f"{len(images)} image pairs for {len(self.frame)} rows")
+            rows = self.frame[["heading_deg", "fov_deg"]].itertuples(index=False)
+            self._cache = [self._prepare(g, t, h, f) for (g, t), (h, f) in zip(images, rows, strict=True)]
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -216,18 +231,24 @@ class PairDataset(Dataset):
         if self._cache is not None and self._cache[i] is not None:
             return self._cache[i]  # type: ignore[return-value]
         row = self.frame.iloc[i]
-        ground = ground_view(
-            self.loader(row["ground_uri"]),
-            self.ground_size,  # type: ignore[arg-type]
-            heading_deg=_num(row["heading_deg"]),
-            fov_deg=_num(row["fov_deg"]),
-            layout=self.ground_layout,
+        item = self._prepare(
+            self.loader(row["ground_uri"]), self.loader(row["tile_uri"]), row["heading_deg"], row["fov_deg"]
         )
-        aerial = resize(self.loader(row["tile_uri"]), self.aerial_size)  # type: ignore[arg-type]
-        item = (ground, aerial)
         if self._cache is not None:
             self._cache[i] = item
         return item
+
+    def _prepare(
+        self, ground: np.ndarray, tile: np.ndarray, heading: Any, fov: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        view = ground_view(
+            ground,
+            self.ground_size,  # type: ignore[arg-type]
+            heading_deg=_num(heading),
+            fov_deg=_num(fov),
+            layout=self.ground_layout,
+        )
+        return view, resize(tile, self.aerial_size)  # type: ignore[arg-type]
 
     def preload(self, *, threads: int = 2, progress: bool = False, label: str = "decode") -> None:
         """Decode and resize every image now (threads: PIL releases the GIL), so epochs only compute."""
@@ -255,6 +276,7 @@ class PairDataset(Dataset):
                 rng,
                 rotation=self.augment.get("rotation", "quarter"),
                 flip=bool(self.augment.get("flip", True)),
+                color=float(self.augment.get("color", 0.0)),
             )
         return {
             "ground": to_tensor(ground, self.mean, self.std),

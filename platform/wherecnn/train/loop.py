@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 
@@ -47,6 +48,8 @@ class TrainOptions:
     device: str = "auto"
     val_size: int = 256
     max_pairs: int | None = None  # train on a subset (tests, quick looks)
+    fresh_places: int = 0  # synthetic worlds: render this many new places per epoch instead of the manifest's
+    fresh_epochs: int = 3  # ... and train on each for this many epochs (the pool holds the latest batches)
     overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     log_every: int = 20
@@ -54,6 +57,8 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.minutes is None):
             raise ValueError("give exactly one of epochs or minutes")
+        if self.fresh_places < 0 or self.fresh_epochs < 1:
+            raise ValueError("fresh_places must be >= 0 and fresh_epochs >= 1")
 
 
 # --------------------------------------------------------------------------------------------- context
@@ -195,7 +200,14 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             "capture_id"
         )
     frame, val_frame = _split_val(frame.reset_index(drop=True), val_rows, opts.val_size, opts.seed)
-    if len(frame) < batch_size:
+    fresh = None
+    if opts.fresh_places:
+        from wherecnn.data.synthetic.fresh import FreshPlaces
+
+        fresh = FreshPlaces(opts.data, protocol=opts.protocol, track=opts.track, seed=opts.seed)
+        if opts.fresh_places < batch_size:
+            raise ValueError(f"fresh_places {opts.fresh_places} < batch {batch_size}")
+    elif len(frame) < batch_size:
         raise ValueError(
             f"{opts.data}: only {len(frame)} training pairs for track {opts.track!r} < batch {batch_size}"
         )
@@ -209,25 +221,56 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     augment = {
         "rotation": train_cfg.get("augment_rotation", "quarter"),
         "flip": train_cfg.get("augment_flip", True),
+        "color": train_cfg.get("augment_color", 0.0),
     }
-    train_set = PairDataset(frame=frame, augment=augment, seed=opts.seed, **common)
     val_set = PairDataset(frame=val_frame, **common)
     t_load = time.perf_counter()
-    train_set.preload(progress=rank0 and opts.progress, label="decoding train")
+    if fresh is None:
+        train_set = PairDataset(frame=frame, augment=augment, seed=opts.seed, **common)
+        train_set.preload(progress=rank0 and opts.progress, label="decoding train")
     val_set.preload(progress=rank0 and opts.progress, label="decoding val")
     load_s = time.perf_counter() - t_load
-    keys = train_set.tile_keys()
-    geo_sampler = GeoBatchSampler(
-        frame["lat"],
-        frame["lon"],
-        frame["city"],
-        keys,
-        batch_size=batch_size,
-        hard_fraction=float(train_cfg.get("hard_fraction", 0.5)),
-        group_size=int(train_cfg.get("neighbours_per_group", 8)),
-        seed=opts.seed,
-    )
-    sampler: Any = geo_sampler
+
+    def geo_sampler(dataset: PairDataset) -> GeoBatchSampler:
+        return GeoBatchSampler(
+            dataset.frame["lat"],
+            dataset.frame["lon"],
+            dataset.frame["city"],
+            dataset.tile_keys(),
+            batch_size=batch_size,
+            hard_fraction=float(train_cfg.get("hard_fraction", 0.5)),
+            group_size=int(train_cfg.get("neighbours_per_group", 8)),
+            seed=opts.seed,
+        )
+
+    # fresh places: epoch e trains on the places drawn for epochs e-fresh_epochs+1 .. e (each drawn once)
+    pool: dict[int, tuple[Any, list[tuple[np.ndarray, np.ndarray]]]] = {}
+
+    def fresh_set(epoch: int) -> PairDataset:
+        assert fresh is not None
+        wanted = range(max(0, epoch - opts.fresh_epochs + 1), epoch + 1)
+        for e in [e for e in pool if e not in wanted]:
+            del pool[e]
+        for e in wanted:
+            if e not in pool:
+                f, grounds, tiles = fresh.sample(opts.fresh_places, epoch=e)
+                prepared = PairDataset(frame=f, images=list(zip(grounds, tiles, strict=True)), **common)
+                pool[e] = (f, [prepared.raw(i) for i in range(len(f))])
+        frames = [pool[e][0] for e in wanted]
+        images = [im for e in wanted for im in pool[e][1]]
+        return PairDataset(
+            frame=pd.concat(frames, ignore_index=True),
+            images=images,
+            augment=augment,
+            seed=opts.seed,
+            **common,
+        )
+
+    if fresh is not None:  # the first pool is drawn before the clock starts, like decoding the manifest
+        t_fresh = time.perf_counter()
+        train_set = fresh_set(int(resumed["loop"]["epoch"]) if resumed is not None else 0)
+        load_s += time.perf_counter() - t_fresh
+    sampler: Any = geo_sampler(train_set)
 
     # ---- model, optimizer, state
     model.to(ctx.device)
@@ -239,8 +282,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     optimizer = _optimizer(model, train_cfg, lr)
     loss_fn = make_loss(cfg)
     amp = ctx.device.type == "cuda"
-    steps_per_epoch = len(sampler)
-    total_steps = steps_per_epoch * (opts.epochs or 0)
+    total_steps = len(sampler) * (opts.epochs or 0)  # progress bar only: fresh pools grow for a few epochs
     history: list[dict[str, Any]] = []
     loop: dict[str, Any] = {"epoch": 0, "step": 0, "elapsed_s": 0.0, "pairs": 0}
     if resumed is not None:
@@ -255,8 +297,10 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             "manifest_digest": manifest_digest(opts.data),
             "track": opts.track,
             "protocol": opts.protocol,
-            "train_pairs": len(frame),
+            "train_pairs": len(train_set),
             "val_pairs": len(val_frame),
+            "fresh_places": opts.fresh_places,
+            "fresh_epochs": opts.fresh_epochs if fresh is not None else None,
         },
         "train": {
             "seed": opts.seed,
@@ -285,11 +329,14 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     while not stop:
         if opts.epochs is not None and epoch >= opts.epochs:
             break
+        if fresh is not None and epoch > start_epoch:
+            train_set = fresh_set(epoch)
+            sampler = geo_sampler(train_set)
         if mine_every and epoch > 0 and epoch % mine_every == 0:
-            g, a = embed_dataset(model, PairDataset(frame=frame, **common), ctx.device)
+            g, a = embed_dataset(model, train_set, ctx.device)
             sampler = MinedBatchSampler(
                 neighbour_table(g, a, k=int(train_cfg.get("mine_k", 32))),
-                keys,
+                train_set.tile_keys(),
                 batch_size=batch_size,
                 per_anchor=int(train_cfg.get("neighbours_per_group", 8)) - 1,
                 seed=opts.seed,
@@ -299,13 +346,15 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         model.train()
         losses: list[float] = []
         t_epoch, pairs_epoch = time.perf_counter(), 0
-        for batch in _batches(train_set, sampler, ctx.rank, ctx.world):
+        n_batches = max(1, len(sampler))
+        for i_batch, batch in enumerate(_batches(train_set, sampler, ctx.rank, ctx.world)):
             elapsed = time.perf_counter() - t_start
             out_of_time = budget_s is not None and elapsed >= budget_s
             if ctx.agree(out_of_time):
                 stop = True
                 break
-            frac = elapsed / budget_s if budget_s else loop["step"] / max(1, total_steps)
+            # schedule position; by epochs rather than steps, since epochs differ in length (fresh pools)
+            frac = elapsed / budget_s if budget_s else (epoch + i_batch / n_batches) / (opts.epochs or 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr * _lr_factor(frac, loop["step"], int(train_cfg.get("warmup_steps", 0)))
             ground = batch["ground"].to(ctx.device, non_blocking=True)
@@ -385,7 +434,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         "out": opts.out,
         "model_id": card.get("model_id"),
         "params": model.num_parameters(),
-        "train_pairs": len(frame),
+        "train_pairs": len(train_set),
+        "fresh_places_per_epoch": opts.fresh_places,
     }
 
 

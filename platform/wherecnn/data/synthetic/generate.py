@@ -8,6 +8,7 @@ Layout under ``out_dir``::
     <city>/tiles/<tile_id>.jpg        128 px tiles of 100 m: grid (50% overlap) and centred on each place
     <city>/oblique/...                (--oblique) 45-degree bird's-eye mosaic and per-place crops
     captures.parquet tiles.parquet pairs.parquet    (relative uris; see docs/contracts.md)
+    synthetic.json                    seed, sizes and cities: what rebuilds the worlds (fresh places)
     preview.png                       (--preview) panorama | photo | aerial tile for a few places
 
 Every byte follows from ``seed``: worlds, cameras, headings and lighting come from seeded generators, and the
@@ -17,6 +18,7 @@ image writers are deterministic (no timestamps in GeoTIFF tags, fixed JPEG setti
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import time
@@ -40,6 +42,7 @@ PANO_SIZE = (128, 512)
 PHOTO_PX = 128
 PHOTO_FOV = 90.0
 BATCH = 32
+SPEC_FILE = "synthetic.json"
 RENDER_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -95,8 +98,8 @@ def _write_geotiff(path: Path, img: np.ndarray, *, crs, west: float, north: floa
         ds.write(img.transpose(2, 0, 1))
 
 
-def street_cameras(world: World, n: int, rng: np.random.Generator, *, margin_m: float) -> np.ndarray:
-    """``n`` camera positions (local metres, [n, 2]) at road pixel centres with 2 m of clearance."""
+def street_pixels(world: World, *, margin_m: float) -> np.ndarray:
+    """Flat indices of road pixels with 2 m of clearance from buildings, ``margin_m`` inside the edges."""
     import torch
     import torch.nn.functional as F
 
@@ -109,20 +112,33 @@ def street_cameras(world: World, n: int, rng: np.random.Generator, *, margin_m: 
     cand = np.flatnonzero(road.ravel())
     if len(cand) == 0:
         raise RuntimeError(f"{world.city.name}: no street pixels to place cameras on")
-    pick = rng.choice(cand, size=min(n, len(cand)), replace=False)
-    row, col = np.divmod(pick, world.n)
-    x = (col + 0.5) * world.res
-    y = (world.n - row - 0.5) * world.res
-    return np.stack([x, y], axis=1)
+    return cand
 
 
-def _same_area_split(xy: np.ndarray, extent_m: float, rng: np.random.Generator) -> np.ndarray:
-    """train/val/test by spatial blocks, so test places are never next to training places."""
+def pixel_centres(world: World, flat: np.ndarray) -> np.ndarray:
+    """Local metres ([n, 2], x east, y north) of the centres of flat pixel indices."""
+    row, col = np.divmod(flat, world.n)
+    return np.stack([(col + 0.5) * world.res, (world.n - row - 0.5) * world.res], axis=1)
+
+
+def street_cameras(world: World, n: int, rng: np.random.Generator, *, margin_m: float) -> np.ndarray:
+    """``n`` camera positions (local metres, [n, 2]) at road pixel centres with 2 m of clearance."""
+    cand = street_pixels(world, margin_m=margin_m)
+    return pixel_centres(world, rng.choice(cand, size=min(n, len(cand)), replace=False))
+
+
+def split_blocks(xy: np.ndarray, extent_m: float) -> tuple[np.ndarray, int]:
+    """The same-area split's block of each local position ([n, 2] metres), and the blocks per side."""
     nb = max(3, int(round(extent_m / 250.0)))
     size = extent_m / nb
     bx = np.clip((xy[:, 0] // size).astype(int), 0, nb - 1)
     by = np.clip((xy[:, 1] // size).astype(int), 0, nb - 1)
-    bi = bx * nb + by
+    return bx * nb + by, nb
+
+
+def _same_area_split(xy: np.ndarray, extent_m: float, rng: np.random.Generator) -> np.ndarray:
+    """train/val/test by spatial blocks, so test places are never next to training places."""
+    bi, nb = split_blocks(xy, extent_m)
     order = rng.permutation(nb * nb)
     n_test = max(1, int(round(0.2 * nb * nb)))
     n_val = max(1, int(round(0.1 * nb * nb)))
@@ -438,6 +454,7 @@ def _generate(
     tiles = gpd.GeoDataFrame(pd.concat(tile_frames, ignore_index=True), geometry="geometry", crs=CRS)
     pairs = pd.concat(pair_rows, ignore_index=True)
     write_manifests(out, captures, tiles, pairs)
+    write_spec(out, seed=seed, extent_m=spec.extent_m, cities=chosen, held_out=sorted(held))
     summary = {
         "out": str(out),
         "size": size,
@@ -458,6 +475,25 @@ def _generate(
         summary["preview"] = str(write_preview(out, out / "preview.png", per_city=per_city_rows))
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     return summary
+
+
+def write_spec(out: Path, *, seed: int, extent_m: float, cities: list[City], held_out: list[str]) -> None:
+    """``synthetic.json``: what rebuilds this world's cities (fresh training places, see `fresh.py`)."""
+    spec = {
+        "seed": seed,
+        "extent_m": extent_m,
+        "world_res_m": WORLD_RES_M,
+        "aerial_res_m": AERIAL_RES_M,
+        "tile_m": TILE_M,
+        "tile_px": TILE_PX,
+        "stride_m": STRIDE_M,
+        "pano_size": list(PANO_SIZE),
+        "photo_px": PHOTO_PX,
+        "photo_fov_deg": PHOTO_FOV,
+        "cities": [{"name": c.name, "style": c.style, "lat": c.lat, "lon": c.lon} for c in cities],
+        "held_out_cities": held_out,
+    }
+    (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
 
 def shade_aerial_for(world: World, sun, rng: np.random.Generator) -> np.ndarray:

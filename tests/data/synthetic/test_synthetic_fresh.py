@@ -1,0 +1,98 @@
+"""Fresh training places: identical to the generator's pairs, inside the protocol's training area, seeded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from wherecnn.data.manifest import read_captures, read_pairs, read_tiles, split_column
+from wherecnn.data.synthetic.fresh import FreshPlaces
+from wherecnn.data.synthetic.generate import split_blocks
+from wherecnn.geo import to_utm
+from wherecnn.storage import load_image
+
+
+def _local_xy(fp: FreshPlaces, city: str, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    cs = next(c for c in fp.cities if c.name == city)
+    e, n = to_utm(lat=np.asarray(lat), lon=np.asarray(lon), crs=cs.crs)
+    return np.stack([e - cs.west, n - cs.south], axis=1)
+
+
+def test_fresh_pairs_match_the_written_ones(tiny_world: Path) -> None:
+    """At a generated place, a fresh tile is byte-identical to the file and the panorama shows the same scene."""
+    caps = pd.DataFrame(read_captures(tiny_world).drop(columns="geometry"))
+    tiles = pd.DataFrame(read_tiles(tiny_world).drop(columns="geometry")).set_index("tile_id")
+    pairs = read_pairs(tiny_world)
+    fp = FreshPlaces(tiny_world, protocol="same-area", track="aligned", seed=0)
+    city = fp.city_names[0]
+    panos = caps[(caps["city"] == city) & (caps["kind"] == "panorama")].head(6)
+    xy = _local_xy(fp, city, panos["lat"].to_numpy(), panos["lon"].to_numpy())
+    frame, grounds, fresh_tiles = fp.render(city, xy, np.random.default_rng(0), prefix="t")
+    aligned = pairs[pairs["track"] == "aligned"].set_index("capture_id")["tile_id"]
+    for k, cap in enumerate(panos["capture_id"]):
+        written = load_image(str(tiny_world / tiles.loc[aligned[cap], "uri"]))
+        assert np.array_equal(fresh_tiles[k], written)
+        stored = load_image(str(tiny_world / panos["uri"].iloc[k])).astype(np.float32)
+        assert grounds[k].shape == stored.shape == (128, 512, 3)
+        # the sun differs, the geometry does not: the sky line (sky vs not-sky per column) agrees
+        sky_fresh = grounds[k].astype(np.float32)[..., 2] > grounds[k][..., 0] + 30
+        sky_stored = stored[..., 2] > stored[..., 0] + 30
+        assert (sky_fresh == sky_stored).mean() > 0.9
+    assert np.allclose(frame["lat"], panos["lat"], atol=1e-7) and (frame["fov_deg"] == 360).all()
+
+
+def test_offset_tiles_and_semi_positives_follow_the_grid(tiny_world: Path) -> None:
+    caps = pd.DataFrame(read_captures(tiny_world).drop(columns="geometry"))
+    pairs = read_pairs(tiny_world)
+    fp = FreshPlaces(tiny_world, protocol="same-area", track="offset", seed=0)
+    city = fp.city_names[0]
+    panos = caps[(caps["city"] == city) & (caps["kind"] == "panorama")].head(10)
+    xy = _local_xy(fp, city, panos["lat"].to_numpy(), panos["lon"].to_numpy())
+    frame, _, _ = fp.render(city, xy, np.random.default_rng(0), prefix="t")
+    offset = pairs[pairs["track"] == "offset"].set_index("capture_id")
+    for k, cap in enumerate(panos["capture_id"]):
+        assert frame["tile_id"].iloc[k] == offset.loc[cap, "tile_id"]
+        assert sorted(frame["semi_positive_tile_ids"].iloc[k]) == sorted(offset.loc[cap, "semi_positive_tile_ids"])
+
+
+@pytest.mark.parametrize("protocol", ["same-area", "cross-area"])
+def test_fresh_places_stay_in_the_training_area(tiny_world: Path, protocol: str) -> None:
+    """Places in the data's cities fall in training blocks only; the rest come from new training-style worlds."""
+    caps = pd.DataFrame(read_captures(tiny_world).drop(columns="geometry"))
+    caps["train"] = (split_column(caps, protocol) == "train").to_numpy()
+    fp = FreshPlaces(tiny_world, protocol=protocol, track="aligned", seed=3)
+    trained_cities = set(caps.loc[caps["train"], "city"])
+    assert set(fp.city_names) == trained_cities and fp.new_worlds == len(trained_cities)
+    frame, grounds, tiles = fp.sample(60, epoch=1)
+    assert len(frame) == len(grounds) == len(tiles) == 60 and frame["capture_id"].is_unique
+    in_data = frame["city"].isin(fp.city_names)
+    assert in_data.sum() == 20  # area_share 1/3
+    new = frame.loc[~in_data, "city"]
+    assert new.str.contains("~e1w").all() and new.nunique() == fp.new_worlds
+    assert not set(new.str.split("~").str[0]) - trained_cities  # named after (and styled like) training cities
+    extent = fp.spec["extent_m"]
+    for city in fp.city_names:
+        here = frame[frame["city"] == city]
+        known = caps[caps["city"] == city]
+        fresh_blocks, _ = split_blocks(_local_xy(fp, city, here["lat"], here["lon"]), extent)
+        known_blocks, _ = split_blocks(_local_xy(fp, city, known["lat"], known["lon"]), extent)
+        for b in set(fresh_blocks):
+            assert known["train"].to_numpy()[known_blocks == b].all(), f"{city} block {b} is not training area"
+
+
+def test_fresh_places_are_seeded_per_epoch(tiny_world: Path) -> None:
+    fp = FreshPlaces(tiny_world, protocol="same-area", track="photo", seed=1)
+    a, ga, _ = fp.sample(8, epoch=2)
+    b, gb, _ = fp.sample(8, epoch=2)
+    c, _, _ = fp.sample(8, epoch=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert all(np.array_equal(x, y) for x, y in zip(ga, gb, strict=True))
+    assert not np.allclose(a["lat"], c["lat"])
+    assert ga[0].shape == (128, 128, 3) and (a["fov_deg"] == 90).all() and a["heading_deg"].between(0, 360).all()
+
+
+def test_a_world_without_its_spec_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="synthetic.json"):
+        FreshPlaces(tmp_path, protocol="same-area", track="aligned")
