@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from wherecnn.data.torchdata import (
     MEAN_RGB,
@@ -156,3 +157,29 @@ def test_mined_sampler_batches_anchor_with_its_neighbours() -> None:
     assert together >= n // 2
     with pytest.raises(ValueError, match="neighbour table"):
         MinedBatchSampler(neighbours[:3], keys, batch_size=bs)
+
+
+def test_in_memory_images_are_prepared_once() -> None:
+    """Rendered images are prepared like files; already prepared ones are kept as they are."""
+    frame = pd.DataFrame(
+        {
+            "capture_id": ["a"],
+            "tile_id": ["t"],
+            "semi_positive_tile_ids": [[]],
+            "city": ["c"],
+            "lat": [0.0],
+            "lon": [0.0],
+            "heading_deg": [90.0],
+            "fov_deg": [90.0],
+        }
+    )
+    photo = np.full((32, 32, 3), 200, dtype=np.uint8)
+    tile = np.full((40, 40, 3), 50, dtype=np.uint8)
+    raw = PairDataset(frame=frame, images=[(photo, tile)], ground_size=(16, 64), aerial_size=(16, 16))
+    canvas, small = raw.raw(0)
+    assert canvas.shape == (16, 64, 3) and small.shape == (16, 16, 3)
+    assert set(np.where(canvas[0, :, 0] == 200)[0]) == set(range(8, 24))  # a quarter of the canvas, at 90 deg
+    kept = PairDataset(
+        frame=frame, images=[(canvas, small)], prepared=True, ground_size=(16, 64), aerial_size=(16, 16)
+    )
+    assert np.array_equal(kept.raw(0)[0], canvas)  # not squeezed into a quarter again

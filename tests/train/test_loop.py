@@ -129,7 +129,7 @@ def test_bad_inputs_fail_clearly(fake_pairs: Path, tmp_path: Path) -> None:
 def test_fresh_places_train_and_resume_the_same_pool(
     tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rendering new places per epoch: a resumed run rebuilds the same pool and ends where a straight run does."""
+    """New places per epoch: a resumed run rebuilds the same pool and ends where a straight run does."""
     kw = dict(fresh_places=32, fresh_epochs=2, protocol="same-area", val_size=8, epochs=3)
     straight = train_func(_opts(tiny_world, tmp_path / "a", **kw))
     assert straight["train_pairs"] == 64 and straight["fresh_places_per_epoch"] == 32

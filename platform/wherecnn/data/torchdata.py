@@ -197,9 +197,11 @@ class PairDataset(Dataset):
         cache: bool = True,
         loader: Callable[[str], np.ndarray] | None = None,
         images: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+        prepared: bool = False,
     ) -> None:
         """``images``: (ground, tile) pairs already in memory, one per row (rendered on the fly), instead
-        of the files the frame names; they are prepared like decoded files."""
+        of the files the frame names; they are prepared like decoded files, unless ``prepared`` says they
+        are model inputs already (another dataset's `raw` items)."""
         if frame is None:
             if data_dir is None:
                 raise ValueError("PairDataset needs data_dir or frame")
@@ -218,7 +220,10 @@ class PairDataset(Dataset):
             if len(images) != len(self.frame):
                 raise ValueError(f"{len(images)} image pairs for {len(self.frame)} rows")
             rows = self.frame[["heading_deg", "fov_deg"]].itertuples(index=False)
-            self._cache = [self._prepare(g, t, h, f) for (g, t), (h, f) in zip(images, rows, strict=True)]
+            self._cache = [
+                (g, t) if prepared else self._prepare(g, t, h, f)
+                for (g, t), (h, f) in zip(images, rows, strict=True)
+            ]
 
     def __len__(self) -> int:
         return len(self.frame)

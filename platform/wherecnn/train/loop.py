@@ -261,6 +261,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         return PairDataset(
             frame=pd.concat(frames, ignore_index=True),
             images=images,
+            prepared=True,
             augment=augment,
             seed=opts.seed,
             **common,

@@ -21,7 +21,7 @@ def _local_xy(fp: FreshPlaces, city: str, lat: np.ndarray, lon: np.ndarray) -> n
 
 
 def test_fresh_pairs_match_the_written_ones(tiny_world: Path) -> None:
-    """At a generated place, a fresh tile is byte-identical to the file and the panorama shows the same scene."""
+    """At a generated place a fresh tile is byte-identical to the file, its panorama shows the same scene."""
     caps = pd.DataFrame(read_captures(tiny_world).drop(columns="geometry"))
     tiles = pd.DataFrame(read_tiles(tiny_world).drop(columns="geometry")).set_index("tile_id")
     pairs = read_pairs(tiny_world)
@@ -54,12 +54,13 @@ def test_offset_tiles_and_semi_positives_follow_the_grid(tiny_world: Path) -> No
     offset = pairs[pairs["track"] == "offset"].set_index("capture_id")
     for k, cap in enumerate(panos["capture_id"]):
         assert frame["tile_id"].iloc[k] == offset.loc[cap, "tile_id"]
-        assert sorted(frame["semi_positive_tile_ids"].iloc[k]) == sorted(offset.loc[cap, "semi_positive_tile_ids"])
+        semis = offset.loc[cap, "semi_positive_tile_ids"]
+        assert sorted(frame["semi_positive_tile_ids"].iloc[k]) == sorted(semis)
 
 
 @pytest.mark.parametrize("protocol", ["same-area", "cross-area"])
 def test_fresh_places_stay_in_the_training_area(tiny_world: Path, protocol: str) -> None:
-    """Places in the data's cities fall in training blocks only; the rest come from new training-style worlds."""
+    """Places in the data's cities lie in training blocks only; the rest are in new training-style worlds."""
     caps = pd.DataFrame(read_captures(tiny_world).drop(columns="geometry"))
     caps["train"] = (split_column(caps, protocol) == "train").to_numpy()
     fp = FreshPlaces(tiny_world, protocol=protocol, track="aligned", seed=3)
@@ -71,7 +72,7 @@ def test_fresh_places_stay_in_the_training_area(tiny_world: Path, protocol: str)
     assert in_data.sum() == 20  # area_share 1/3
     new = frame.loc[~in_data, "city"]
     assert new.str.contains("~e1w").all() and new.nunique() == fp.new_worlds
-    assert not set(new.str.split("~").str[0]) - trained_cities  # named after (and styled like) training cities
+    assert not set(new.str.split("~").str[0]) - trained_cities  # named after (styled like) training cities
     extent = fp.spec["extent_m"]
     for city in fp.city_names:
         here = frame[frame["city"] == city]
@@ -79,7 +80,7 @@ def test_fresh_places_stay_in_the_training_area(tiny_world: Path, protocol: str)
         fresh_blocks, _ = split_blocks(_local_xy(fp, city, here["lat"], here["lon"]), extent)
         known_blocks, _ = split_blocks(_local_xy(fp, city, known["lat"], known["lon"]), extent)
         for b in set(fresh_blocks):
-            assert known["train"].to_numpy()[known_blocks == b].all(), f"{city} block {b} is not training area"
+            assert known["train"].to_numpy()[known_blocks == b].all(), f"{city} block {b} is not training"
 
 
 def test_fresh_places_are_seeded_per_epoch(tiny_world: Path) -> None:
@@ -90,7 +91,8 @@ def test_fresh_places_are_seeded_per_epoch(tiny_world: Path) -> None:
     pd.testing.assert_frame_equal(a, b)
     assert all(np.array_equal(x, y) for x, y in zip(ga, gb, strict=True))
     assert not np.allclose(a["lat"], c["lat"])
-    assert ga[0].shape == (128, 128, 3) and (a["fov_deg"] == 90).all() and a["heading_deg"].between(0, 360).all()
+    assert ga[0].shape == (128, 128, 3) and (a["fov_deg"] == 90).all()
+    assert a["heading_deg"].between(0, 360).all()
 
 
 def test_a_world_without_its_spec_is_refused(tmp_path: Path) -> None:
