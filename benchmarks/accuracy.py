@@ -41,6 +41,22 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _card(ckpt: Path) -> dict[str, Any]:
+    """How a checkpoint was trained (from its model card): also right for reused checkpoints."""
+    card = json.loads((ckpt / "model_card.json").read_text())
+    return {"train": card["config"].get("train"), "run": card.get("train"), "data": card.get("data")}
+
+
+def _override(item: str) -> dict[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=JSON")
+    try:
+        return {key: json.loads(value)}
+    except json.JSONDecodeError:
+        return {key: value}
+
+
 def train_model(args: argparse.Namespace, model: str, track: str, protocol: str, out: Path) -> dict[str, Any]:
     from wherecnn.train.loop import TrainOptions, run_training
 
@@ -58,6 +74,7 @@ def train_model(args: argparse.Namespace, model: str, track: str, protocol: str,
             track=track,
             workers=args.workers,
             device=args.device,
+            overrides=args.set,
             seed=args.seed,
             progress=not args.quiet,
         )
@@ -128,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "model_id": emb.model_id,
                         "checkpoint": str(ckpt),
                         "training": training,
+                        "train_config": _card(ckpt),
                         "overall": ev.overall,
                         "cities": ev.to_json()["cities"],
                     }
@@ -221,8 +239,16 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--set",
+        type=_override,
+        action="append",
+        default=[],
+        help="Model config override KEY=JSON for the trained models, e.g. 'train={\"mine_every\":2}'.",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.set = {k: v for item in args.set for k, v in item.items()}
     for name, values, allowed in (
         ("tracks", args.tracks, TRACKS),
         ("protocols", args.protocols, PROTOCOLS),
@@ -249,6 +275,12 @@ def main() -> None:
     }
     from wherecnn.evaluate.report import clean_json
 
+    # rows of earlier runs (other tracks, protocols or models) stay; a re-measured row replaces its old one
+    if args.out.exists():
+        key = lambda r: (r.get("track"), r.get("protocol"), r.get("features"))  # noqa: E731
+        fresh = {key(r) for r in payload["rows"]}
+        kept = [r for r in json.loads(args.out.read_text()).get("rows", []) if key(r) not in fresh]
+        payload["rows"] = kept + payload["rows"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(clean_json(payload), indent=2, default=str) + "\n")
     print(f"wrote {args.out} ({payload['seconds']:.0f} s)")
