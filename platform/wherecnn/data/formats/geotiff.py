@@ -184,7 +184,8 @@ def _resample_band(
     return np.asarray(scaled), scale
 
 
-def _encode(img: np.ndarray, px: int, path: Path, quality: int) -> None:
+def tile_jpeg(img: np.ndarray, px: int, quality: int = 90) -> bytes:
+    """A window's pixels as the tile file: resampled to ``px`` square (bilinear), JPEG at ``quality``."""
     from PIL import Image
 
     im = Image.fromarray(img)
@@ -192,7 +193,11 @@ def _encode(img: np.ndarray, px: int, path: Path, quality: int) -> None:
         im = im.resize((px, px), Image.Resampling.BILINEAR, reducing_gap=None)
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality, optimize=False)
-    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def _encode(img: np.ndarray, px: int, path: Path, quality: int) -> None:
+    path.write_bytes(tile_jpeg(img, px, quality))
 
 
 def tile_raster(

@@ -19,7 +19,6 @@ and styles -- so training uses the manifest unless ``--fresh-places`` asks for t
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +27,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wherecnn.data.synthetic.generate import SPEC_FILE, city_frame, pixel_centres, split_blocks, street_pixels
+from wherecnn.data.formats.geotiff import tile_jpeg
+from wherecnn.data.synthetic.generate import (
+    SPEC_FILE,
+    city_frame,
+    jpeg_bytes,
+    pixel_centres,
+    split_blocks,
+    street_pixels,
+)
+from wherecnn.storage import decode_image
 
 TRACKS = ("aligned", "offset", "photo")
-
-
-def _jpeg_round_trip(img: np.ndarray, quality: int = 90) -> np.ndarray:
-    """What writing the image as the generator does (JPEG, fixed quality) and reading it back gives."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality, optimize=False)
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 @dataclass
@@ -213,7 +211,7 @@ class FreshPlaces:
                     size=int(self.spec["photo_px"]),
                     fov_deg=float(self.spec["photo_fov_deg"]),
                 )
-            grounds.extend(_jpeg_round_trip(v) for v in views)
+            grounds.extend(decode_image(jpeg_bytes(v)) for v in views)  # as written and read
         tile_ids, semis, windows = self._tiles(cs, xy)
         tiles = [self._cut(cs, r, c) for r, c in windows]
         lat, lon = from_utm(easting=cs.west + xy[:, 0], northing=cs.south + xy[:, 1], crs=cs.crs)
@@ -267,9 +265,7 @@ class FreshPlaces:
         return ids, semis, windows
 
     def _cut(self, cs: _CityState, r0: int, c0: int) -> np.ndarray:
-        """The tile at window top-left (r0, c0), zero outside the raster, resampled like the tiler."""
-        from PIL import Image
-
+        """The tile at window top-left (r0, c0), zero outside the raster, as the tiler writes it."""
         res = float(self.spec["aerial_res_m"])
         tw = round(float(self.spec["tile_m"]) / res)
         px = int(self.spec["tile_px"])
@@ -278,8 +274,7 @@ class FreshPlaces:
         rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r0 + tw, h), min(c0 + tw, w)
         if rr1 > rr0 and cc1 > cc0:
             crop[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = cs.aerial[rr0:rr1, cc0:cc1]
-        im = Image.fromarray(crop).resize((px, px), Image.Resampling.BILINEAR, reducing_gap=None)
-        return _jpeg_round_trip(np.asarray(im))
+        return decode_image(tile_jpeg(crop, px))
 
 
 def _read_aerial(path: Path) -> np.ndarray:

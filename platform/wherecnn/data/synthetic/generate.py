@@ -64,12 +64,17 @@ SIZES: dict[str, SizeSpec] = {
 Progress = Callable[[str, int, int, str], None]  # (city, done, total, stage)
 
 
-def _jpeg(img: np.ndarray, path: Path, quality: int = 90) -> None:
+def jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
+    """A ground view as the generator writes it (fixed JPEG settings, so files are deterministic)."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=quality, optimize=False)
-    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def _jpeg(img: np.ndarray, path: Path, quality: int = 90) -> None:
+    path.write_bytes(jpeg_bytes(img, quality))
 
 
 def _write_geotiff(path: Path, img: np.ndarray, *, crs, west: float, north: float, res: float) -> None:
