@@ -20,16 +20,23 @@ def _local_xy(fp: FreshPlaces, city: str, lat: np.ndarray, lon: np.ndarray) -> n
     return np.stack([e - cs.west, n - cs.south], axis=1)
 
 
+def _at_generated_places(
+    world: Path, track: str, n: int
+) -> tuple[pd.DataFrame, pd.DataFrame, list[np.ndarray], list[np.ndarray]]:
+    """The first ``n`` generated panoramas of the first open city, and fresh pairs at their places."""
+    caps = pd.DataFrame(read_captures(world).drop(columns="geometry"))
+    fp = FreshPlaces(world, protocol="same-area", track=track, seed=0)
+    city = fp.city_names[0]
+    panos = caps[(caps["city"] == city) & (caps["kind"] == "panorama")].head(n)
+    xy = _local_xy(fp, city, panos["lat"].to_numpy(), panos["lon"].to_numpy())
+    return (panos, *fp.render(city, xy, np.random.default_rng(0), prefix="t"))
+
+
 def test_fresh_pairs_match_the_written_ones(tiny_world: Path) -> None:
     """At a generated place a fresh tile is byte-identical to the file, its panorama shows the same scene."""
-    caps = pd.DataFrame(read_captures(tiny_world).drop(columns="geometry"))
     tiles = pd.DataFrame(read_tiles(tiny_world).drop(columns="geometry")).set_index("tile_id")
     pairs = read_pairs(tiny_world)
-    fp = FreshPlaces(tiny_world, protocol="same-area", track="aligned", seed=0)
-    city = fp.city_names[0]
-    panos = caps[(caps["city"] == city) & (caps["kind"] == "panorama")].head(6)
-    xy = _local_xy(fp, city, panos["lat"].to_numpy(), panos["lon"].to_numpy())
-    frame, grounds, fresh_tiles = fp.render(city, xy, np.random.default_rng(0), prefix="t")
+    panos, frame, grounds, fresh_tiles = _at_generated_places(tiny_world, "aligned", 6)
     aligned = pairs[pairs["track"] == "aligned"].set_index("capture_id")["tile_id"]
     for k, cap in enumerate(panos["capture_id"]):
         written = load_image(str(tiny_world / tiles.loc[aligned[cap], "uri"]))
@@ -44,13 +51,8 @@ def test_fresh_pairs_match_the_written_ones(tiny_world: Path) -> None:
 
 
 def test_offset_tiles_and_semi_positives_follow_the_grid(tiny_world: Path) -> None:
-    caps = pd.DataFrame(read_captures(tiny_world).drop(columns="geometry"))
     pairs = read_pairs(tiny_world)
-    fp = FreshPlaces(tiny_world, protocol="same-area", track="offset", seed=0)
-    city = fp.city_names[0]
-    panos = caps[(caps["city"] == city) & (caps["kind"] == "panorama")].head(10)
-    xy = _local_xy(fp, city, panos["lat"].to_numpy(), panos["lon"].to_numpy())
-    frame, _, _ = fp.render(city, xy, np.random.default_rng(0), prefix="t")
+    panos, frame, _, _ = _at_generated_places(tiny_world, "offset", 10)
     offset = pairs[pairs["track"] == "offset"].set_index("capture_id")
     for k, cap in enumerate(panos["capture_id"]):
         assert frame["tile_id"].iloc[k] == offset.loc[cap, "tile_id"]
