@@ -172,12 +172,7 @@ def main() -> None:
         f"Edge HNSW m={s.hnsw_m} ef_construct={s.hnsw_ef_construct} ef={s.hnsw_ef} "
         f"quantization={s.quantization}"
     )
-    results = [bench_size(n, args) for n in sizes]
-    for r in results:
-        print(
-            f"  {r['points']:>8} upsert {r['upsert_points_per_s']:.0f} points/s, "
-            f"HNSW build {r['index_build_s']:.1f} s, shard {r['shard']}"
-        )
+    results: list[dict[str, Any]] = []
     report = {
         "benchmark": "store",
         "backend": "qdrant-edge",
@@ -188,7 +183,14 @@ def main() -> None:
         "sizes": results,
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    for n in sizes:  # the report is rewritten after each size, so a long 1M run keeps the 100k result
+        results.append(bench_size(n, args))
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    for r in results:
+        print(
+            f"  {r['points']:>8} upsert {r['upsert_points_per_s']:.0f} points/s, "
+            f"HNSW build {r['index_build_s']:.1f} s, shard {r['shard']}"
+        )
     print(f"wrote {args.out}")
 
 
