@@ -61,6 +61,13 @@ def train(
     fresh_epochs: int = typer.Option(
         3, "--fresh-epochs", min=1, help="Epochs each fresh place is trained on."
     ),
+    style_spread: float | None = typer.Option(
+        None,
+        "--style-spread",
+        min=1.0,
+        help="With --fresh-places: build the new worlds in random styles blended from the training "
+        "cities' styles, each knob scaled by up to this factor (e.g. 1.5).",
+    ),
     set_: list[str] = typer.Option(
         [],
         "--set",
@@ -124,6 +131,7 @@ def train(
         max_pairs=max_pairs,
         fresh_places=fresh_places,
         fresh_epochs=fresh_epochs,
+        style_spread=style_spread,
         overrides=overrides,
         progress=not no_progress,
     )

@@ -50,6 +50,7 @@ class TrainOptions:
     max_pairs: int | None = None  # train on a subset (tests, quick looks)
     fresh_places: int = 0  # synthetic worlds: render this many new places per epoch instead of the manifest's
     fresh_epochs: int = 3  # ... and train on each for this many epochs (the pool holds the latest batches)
+    style_spread: float | None = None  # fresh places: new worlds in random styles around the training ones
     overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     log_every: int = 20
@@ -59,6 +60,8 @@ class TrainOptions:
             raise ValueError("give exactly one of epochs or minutes")
         if self.fresh_places < 0 or self.fresh_epochs < 1:
             raise ValueError("fresh_places must be >= 0 and fresh_epochs >= 1")
+        if self.style_spread is not None and not self.fresh_places:
+            raise ValueError("style_spread styles fresh places' new worlds: it needs fresh_places")
 
 
 # --------------------------------------------------------------------------------------------- context
@@ -204,7 +207,13 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     if opts.fresh_places:
         from wherecnn.data.synthetic.fresh import FreshPlaces
 
-        fresh = FreshPlaces(opts.data, protocol=opts.protocol, track=opts.track, seed=opts.seed)
+        fresh = FreshPlaces(
+            opts.data,
+            protocol=opts.protocol,
+            track=opts.track,
+            seed=opts.seed,
+            style_spread=opts.style_spread,
+        )
         if opts.fresh_places < batch_size:
             raise ValueError(f"fresh_places {opts.fresh_places} < batch {batch_size}")
     elif len(frame) < batch_size:
@@ -302,6 +311,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             "val_pairs": len(val_frame),
             "fresh_places": opts.fresh_places,
             "fresh_epochs": opts.fresh_epochs if fresh is not None else None,
+            "style_spread": opts.style_spread if fresh is not None else None,
         },
         "train": {
             "seed": opts.seed,

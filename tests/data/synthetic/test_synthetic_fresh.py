@@ -97,6 +97,23 @@ def test_fresh_places_are_seeded_per_epoch(tiny_world: Path) -> None:
     assert a["heading_deg"].between(0, 360).all()
 
 
+def test_style_spread_builds_new_worlds_in_random_styles(tiny_world: Path) -> None:
+    plain = FreshPlaces(tiny_world, protocol="same-area", track="aligned", seed=1, new_world_m=300)
+    spread = FreshPlaces(
+        tiny_world, protocol="same-area", track="aligned", seed=1, new_world_m=300, style_spread=1.5
+    )
+    a, _, ta = plain.sample(12, epoch=0)
+    b, _, tb = spread.sample(12, epoch=0)
+    again, _, tc = spread.sample(12, epoch=0)
+    pd.testing.assert_frame_equal(b, again)
+    assert all(np.array_equal(x, y) for x, y in zip(tb, tc, strict=True))
+    new = ~a["city"].isin(plain.city_names)
+    assert new.sum() == 8 and (~b["city"].isin(spread.city_names)).sum() == 8  # 2/3 from new worlds
+    assert not all(np.array_equal(x, y) for x, y, m in zip(ta, tb, new, strict=True) if m)
+    with pytest.raises(ValueError, match="style_spread"):
+        FreshPlaces(tiny_world, protocol="same-area", track="aligned", style_spread=0.5)
+
+
 def test_a_world_without_its_spec_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="synthetic.json"):
         FreshPlaces(tmp_path, protocol="same-area", track="aligned")

@@ -13,7 +13,9 @@ from wherecnn.data.synthetic.world import (
     STYLES,
     TREE,
     WATER,
+    City,
     build_world,
+    random_style,
 )
 
 
@@ -69,3 +71,22 @@ def test_cameras_are_on_road_pixels_with_clearance() -> None:
     assert (xy >= 52).all() and (xy <= 300 - 52).all()
     for r, c in zip(row, col, strict=True):  # nothing above ground within 2 px
         assert w.height[max(r - 2, 0) : r + 3, max(c - 2, 0) : c + 3].max() == 0
+
+
+def test_random_styles_stay_between_and_around_their_bases() -> None:
+    """Domain randomisation: seeded, knobs within spread of the bases, nothing switched on the bases lack."""
+    bases = [STYLES["downtown"], STYLES["suburban"]]
+    styles = [random_style(np.random.default_rng(i), bases, spread=1.5) for i in range(40)]
+    assert random_style(np.random.default_rng(3), bases) == styles[3]
+    assert len({s.road_w for s in styles}) == 40
+    road = [b.road_w for b in bases]
+    for s in styles:
+        assert min(road) / 1.5 - 1e-6 <= s.road_w <= max(road) * 1.5 + 1e-6
+        assert s.block_u[0] <= s.block_u[1] and s.height[0] <= s.height[1]
+        assert 0 <= s.build_prob <= 1 and 0 <= s.park_frac <= 1
+        assert s.warp_m == 0 and not s.ponds and not s.river  # neither base has them
+        assert set(s.roofs) != set(bases[0].roofs) | set(bases[1].roofs)  # colours shifted
+    assert {s.pitched for s in styles} == {True, False} and {s.towers for s in styles} == {True, False}
+    w = build_world(City("x", "random", 41.9, -87.6), extent_m=300, res=1.0, seed=0, style=styles[0])
+    frac = np.bincount(w.cls.ravel(), minlength=9) / w.cls.size
+    assert frac[ROAD] + frac[MARKING] > 0.05 and frac[BUILDING] > 0.02 and w.meta["style"] == "random"

@@ -10,7 +10,8 @@ Which places are allowed follows the protocol through the manifest itself: a sam
 cells `generate` splits by) is open only when the captures already in it are "train" under the protocol.
 So held-out cities (cross-area), validation and test blocks (same-area) never see a fresh camera. Most fresh
 places (``1 - area_share``) come from new cities built every epoch in the training cities' styles: new street
-layouts and aerial lighting, never a test city.
+layouts and aerial lighting, never a test city. With ``style_spread`` those cities get random styles blended
+from and scaled around the training styles (`world.random_style`), never one the training styles lack.
 
 Measured (small world, protocol "both", 15 min, see the issue-3 notes): fresh places did not raise test recall
 over the manifest's fixed pairs -- the model was not short of pairs but of generalisation to unseen layouts
@@ -67,6 +68,7 @@ class FreshPlaces:
         new_worlds: int | None = None,
         new_world_m: float = 700.0,
         area_share: float = 1 / 3,
+        style_spread: float | None = None,
     ) -> None:
         from wherecnn.data.manifest import read_captures, split_column
         from wherecnn.data.synthetic.render import GroundRenderer
@@ -128,6 +130,9 @@ class FreshPlaces:
             raise ValueError(f"{data_dir}: no training area for fresh places under protocol {protocol!r}")
         self.new_worlds = len(self.styles) if new_worlds is None else int(new_worlds)
         self.new_world_m, self.area_share = float(new_world_m), float(area_share) if self.new_worlds else 1.0
+        if style_spread is not None and style_spread < 1:
+            raise ValueError(f"style_spread must be >= 1 (a scale factor), not {style_spread}")
+        self.style_spread = style_spread
 
     @property
     def city_names(self) -> list[str]:
@@ -158,14 +163,19 @@ class FreshPlaces:
     def _new_world(self, epoch: int, k: int, rng: np.random.Generator) -> _CityState:
         from wherecnn.data.synthetic.generate import shade_aerial_for
         from wherecnn.data.synthetic.render import GroundRenderer, Sun
-        from wherecnn.data.synthetic.world import City, build_world
+        from wherecnn.data.synthetic.world import STYLES, City, build_world, random_style
 
         parent = self.cities[(epoch + k) % len(self.cities)]
-        style = self.styles[(epoch + k) % len(self.styles)]
+        style_name, style = self.styles[(epoch + k) % len(self.styles)], None
+        if self.style_spread is not None:
+            style_name = "random"
+            style = random_style(rng, [STYLES[s] for s in sorted(set(self.styles))], self.style_spread)
         info = next(c for c in self.spec["cities"] if c["name"] == parent.name)
-        city = City(f"{parent.name}~e{epoch}w{k}", style, float(info["lat"]), float(info["lon"]))
+        city = City(f"{parent.name}~e{epoch}w{k}", style_name, float(info["lat"]), float(info["lon"]))
         seed = int(np.random.default_rng([self.seed, int(self.spec["seed"]), epoch, k]).integers(2**31))
-        world = build_world(city, extent_m=self.new_world_m, res=float(self.spec["world_res_m"]), seed=seed)
+        world = build_world(
+            city, extent_m=self.new_world_m, res=float(self.spec["world_res_m"]), seed=seed, style=style
+        )
         aerial = shade_aerial_for(world, Sun.random(rng, elevation=(35, 60)), rng)
         crs, west, north = city_frame(city, self.new_world_m)
         return _CityState(

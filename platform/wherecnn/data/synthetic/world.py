@@ -11,6 +11,7 @@ Coordinates: a square of ``extent_m`` metres at ``res`` m/px; row 0 is the north
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -298,9 +299,64 @@ def _pick(palette: tuple[tuple[int, int, int], ...], r: np.ndarray) -> np.ndarra
     return pal[np.minimum((r * len(pal)).astype(np.int32), len(pal) - 1)]
 
 
-def build_world(city: City, *, extent_m: float, res: float, seed: int) -> World:
-    """Generate one city's rasters; deterministic in (city, extent, res, seed)."""
-    st = STYLES[city.style]
+def random_style(rng: np.random.Generator, bases: Sequence[Style], spread: float = 1.5) -> Style:
+    """A new style between and around ``bases`` (domain randomisation of the training styles).
+
+    Two bases are blended at a random weight; every length, height and share is then scaled by its own
+    log-uniform factor in [1/spread, spread] (shares and probabilities clipped to [0, 1]); switches (pitched
+    roofs, towers, river, ponds, what an open lot is) come from either base; palettes are both bases' colours,
+    each shifted by up to +-20 per channel. Nothing the bases lack is switched on (a warp or ponds appear only
+    if a base has them), so a style held out of ``bases`` stays unseen.
+    """
+    a, b = (bases[int(i)] for i in rng.integers(0, len(bases), size=2))
+    t = float(rng.uniform())
+
+    def knob(x: float, y: float, share: bool = False) -> float:
+        v = ((1 - t) * x + t * y) * float(np.exp(rng.uniform(-np.log(spread), np.log(spread))))
+        return float(np.clip(v, 0.0, 1.0)) if share else v
+
+    def span(x: tuple[float, float], y: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = knob(x[0], y[0]), knob(x[1], y[1])
+        return (min(lo, hi), max(lo, hi))
+
+    def palette(*pals: tuple[tuple[int, int, int], ...]) -> tuple[tuple[int, int, int], ...]:
+        cols = np.asarray([c for pal in pals for c in pal], dtype=np.int32)
+        cols = np.clip(cols + rng.integers(-20, 21, size=cols.shape), 0, 255)
+        return tuple((int(r), int(g), int(bl)) for r, g, bl in cols)
+
+    pick = (a, b)[int(rng.integers(0, 2))]
+    road_w = max(5.0, knob(a.road_w, b.road_w))
+    return Style(
+        block_u=span(a.block_u, b.block_u),
+        block_v=span(a.block_v, b.block_v),
+        road_w=road_w,
+        sidewalk_w=knob(a.sidewalk_w, b.sidewalk_w),
+        lot=max(6.0, knob(a.lot, b.lot)),
+        setback=knob(a.setback, b.setback),
+        height=span(a.height, b.height),
+        height_gamma=knob(a.height_gamma, b.height_gamma),
+        build_prob=knob(a.build_prob, b.build_prob, share=True),
+        park_frac=knob(a.park_frac, b.park_frac, share=True),
+        street_trees=knob(a.street_trees, b.street_trees, share=True),
+        yard_trees=knob(a.yard_trees, b.yard_trees, share=True),
+        park_trees=knob(a.park_trees, b.park_trees, share=True),
+        angle_jitter_deg=knob(a.angle_jitter_deg, b.angle_jitter_deg),
+        roofs=palette(a.roofs, b.roofs),
+        facades=palette(a.facades, b.facades),
+        open_class=pick.open_class,
+        pitched=(a.pitched, b.pitched)[int(rng.integers(0, 2))],
+        towers=(a.towers, b.towers)[int(rng.integers(0, 2))],
+        warp_m=knob(a.warp_m, b.warp_m),
+        river=(a.river, b.river)[int(rng.integers(0, 2))],
+        ponds=(a.ponds, b.ponds)[int(rng.integers(0, 2))],
+        district_km2=knob(a.district_km2, b.district_km2),
+    )
+
+
+def build_world(city: City, *, extent_m: float, res: float, seed: int, style: Style | None = None) -> World:
+    """Generate one city's rasters; deterministic in (city, extent, res, seed) and ``style`` (default: the
+    city's named style)."""
+    st = style or STYLES[city.style]
     rng = np.random.default_rng([seed, sum(map(ord, city.name))])
     hseed = int(rng.integers(0, 2**31))
     n = int(round(extent_m / res))
