@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, description="Replicas per shard (2 in prod).")
     hnsw_m: int = Field(32, description="HNSW graph degree (benchmarks/store.py: 16 misses recall 0.98).")
     hnsw_ef_construct: int = Field(256, description="HNSW build beam width.")
-    hnsw_ef: int = Field(512, description="HNSW search beam width (see benchmarks/store.py).")
+    hnsw_ef: int = Field(768, description="HNSW search beam width (see benchmarks/store.py).")
     quantization: Literal["none", "int8"] = Field("none", description="Scalar quantization of vectors.")
     retention: int = Field(3, description="Index versions kept (live one included).")
 
