@@ -77,6 +77,7 @@ def train_model(args: argparse.Namespace, model: str, track: str, protocol: str,
             overrides=args.set,
             seed=args.seed,
             progress=not args.quiet,
+            **args.train,
         )
     )
     return {"minutes": minutes, "seconds": round(time.perf_counter() - t0, 1), "summary": summary}
@@ -246,9 +247,17 @@ def main() -> None:
         default=[],
         help="Model config override KEY=JSON for the trained models, e.g. 'train={\"mine_every\":2}'.",
     )
+    parser.add_argument(
+        "--train",
+        type=_override,
+        action="append",
+        default=[],
+        help="Training option KEY=JSON (a `TrainOptions` field), e.g. fresh_places=1500 style_spread=1.5.",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.set = {k: v for item in args.set for k, v in item.items()}
+    args.train = {k: v for item in args.train for k, v in item.items()}
     for name, values, allowed in (
         ("tracks", args.tracks, TRACKS),
         ("protocols", args.protocols, PROTOCOLS),
