@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from wherecnn.models import build_model, list_models, load_config
@@ -63,6 +64,30 @@ def test_dual_cpu_ground_branch_has_no_seam_at_north() -> None:
         f = model.ground_trunk(x, circular=True)
         fr = model.ground_trunk(torch.roll(x, model.ground_size[1] // 4, dims=3), circular=True)
     assert torch.allclose(torch.roll(f, f.shape[3] // 4, dims=3), fr, atol=1e-4)
+
+
+def test_dual_cpu_azimuth_head_matches_a_photo_to_its_bearings() -> None:
+    """Azimuth head: a photo fills only its bearings; a quarter turn of the tile is a quarter roll of its
+    embedding's bearings, so one tile vector serves every heading."""
+    from wherecnn.data.torchdata import MEAN_RGB, ground_view, to_tensor
+
+    torch.manual_seed(0)
+    model = build_model("dual-cpu", head="azimuth", polar=True).eval()
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)
+    canvas = ground_view(photo, model.ground_size, heading_deg=90.0, fov_deg=90.0)
+    assert (canvas[:, :32] == MEAN_RGB).all() and (canvas[:, 96:] == MEAN_RGB).all()
+    tile = rng.integers(0, 255, size=(*model.aerial_size, 3), dtype=np.uint8)
+    tiles = np.stack([tile, np.rot90(tile, 1)])
+    with torch.no_grad():
+        g = model.embed_ground(to_tensor(canvas[None], cfg["mean"], cfg["std"])).view(16, 8)
+        a = model.embed_aerial(to_tensor(tiles, cfg["mean"], cfg["std"])).view(2, 16, 8)
+    seen = g.norm(dim=0) > 0
+    assert seen.tolist() == [False, True, True, False, False, False, False, False]  # 45..135 deg
+    assert torch.allclose(torch.roll(a[0], -2, dims=1), a[1], atol=1e-4)  # rot90 = turn by -90 deg
+    with pytest.raises(ValueError, match="polar"):
+        build_model("dual-cpu", head="azimuth")
 
 
 def test_polar_grid_maps_north_to_the_left_edge() -> None:

@@ -3,15 +3,24 @@
 Why this shape (from the prototype in DESIGN.md): plain 3x3 conv blocks are cheap on CPU; circular padding
 along the panorama's width makes the 0/360 degree seam invisible; the head keeps spatial layout (1x1 conv,
 then flatten) because *where* things are relative to north is the signal -- global pooling throws it away.
+
+``head: "azimuth"`` (with the aerial tile polar-transformed, so a column of either branch is a bearing from
+north) gives every bearing its own part of the embedding: the score of a pair is the sum over bearings of
+per-bearing cosines. A photo on the canvas fills only the bearings it sees (blank canvas columns are dropped),
+so it is matched against the tile's sector in its heading -- one gallery vector per tile serves every heading,
+and the head learns one mapping for all bearings instead of one per heading as the flattened head must.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wherecnn.data.torchdata import MEAN_RGB
+from wherecnn.models.backbones import polar_grid
 from wherecnn.models.base import TwoBranchModel
 
 
@@ -68,6 +77,25 @@ class SpatialHead(nn.Module):
         return self.fc(F.relu(self.reduce(x)).flatten(1))
 
 
+class AzimuthHead(nn.Module):
+    """1x1 conv, then per feature-map column (a bearing) a linear map of the column to ``dim // columns``
+    values, L2-normalised per column and weighted by how much of the column the input covers."""
+
+    def __init__(self, cin: int, mid: int, hw: tuple[int, int], dim: int) -> None:
+        super().__init__()
+        if dim % hw[1]:
+            raise ValueError(f"azimuth head: embed_dim {dim} is no multiple of its {hw[1]} bearing columns")
+        self.reduce = nn.Conv2d(cin, mid, 1)
+        self.column = nn.Conv2d(mid, dim // hw[1], (hw[0], 1))
+        self.columns = hw[1]
+
+    def forward(self, x: Tensor, visible: Tensor | None = None) -> Tensor:
+        cols = F.normalize(self.column(F.relu(self.reduce(x))).flatten(2), dim=1)  # B x d x columns
+        if visible is not None:
+            cols = cols * F.adaptive_avg_pool1d(visible[:, None], self.columns)
+        return cols.flatten(1)
+
+
 class CompactTwoBranch(TwoBranchModel):
     """Two trunks (or one shared trunk, config ``shared``) with per-branch spatial heads."""
 
@@ -79,15 +107,31 @@ class CompactTwoBranch(TwoBranchModel):
         self.ground_trunk = Trunk(channels, strides, pools)
         self.aerial_trunk = self.ground_trunk if config.get("shared") else Trunk(channels, strides, pools)
         mid = int(config.get("head_channels", 32))
-        self.ground_head = SpatialHead(
-            channels[-1], mid, _out_hw(self.ground_size, strides, pools), self.embed_dim
-        )
-        self.aerial_head = SpatialHead(
-            channels[-1], mid, _out_hw(self.aerial_size, strides, pools), self.embed_dim
-        )
+        self.head = str(config.get("head", "spatial"))
+        self.polar = bool(config.get("polar", False))
+        if self.head == "azimuth" and not self.polar:
+            raise ValueError("the azimuth head needs polar: true (tile columns must be bearings)")
+        if self.head not in ("spatial", "azimuth"):
+            raise ValueError(f"compact head must be 'spatial' or 'azimuth', got {self.head!r}")
+        if self.polar:  # the tile becomes a ground-sized image, column = bearing
+            self.register_buffer("grid", polar_grid(self.ground_size), persistent=False)
+        aerial_in = self.ground_size if self.polar else self.aerial_size
+        head = AzimuthHead if self.head == "azimuth" else SpatialHead
+        self.ground_head = head(channels[-1], mid, _out_hw(self.ground_size, strides, pools), self.embed_dim)
+        self.aerial_head = head(channels[-1], mid, _out_hw(aerial_in, strides, pools), self.embed_dim)
+        # what a blank canvas column (outside a photo's field of view) normalises to
+        blank = (torch.tensor(MEAN_RGB) / 255.0 - torch.tensor(config["mean"])) / torch.tensor(config["std"])
+        self.register_buffer("blank", blank.float().view(1, 3, 1, 1), persistent=False)
 
     def ground_features(self, x: Tensor) -> Tensor:
-        return self.ground_head(self.ground_trunk(x, circular=True))
+        features = self.ground_trunk(x, circular=True)
+        if self.head == "azimuth":
+            visible = ((x - self.blank.to(x.dtype)).abs().amax(dim=(1, 2)) > 0.02).to(features.dtype)
+            return self.ground_head(features, visible)
+        return self.ground_head(features)
 
     def aerial_features(self, x: Tensor) -> Tensor:
-        return self.aerial_head(self.aerial_trunk(x, circular=False))
+        if self.polar:
+            grid = self.grid.to(dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return self.aerial_head(self.aerial_trunk(x, circular=self.polar))
