@@ -9,7 +9,8 @@ Config keys shared by every model:
 - ``ground_layout``: ``"canvas"`` (default) puts a limited-FOV photo on a 360-degree canvas centred on its
   compass heading, i.e. the heading is used exactly as if the tile were rotated heading-up, while the gallery
   stays north-up and is embedded once; ``"resize"`` ignores the heading (unknown-orientation training);
-- ``polar`` (torchvision family): SAFA-style polar transform of the aerial tile to ``polar_size``;
+- ``polar``: SAFA-style polar transform of the aerial tile (torchvision family: to ``polar_size``; compact:
+  to ``ground_size``), and for `dual-cpu` ``head`` (``"spatial"`` or ``"azimuth"``, see `models.compact`);
 - ``weights`` (local state-dict file) / ``weights_enum`` (torchvision enum, only if already cached);
 - ``loss`` (``contrastive`` | ``triplet`` | ``infonce`` and their parameters) and ``train`` (batch size, lr,
   optimizer, warmup, augmentation, hard-negative sampling, ``mine_every`` for Sample4Geo-style mining).
