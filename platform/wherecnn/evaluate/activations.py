@@ -26,12 +26,13 @@ class PairMaps:
 
 
 def _last_conv(fn: Any, model: Any, x: Any) -> Any:
-    """The last Conv2d module that runs when ``fn(x)`` runs (the branch's deepest spatial layer)."""
+    """The last Conv2d module with a 2-D output map that runs when ``fn(x)`` runs (the branch's deepest
+    spatial layer; a head's per-bearing column conv, one row high, is no map to show)."""
     import torch
 
     order: list[torch.nn.Module] = []
     hooks = [
-        m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+        m.register_forward_hook(lambda mod, _i, out: order.append(mod) if min(out.shape[-2:]) > 1 else None)
         for m in model.modules()
         if isinstance(m, torch.nn.Conv2d)
     ]
@@ -46,10 +47,31 @@ def _last_conv(fn: Any, model: Any, x: Any) -> Any:
     return order[-1]
 
 
-def _normalise_map(m: Any, size: tuple[int, int]) -> np.ndarray:
+def _tile_grid(size: tuple[int, int]) -> Any:
+    """grid_sample grid that takes a polar map (row = distance from the centre, far at the top; column =
+    bearing from north, clockwise) back onto the north-up tile: the inverse of `polar_grid`."""
+    import torch
+
+    h, w = size
+    y, x = torch.meshgrid(
+        (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1,
+        (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1,
+        indexing="ij",
+    )
+    bearing = torch.remainder(torch.atan2(x, -y), 2 * torch.pi)
+    radius = torch.sqrt(x**2 + y**2).clamp(max=1.0)
+    return torch.stack([bearing / torch.pi - 1, 1 - 2 * radius], dim=-1)[None]
+
+
+def _normalise_map(m: Any, size: tuple[int, int], polar: bool = False) -> np.ndarray:
     import torch.nn.functional as F
 
-    up = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    if polar:
+        grid = _tile_grid(size).to(m.device, m.dtype)
+        up = F.grid_sample(m[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        up = up[0, 0]
+    else:
+        up = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     up = up - up.min()
     peak = float(up.max())
     return (up / peak).cpu().numpy() if peak > 0 else up.cpu().numpy()
@@ -110,7 +132,7 @@ def pair_maps(
         model.zero_grad(set_to_none=True)
         score.backward()
 
-    def cam(name: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def cam(name: str, size: tuple[int, int], polar: bool = False) -> tuple[np.ndarray, np.ndarray]:
         act = store[name].detach()[0]
         grad = store[name].grad
         weights = (
@@ -119,10 +141,11 @@ def pair_maps(
         gradcam = torch.relu((weights[:, None, None] * act).sum(0))
         if float(gradcam.max()) <= 0:  # nothing pushes the score up: show where it is pulled down instead
             gradcam = torch.relu(-(weights[:, None, None] * act).sum(0))
-        return _normalise_map(gradcam, size), _normalise_map(act.abs().mean(0), size)
+        return _normalise_map(gradcam, size, polar), _normalise_map(act.abs().mean(0), size, polar)
 
     g_cam, g_act = cam("g", g_view.shape[:2])
-    a_cam, a_act = cam("a", a_view.shape[:2])
+    # a polar-transformed tile's maps are in (distance, bearing): drawn back onto the tile
+    a_cam, a_act = cam("a", a_view.shape[:2], polar=bool(getattr(model, "polar", False)))
     return PairMaps(
         ground=g_view,
         aerial=a_view,
