@@ -163,7 +163,10 @@ def run_demo(
         detail = f"({out['epochs']} epochs, {out['pairs']} pairs in {minutes:g} min"
         return {"detail": detail + (f", validation R@1 {r1:.3f})" if r1 is not None else ")")}
 
-    train_fp = _fingerprint(manifests_fp, "dual-cpu", minutes, seed)
+    # the model's config is part of it: a changed default model retrains instead of reusing a stale checkpoint
+    from wherecnn.models import load_config
+
+    train_fp = _fingerprint(manifests_fp, "dual-cpu", load_config("dual-cpu"), minutes, seed)
     stage("train", train_fp, train)
     ckpt_fp = _fingerprint(train_fp, _file_digest(paths.checkpoint / "model_card.json"))
 

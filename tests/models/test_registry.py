@@ -72,7 +72,7 @@ def test_dual_cpu_azimuth_head_matches_a_photo_to_its_bearings() -> None:
     from wherecnn.data.torchdata import MEAN_RGB, ground_view, to_tensor
 
     torch.manual_seed(0)
-    model = build_model("dual-cpu", head="azimuth", polar=True).eval()
+    model = build_model("dual-cpu").eval()  # the default head
     cfg = model.config
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)
@@ -87,7 +87,9 @@ def test_dual_cpu_azimuth_head_matches_a_photo_to_its_bearings() -> None:
     assert seen.tolist() == [False, True, True, False, False, False, False, False]  # 45..135 deg
     assert torch.allclose(torch.roll(a[0], -2, dims=1), a[1], atol=1e-4)  # rot90 = turn by -90 deg
     with pytest.raises(ValueError, match="polar"):
-        build_model("dual-cpu", head="azimuth")
+        build_model("dual-cpu", polar=False)
+    spatial = build_model("dual-cpu", head="spatial", polar=False)  # the prototype's flattened head
+    assert spatial.embed_aerial(torch.zeros(1, 3, *spatial.aerial_size)).shape == (1, 128)
 
 
 def test_polar_grid_maps_north_to_the_left_edge() -> None:

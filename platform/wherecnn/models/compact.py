@@ -1,14 +1,16 @@
 """`dual-cpu`: the compact two-branch CNN that trains in minutes on 2 CPU cores.
 
 Why this shape (from the prototype in DESIGN.md): plain 3x3 conv blocks are cheap on CPU; circular padding
-along the panorama's width makes the 0/360 degree seam invisible; the head keeps spatial layout (1x1 conv,
-then flatten) because *where* things are relative to north is the signal -- global pooling throws it away.
+along the panorama's width makes the 0/360 degree seam invisible; the head keeps spatial layout because
+*where* things are relative to north is the signal -- global pooling throws it away.
 
-``head: "azimuth"`` (with the aerial tile polar-transformed, so a column of either branch is a bearing from
-north) gives every bearing its own part of the embedding: the score of a pair is the sum over bearings of
-per-bearing cosines. A photo on the canvas fills only the bearings it sees (blank canvas columns are dropped),
-so it is matched against the tile's sector in its heading -- one gallery vector per tile serves every heading,
-and the head learns one mapping for all bearings instead of one per heading as the flattened head must.
+The default head, ``head: "azimuth"`` (with ``polar``: the aerial tile polar-transformed, so a column of
+either branch is a bearing from north), gives every bearing its own part of the embedding: the score of a
+pair is the sum over bearings of per-bearing cosines. A photo on the canvas fills only the bearings it sees
+(blank canvas columns are dropped), so it is matched against the tile's sector in its heading -- one gallery
+vector per tile serves every heading -- and the head learns one mapping for all bearings, where the
+prototype's flattened head (``head: "spatial"``: 1x1 conv, flatten, linear) must learn each heading apart.
+Measured (small world, 15 min, cross-area): aligned R@1 0.483 -> 0.727, photo 0.051 -> 0.353.
 """
 
 from __future__ import annotations
