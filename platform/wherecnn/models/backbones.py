@@ -30,6 +30,12 @@ def polar_grid(out_hw: tuple[int, int]) -> Tensor:
     return torch.stack([x, y], dim=-1).unsqueeze(0)
 
 
+def to_polar(x: Tensor, grid: Tensor) -> Tensor:
+    """Resample a batch of tiles with a `polar_grid`."""
+    grid = grid.to(dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def _backbone(name: str) -> tuple[nn.Module, int]:
     """Feature extractor (no pooling, no classifier) and its output channels."""
     import torchvision.models as tvm
@@ -82,8 +88,7 @@ class DualBackbone(TwoBranchModel):
 
     def aerial_features(self, x: Tensor) -> Tensor:
         if self.polar:
-            grid = self.grid.to(dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            x = to_polar(x, self.grid)
         return self.aerial_proj(self.aerial_pool(self.aerial_trunk(x)))
 
 

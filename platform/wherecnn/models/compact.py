@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wherecnn.data.torchdata import MEAN_RGB
-from wherecnn.models.backbones import polar_grid
+from wherecnn.models.backbones import polar_grid, to_polar
 from wherecnn.models.base import TwoBranchModel
 
 
@@ -99,7 +99,7 @@ class AzimuthHead(nn.Module):
 
 
 class CompactTwoBranch(TwoBranchModel):
-    """Two trunks (or one shared trunk, config ``shared``) with per-branch spatial heads."""
+    """Two trunks (or one shared trunk, config ``shared``) with a head per branch."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
@@ -134,6 +134,5 @@ class CompactTwoBranch(TwoBranchModel):
 
     def aerial_features(self, x: Tensor) -> Tensor:
         if self.polar:
-            grid = self.grid.to(dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            x = to_polar(x, self.grid)
         return self.aerial_head(self.aerial_trunk(x, circular=self.polar))
