@@ -44,7 +44,7 @@ def _csv(value: str) -> list[str]:
 def _card(ckpt: Path) -> dict[str, Any]:
     """How a checkpoint was trained (from its model card): also right for reused checkpoints."""
     card = json.loads((ckpt / "model_card.json").read_text())
-    return {"train": card["config"].get("train"), "run": card.get("train"), "data": card.get("data")}
+    return {"config": card["config"], "run": card.get("train"), "data": card.get("data")}
 
 
 def _override(item: str) -> dict[str, Any]:
