@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from wherecnn.evaluate.activations import _tile_grid, pair_maps
+from wherecnn.evaluate.activations import pair_maps
 from wherecnn.models import build_model
-from wherecnn.models.backbones import polar_grid
 from wherecnn.models.embedder import Embedder
-
-
-def test_tile_grid_inverts_the_polar_transform() -> None:
-    tile = torch.zeros(1, 1, 64, 64)
-    tile[..., 24:40, 48:60] = 1.0  # a blob east of the centre
-    polar = F.grid_sample(tile, polar_grid((32, 128)), align_corners=False)
-    back = F.grid_sample(polar, _tile_grid((64, 64)), align_corners=False)[0, 0]
-    assert float(polar[0, 0, :, 24:40].mean()) > 0.3  # east = a quarter of the way along the bearings
-    assert float(back[24:40, 48:60].mean()) > 0.8 and float(back[:, :32].mean()) < 0.02
 
 
 def test_azimuth_head_maps_cover_the_tile_not_bearing_stripes() -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from wherecnn.models import build_model, list_models, load_config
-from wherecnn.models.backbones import polar_grid
+from wherecnn.models.backbones import polar_grid, tile_grid
 
 # small inputs keep the big backbones fast on 2 cores; the architecture is the registered one
 SMALL = {
@@ -98,6 +99,15 @@ def test_polar_grid_maps_north_to_the_left_edge() -> None:
     assert abs(float(top_left[0])) < 0.25 and float(top_left[1]) < -0.8
     quarter = grid[0, 0, 4]  # azimuth ~ 90 deg: east = right of the tile
     assert float(quarter[0]) > 0.8
+
+
+def test_tile_grid_inverts_the_polar_transform() -> None:
+    tile = torch.zeros(1, 1, 64, 64)
+    tile[..., 24:40, 48:60] = 1.0  # a blob east of the centre
+    polar = F.grid_sample(tile, polar_grid((32, 128)), align_corners=False)
+    back = F.grid_sample(polar, tile_grid((64, 64)), align_corners=False)[0, 0]
+    assert float(polar[0, 0, :, 24:40].mean()) > 0.3  # east = a quarter of the way along the bearings
+    assert float(back[24:40, 48:60].mean()) > 0.8 and float(back[:, :32].mean()) < 0.02
 
 
 def test_local_weights_file_initialises_where_cnn(tmp_path: Path) -> None:

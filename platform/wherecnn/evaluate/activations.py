@@ -47,27 +47,13 @@ def _last_conv(fn: Any, model: Any, x: Any) -> Any:
     return order[-1]
 
 
-def _tile_grid(size: tuple[int, int]) -> Any:
-    """grid_sample grid that takes a polar map (row = distance from the centre, far at the top; column =
-    bearing from north, clockwise) back onto the north-up tile: the inverse of `polar_grid`."""
-    import torch
-
-    h, w = size
-    y, x = torch.meshgrid(
-        (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1,
-        (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1,
-        indexing="ij",
-    )
-    bearing = torch.remainder(torch.atan2(x, -y), 2 * torch.pi)
-    radius = torch.sqrt(x**2 + y**2).clamp(max=1.0)
-    return torch.stack([bearing / torch.pi - 1, 1 - 2 * radius], dim=-1)[None]
-
-
 def _normalise_map(m: Any, size: tuple[int, int], polar: bool = False) -> np.ndarray:
     import torch.nn.functional as F
 
     if polar:
-        grid = _tile_grid(size).to(m.device, m.dtype)
+        from wherecnn.models.backbones import tile_grid
+
+        grid = tile_grid(size).to(m.device, m.dtype)
         up = F.grid_sample(m[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
         up = up[0, 0]
     else:

@@ -30,6 +30,20 @@ def polar_grid(out_hw: tuple[int, int]) -> Tensor:
     return torch.stack([x, y], dim=-1).unsqueeze(0)
 
 
+def tile_grid(size: tuple[int, int]) -> Tensor:
+    """grid_sample grid that takes a polar map (row = distance from the centre, far at the top; column =
+    bearing from north, clockwise) back onto the north-up tile: the inverse of `polar_grid`."""
+    h, w = size
+    y, x = torch.meshgrid(
+        (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1,
+        (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1,
+        indexing="ij",
+    )
+    bearing = torch.remainder(torch.atan2(x, -y), 2 * torch.pi)
+    radius = torch.sqrt(x**2 + y**2).clamp(max=1.0)
+    return torch.stack([bearing / torch.pi - 1, 1 - 2 * radius], dim=-1)[None]
+
+
 def to_polar(x: Tensor, grid: Tensor) -> Tensor:
     """Resample a batch of tiles with a `polar_grid`."""
     grid = grid.to(dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
