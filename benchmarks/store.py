@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from wherecnn.config import get_settings
+from wherecnn.config import Settings, get_settings
 from wherecnn.index.store import GeoRadius, TilePoint
 from wherecnn.index.store.edge import EdgeStore
 
@@ -53,9 +53,9 @@ def make_points(n: int, dim: int, rng: np.random.Generator) -> tuple[np.ndarray,
 
 
 def build(
-    root: Path, vectors: np.ndarray, cities: np.ndarray, locs: np.ndarray, batch: int
+    root: Path, vectors: np.ndarray, cities: np.ndarray, locs: np.ndarray, batch: int, settings: Settings
 ) -> dict[str, Any]:
-    store = EdgeStore(root, settings=get_settings())
+    store = EdgeStore(root, settings=settings)
     store.begin_version("bench")
     t0 = time.perf_counter()
     for start in range(0, len(vectors), batch):
@@ -69,11 +69,11 @@ def build(
         ]
         store.upsert(points, batch_size=batch)
     upsert_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), time.process_time()
     store.switch()  # finish: flush + optimize (HNSW build) + atomic pointer flip
-    build_s = time.perf_counter() - t1
+    build_s, build_cpu_s = time.perf_counter() - t1, time.process_time() - cpu1
     store.close()
-    reader = EdgeStore(root, settings=get_settings(), read_only=True)
+    reader = EdgeStore(root, settings=settings, read_only=True)
     shard_info = None
     reader.count()
     if reader._shard is not None:
@@ -81,7 +81,7 @@ def build(
         shard_info = {"segments": info.segments_count, "indexed_vectors": info.indexed_vectors_count}
     reader.close()
     return {"upsert_s": upsert_s, "upsert_points_per_s": len(vectors) / upsert_s, "index_build_s": build_s,
-            "shard": shard_info}  # fmt: skip
+            "index_build_cpu_s": build_cpu_s, "shard": shard_info}  # fmt: skip
 
 
 def run_case(
@@ -122,8 +122,8 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     query_sets["near"] = picks + noise
     root = Path(tempfile.mkdtemp(prefix=f"store-bench-{n}-", dir=args.tmp))
     try:
-        out: dict[str, Any] = {"points": n, **build(root, vectors, cities, locs, args.batch)}
-        store = EdgeStore(root, settings=get_settings(), read_only=True)
+        out: dict[str, Any] = {"points": n, **build(root, vectors, cities, locs, args.batch, args.settings)}
+        store = EdgeStore(root, settings=args.settings, read_only=True)
         lat0, lon0 = CITY_CENTRES[0]
         cases = {
             "none": {},
@@ -161,23 +161,36 @@ def main() -> None:
     parser.add_argument(
         "--ef", type=int, nargs="+", default=None, help="HNSW search beams (default: settings)."
     )
+    parser.add_argument("--hnsw-m", type=int, default=None, help="Graph degree (default: settings).")
+    parser.add_argument("--ef-construct", type=int, default=None, help="Build beam (default: settings).")
+    parser.add_argument(
+        "--payload-m", type=int, default=None, help="Per-city subgraph degree; 0 = none (default: settings)."
+    )
     parser.add_argument("--batch", type=int, default=1000, help="Upsert batch size.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="Folder for the temporary stores.")
     parser.add_argument("--out", default="benchmarks/results/store.json")
     args = parser.parse_args()
     sizes = list(args.sizes) + ([1_000_000] if args.full and 1_000_000 not in args.sizes else [])
-    s = get_settings()
+    overrides = {
+        "hnsw_m": args.hnsw_m,
+        "hnsw_ef_construct": args.ef_construct,
+        "hnsw_payload_m": args.payload_m,
+    }
+    s = args.settings = get_settings().model_copy(
+        update={k: v for k, v in overrides.items() if v is not None}
+    )
     args.ef = args.ef or [s.hnsw_ef]
     print(
-        f"Edge HNSW m={s.hnsw_m} ef_construct={s.hnsw_ef_construct} ef={s.hnsw_ef} "
-        f"quantization={s.quantization}"
+        f"Edge HNSW m={s.hnsw_m} ef_construct={s.hnsw_ef_construct} payload_m={s.hnsw_payload_m} "
+        f"ef={args.ef} quantization={s.quantization}"
     )
     results: list[dict[str, Any]] = []
     report = {
         "benchmark": "store",
         "backend": "qdrant-edge",
-        "settings": {"hnsw_m": s.hnsw_m, "hnsw_ef_construct": s.hnsw_ef_construct, "hnsw_ef": s.hnsw_ef,
+        "settings": {"hnsw_m": s.hnsw_m, "hnsw_ef_construct": s.hnsw_ef_construct,
+                     "hnsw_payload_m": s.hnsw_payload_m, "hnsw_ef": args.ef,
                      "quantization": s.quantization},  # fmt: skip
         "dim": args.dim, "queries": args.queries, "k": args.k, "goal_recall": 0.98,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

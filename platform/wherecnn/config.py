@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(32, description="HNSW graph degree (benchmarks/store.py: 16 misses recall 0.98).")
     hnsw_ef_construct: int = Field(256, description="HNSW build beam width.")
     hnsw_ef: int = Field(768, description="HNSW search beam width (see benchmarks/store.py).")
+    hnsw_payload_m: int | None = Field(
+        None, description="Degree of the per-city HNSW subgraphs (None = hnsw_m; 0 = none: faster builds)."
+    )
     quantization: Literal["none", "int8"] = Field("none", description="Scalar quantization of vectors.")
     retention: int = Field(3, description="Index versions kept (live one included).")
 

@@ -3,6 +3,7 @@ qdrant-client's in-process mode, and the filtered answers are also checked again
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -216,11 +217,23 @@ def test_begin_version_resumes_same_tag(factory: Callable[..., VectorStore]) -> 
 
 
 def test_int8_quantization_and_hnsw_settings(factory: Callable[..., VectorStore]) -> None:
-    store = factory(quantization="int8", hnsw_m=8, hnsw_ef_construct=32)
+    store = factory(quantization="int8", hnsw_m=8, hnsw_ef_construct=32, hnsw_payload_m=0)
+    created: list[dict] = []
+    if isinstance(store, ServerStore):  # in-process Qdrant reports default HNSW configs: record the request
+        create = store.client.create_collection
+        store.client.create_collection = lambda *a, **kw: created.append(kw) or create(*a, **kw)  # type: ignore[method-assign]
     points = make_points(n=30)
     store.upsert(points)
     for p in points[:5]:
         assert store.query(p.vector, k=1)[0].tile_id == p.tile_id
+    if isinstance(store, EdgeStore):  # the settings reach the shard's persisted config
+        (config,) = store.root.rglob("edge_config.json")
+        hnsw = json.loads(config.read_text())["hnsw_config"]
+    else:
+        (request,) = created
+        hnsw = request["hnsw_config"].model_dump()
+        assert request["quantization_config"] is not None
+    assert (hnsw["m"], hnsw["ef_construct"], hnsw["payload_m"]) == (8, 32, 0)
 
 
 def test_open_store_uris(tmp_path: Path) -> None:

@@ -110,7 +110,10 @@ class EdgeStore(VectorStore):
         return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
             hnsw_config=qe.HnswIndexConfig(
-                m=s.hnsw_m, ef_construct=s.hnsw_ef_construct, full_scan_threshold=10_000
+                m=s.hnsw_m,
+                ef_construct=s.hnsw_ef_construct,
+                full_scan_threshold=10_000,
+                payload_m=s.hnsw_payload_m,
             ),
             quantization_config=quant,
         )

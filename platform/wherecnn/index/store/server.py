@@ -119,7 +119,9 @@ class ServerStore(VectorStore):
         self.client.create_collection(
             name,
             vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE),
-            hnsw_config=m.HnswConfigDiff(m=s.hnsw_m, ef_construct=s.hnsw_ef_construct),
+            hnsw_config=m.HnswConfigDiff(
+                m=s.hnsw_m, ef_construct=s.hnsw_ef_construct, payload_m=s.hnsw_payload_m
+            ),
             quantization_config=quant,
             shard_number=s.shard_number,
             replication_factor=s.replication_factor,
