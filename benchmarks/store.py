@@ -13,6 +13,10 @@ off. Hence the defaults m 32 / ef_construct 256 / ef 768 (settings); at 100k the
 random queries (0.973 at ef 512, 0.998 at ef 1024) and 0.995 for near queries, at about exact search's
 speed: exact search over 100k points takes only ~7 ms here; HNSW pays off at 1M.
 
+At 1M on 2 cores the default build (with Qdrant's per-city and geohash subgraphs) ran over an hour; a reduced
+build (`--ef-construct 128 --payload-m 0`, 33 min) reached recall@10 0.96 at ef 3072 unfiltered and 0.03-0.75
+filtered, so both the beam and the subgraphs are needed (benchmarks/results/store-1m.json).
+
     flock /tmp/wherecnn-heavy.lock .venv/bin/python benchmarks/store.py            # 100k
     flock /tmp/wherecnn-heavy.lock .venv/bin/python benchmarks/store.py --full     # + 1M
 

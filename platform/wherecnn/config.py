@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     hnsw_ef_construct: int = Field(256, description="HNSW build beam width.")
     hnsw_ef: int = Field(768, description="HNSW search beam width (see benchmarks/store.py).")
     hnsw_payload_m: int | None = Field(
-        None, description="Degree of the per-city HNSW subgraphs (None = hnsw_m; 0 = none: faster builds)."
+        None,
+        description="Degree of the per-city/geo HNSW subgraphs (None = hnsw_m). 0 skips them: faster builds, "
+        "but filtered recall collapses at 1M points (benchmarks/results/store-1m.json).",
     )
     quantization: Literal["none", "int8"] = Field("none", description="Scalar quantization of vectors.")
     retention: int = Field(3, description="Index versions kept (live one included).")
