@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--hnsw-m", type=int, default=None, help="Graph degree (default: settings).")
     parser.add_argument("--ef-construct", type=int, default=None, help="Build beam (default: settings).")
     parser.add_argument(
-        "--payload-m", type=int, default=None, help="Per-city subgraph degree; 0 = none (default: settings)."
+        "--payload-m", type=int, default=None, help="City/geo subgraph degree; 0 = none (default: settings)."
     )
     parser.add_argument("--batch", type=int, default=1000, help="Upsert batch size.")
     parser.add_argument("--seed", type=int, default=0)
