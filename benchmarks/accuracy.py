@@ -245,7 +245,7 @@ def main() -> None:
         type=_override,
         action="append",
         default=[],
-        help="Model config override KEY=JSON for the trained models, e.g. 'train={\"mine_every\":2}'.",
+        help="Model config override KEY=JSON for the trained models, e.g. 'train={\"mine_every\":0}'.",
     )
     parser.add_argument(
         "--train",

@@ -216,12 +216,19 @@ def test_begin_version_resumes_same_tag(factory: Callable[..., VectorStore]) -> 
         again.switch(v)
 
 
-def test_int8_quantization_and_hnsw_settings(factory: Callable[..., VectorStore]) -> None:
+def test_int8_quantization_and_hnsw_settings(
+    factory: Callable[..., VectorStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = factory(quantization="int8", hnsw_m=8, hnsw_ef_construct=32, hnsw_payload_m=0)
     created: list[dict] = []
     if isinstance(store, ServerStore):  # in-process Qdrant reports default HNSW configs: record the request
         create = store.client.create_collection
-        store.client.create_collection = lambda *a, **kw: created.append(kw) or create(*a, **kw)  # type: ignore[method-assign]
+
+        def record(*args: object, **kwargs: object) -> object:
+            created.append(kwargs)
+            return create(*args, **kwargs)
+
+        monkeypatch.setattr(store.client, "create_collection", record)
     points = make_points(n=30)
     store.upsert(points)
     for p in points[:5]:
