@@ -88,29 +88,36 @@ def build(
             "index_build_cpu_s": build_cpu_s, "shard": shard_info}  # fmt: skip
 
 
-def run_case(
-    store: EdgeStore, queries: np.ndarray, k: int, filters: dict[str, Any], ef: int
-) -> dict[str, Any]:
-    """Exact vs HNSW (search beam `ef`) over the same queries; recall of HNSW against exact."""
-    store.settings = store.settings.model_copy(update={"hnsw_ef": ef})
-    exact, approx = [], []
+def search_all(
+    store: EdgeStore, queries: np.ndarray, k: int, filters: dict[str, Any], **kw: Any
+) -> tuple[list[list[str]], float]:
+    """Top-k tile ids of every query (one at a time, as the search engine issues them) and queries/s."""
     t0 = time.perf_counter()
-    for q in queries:
-        exact.append([h.tile_id for h in store.query(q, k, exact=True, **filters)])
-    exact_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    for q in queries:
-        approx.append([h.tile_id for h in store.query(q, k, **filters)])
-    hnsw_s = time.perf_counter() - t1
-    recalls = [len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(approx, exact, strict=True)]
+    hits = [[h.tile_id for h in store.query(q, k, **filters, **kw)] for q in queries]
+    return hits, len(queries) / (time.perf_counter() - t0)
+
+
+def run_case(
+    store: EdgeStore,
+    queries: np.ndarray,
+    k: int,
+    filters: dict[str, Any],
+    ef: int,
+    exact: tuple[list[list[str]], float],
+) -> dict[str, Any]:
+    """HNSW with search beam `ef` against the exact results of the same queries."""
+    store.settings = store.settings.model_copy(update={"hnsw_ef": ef})
+    approx, hnsw_qps = search_all(store, queries, k, filters)
+    truth, exact_qps = exact
+    recalls = [len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(approx, truth, strict=True)]
     return {
         "ef": ef,
         "recall_at_k": float(np.mean(recalls)),
         "min_recall": float(np.min(recalls)),
-        "hnsw_qps": len(queries) / hnsw_s,
-        "exact_qps": len(queries) / exact_s,
-        "qps_ratio": (len(queries) / hnsw_s) / (len(queries) / exact_s),
-        "mean_hits": float(np.mean([len(e) for e in exact])),
+        "hnsw_qps": hnsw_qps,
+        "exact_qps": exact_qps,
+        "qps_ratio": hnsw_qps / exact_qps,
+        "mean_hits": float(np.mean([len(e) for e in truth])),
     }
 
 
@@ -138,8 +145,10 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         out["cases"] = []
         for qname, queries in query_sets.items():
             for name, filters in cases.items():
+                exact = search_all(store, queries, args.k, filters, exact=True)
                 for ef in args.ef:
-                    c = {"queries": qname, "filter": name, **run_case(store, queries, args.k, filters, ef)}
+                    case = run_case(store, queries, args.k, filters, ef, exact)
+                    c = {"queries": qname, "filter": name, **case}
                     out["cases"].append(c)
                     print(
                         f"  {n:>8} {qname:<6} {name:<20} ef {ef:<4} recall@{args.k} {c['recall_at_k']:.4f}  "
@@ -150,7 +159,10 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         store.close()
         return out
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"  kept the {n}-point store in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -170,9 +182,16 @@ def main() -> None:
     parser.add_argument(
         "--payload-m", type=int, default=None, help="City/geo subgraph degree; 0 = none (default: settings)."
     )
+    parser.add_argument(
+        "--full-scan-threshold",
+        type=int,
+        default=None,
+        help="KB; filters matching fewer points search exactly (default: settings).",
+    )
     parser.add_argument("--batch", type=int, default=1000, help="Upsert batch size.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="Folder for the temporary stores.")
+    parser.add_argument("--keep", action="store_true", help="Keep the built stores (for a later look).")
     parser.add_argument("--out", default="benchmarks/results/store.json")
     args = parser.parse_args()
     sizes = list(args.sizes) + ([1_000_000] if args.full and 1_000_000 not in args.sizes else [])
@@ -180,6 +199,7 @@ def main() -> None:
         "hnsw_m": args.hnsw_m,
         "hnsw_ef_construct": args.ef_construct,
         "hnsw_payload_m": args.payload_m,
+        "hnsw_full_scan_threshold": args.full_scan_threshold,
     }
     s = args.settings = get_settings().model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
@@ -187,14 +207,15 @@ def main() -> None:
     args.ef = args.ef or [s.hnsw_ef]
     print(
         f"Edge HNSW m={s.hnsw_m} ef_construct={s.hnsw_ef_construct} payload_m={s.hnsw_payload_m} "
-        f"ef={args.ef} quantization={s.quantization}"
+        f"full_scan_threshold={s.hnsw_full_scan_threshold} KB ef={args.ef} quantization={s.quantization}"
     )
     results: list[dict[str, Any]] = []
     report = {
         "benchmark": "store",
         "backend": "qdrant-edge",
         "settings": {"hnsw_m": s.hnsw_m, "hnsw_ef_construct": s.hnsw_ef_construct,
-                     "hnsw_payload_m": s.hnsw_payload_m, "hnsw_ef": args.ef,
+                     "hnsw_payload_m": s.hnsw_payload_m,
+                     "hnsw_full_scan_threshold": s.hnsw_full_scan_threshold, "hnsw_ef": args.ef,
                      "quantization": s.quantization},  # fmt: skip
         "dim": args.dim, "queries": args.queries, "k": args.k, "goal_recall": 0.98,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

@@ -57,8 +57,14 @@ class Settings(BaseSettings):
     hnsw_ef: int = Field(768, description="HNSW search beam width (see benchmarks/store.py).")
     hnsw_payload_m: int | None = Field(
         None,
-        description="Degree of the per-city/geo HNSW subgraphs (None = hnsw_m). 0 skips them: faster builds, "
-        "but filtered recall collapses at 1M points (benchmarks/results/store-1m.json).",
+        description="Degree of the per-city HNSW subgraphs (None = hnsw_m). 0 skips them: faster builds, "
+        "but city-filtered recall collapses at 1M points (benchmarks/results/store-1m.json).",
+    )
+    hnsw_full_scan_threshold: int = Field(
+        50_000,
+        description="KB of vectors: a filter matching fewer points is searched exactly through the payload "
+        "index, not the graph (Qdrant's full_scan_threshold; 50,000 KB = 100k 128-d points). Geo filters "
+        "rely on it: the geo index builds no subgraphs, which made 1M-point builds take hours.",
     )
     quantization: Literal["none", "int8"] = Field("none", description="Scalar quantization of vectors.")
     retention: int = Field(3, description="Index versions kept (live one included).")

@@ -219,16 +219,24 @@ def test_begin_version_resumes_same_tag(factory: Callable[..., VectorStore]) -> 
 def test_int8_quantization_and_hnsw_settings(
     factory: Callable[..., VectorStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = factory(quantization="int8", hnsw_m=8, hnsw_ef_construct=32, hnsw_payload_m=0)
+    store = factory(
+        quantization="int8", hnsw_m=8, hnsw_ef_construct=32, hnsw_payload_m=0, hnsw_full_scan_threshold=1234
+    )
     created: list[dict] = []
-    if isinstance(store, ServerStore):  # in-process Qdrant reports default HNSW configs: record the request
-        create = store.client.create_collection
+    indexes: dict[str, object] = {}
+    if isinstance(store, ServerStore):  # in-process Qdrant reports default HNSW configs: record the requests
+        create, create_index = store.client.create_collection, store.client.create_payload_index
 
         def record(*args: object, **kwargs: object) -> object:
             created.append(kwargs)
             return create(*args, **kwargs)
 
+        def record_index(name: str, field: str, schema: object) -> object:
+            indexes[field] = schema
+            return create_index(name, field, schema)
+
         monkeypatch.setattr(store.client, "create_collection", record)
+        monkeypatch.setattr(store.client, "create_payload_index", record_index)
     points = make_points(n=30)
     store.upsert(points)
     for p in points[:5]:
@@ -236,11 +244,17 @@ def test_int8_quantization_and_hnsw_settings(
     if isinstance(store, EdgeStore):  # the settings reach the shard's persisted config
         (config,) = store.root.rglob("edge_config.json")
         hnsw = json.loads(config.read_text())["hnsw_config"]
+        fields = json.loads(next(store.root.rglob("payload_index/config.json")).read_text())["indexed_fields"]
+        city, geo = fields["city"], fields["location"]
     else:
         (request,) = created
         hnsw = request["hnsw_config"].model_dump()
         assert request["quantization_config"] is not None
+        city, geo = (indexes[f].model_dump() for f in ("city", "location"))  # type: ignore[attr-defined]
     assert (hnsw["m"], hnsw["ef_construct"], hnsw["payload_m"]) == (8, 32, 0)
+    assert hnsw["full_scan_threshold"] == 1234
+    # subgraphs per city (the tenant), none per geohash: geo filters go exact below the threshold
+    assert city["is_tenant"] is True and geo["enable_hnsw"] is False
 
 
 def test_open_store_uris(tmp_path: Path) -> None:

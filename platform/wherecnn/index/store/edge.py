@@ -112,7 +112,7 @@ class EdgeStore(VectorStore):
             hnsw_config=qe.HnswIndexConfig(
                 m=s.hnsw_m,
                 ef_construct=s.hnsw_ef_construct,
-                full_scan_threshold=10_000,
+                full_scan_threshold=s.hnsw_full_scan_threshold,
                 payload_m=s.hnsw_payload_m,
             ),
             quantization_config=quant,
@@ -138,8 +138,10 @@ class EdgeStore(VectorStore):
         import qdrant_edge as qe
 
         shard = qe.EdgeShard.create(str(self._vdir(version) / "shard"), self._config(dim))
-        shard.update(qe.UpdateOperation.create_field_index("city", qe.PayloadSchemaType.Keyword))
-        shard.update(qe.UpdateOperation.create_field_index("location", qe.PayloadSchemaType.Geo))
+        # city is the tenant: a subgraph per city keeps city-filtered search on the graph; geo filters are
+        # searched exactly below hnsw_full_scan_threshold, so no geohash subgraphs (see settings)
+        shard.update(qe.UpdateOperation.create_field_index("city", qe.KeywordIndexParams(is_tenant=True)))
+        shard.update(qe.UpdateOperation.create_field_index("location", qe.GeoIndexParams(enable_hnsw=False)))
         shard.update(qe.UpdateOperation.create_field_index("tile_id", qe.PayloadSchemaType.Keyword))
         self._write_meta(version, dim=dim)
         return shard

@@ -120,7 +120,10 @@ class ServerStore(VectorStore):
             name,
             vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE),
             hnsw_config=m.HnswConfigDiff(
-                m=s.hnsw_m, ef_construct=s.hnsw_ef_construct, payload_m=s.hnsw_payload_m
+                m=s.hnsw_m,
+                ef_construct=s.hnsw_ef_construct,
+                payload_m=s.hnsw_payload_m,
+                full_scan_threshold=s.hnsw_full_scan_threshold,
             ),
             quantization_config=quant,
             shard_number=s.shard_number,
@@ -130,7 +133,10 @@ class ServerStore(VectorStore):
         self.client.create_payload_index(
             name, "city", m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, is_tenant=True)
         )
-        self.client.create_payload_index(name, "location", m.PayloadSchemaType.GEO)
+        # as the Edge store: subgraphs per city (the tenant), geo filters searched exactly (see settings)
+        self.client.create_payload_index(
+            name, "location", m.GeoIndexParams(type=m.GeoIndexType.GEO, enable_hnsw=False)
+        )
         self.client.create_payload_index(name, "tile_id", m.PayloadSchemaType.KEYWORD)
 
     def _writable(self) -> None:
