@@ -13,9 +13,11 @@ off. Hence the defaults m 32 / ef_construct 256 / ef 768 (settings); at 100k the
 random queries (0.973 at ef 512, 0.998 at ef 1024) and 0.995 for near queries, at about exact search's
 speed: exact search over 100k points takes only ~7 ms here; HNSW pays off at 1M.
 
-At 1M on 2 cores the default build (with Qdrant's per-city and geohash subgraphs) ran over an hour; a reduced
-build (`--ef-construct 128 --payload-m 0`, 33 min) reached recall@10 0.96 at ef 3072 unfiltered and 0.03-0.75
-filtered, so both the beam and the subgraphs are needed (benchmarks/results/store-1m.json).
+At 1M on 2 cores the default build takes about an hour (benchmarks/results/store-1m-default.json): filtered
+cases search exactly (filters under hnsw_full_scan_threshold, 200k points) at recall 1.0; unfiltered random
+queries reach 0.98 at ef 4096. store-1m-threshold-50k.json is the run under the earlier 50,000 KB threshold
+(the 143k-point city filter walked the global graph: recall 0.41-0.80); store-1m.json a reduced build without
+payload subgraphs. `--keep` keeps a built store, `--store DIR` re-queries it with other settings.
 
     flock /tmp/wherecnn-heavy.lock .venv/bin/python benchmarks/store.py            # 100k
     flock /tmp/wherecnn-heavy.lock .venv/bin/python benchmarks/store.py --full     # + 1M
@@ -131,9 +133,13 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     noise = rng.normal(size=picks.shape).astype(np.float32)
     noise *= 0.5 / np.linalg.norm(noise, axis=1, keepdims=True)
     query_sets["near"] = picks + noise
-    root = Path(tempfile.mkdtemp(prefix=f"store-bench-{n}-", dir=args.tmp))
+    reuse = args.store is not None
+    root = Path(args.store) if reuse else Path(tempfile.mkdtemp(prefix=f"store-bench-{n}-", dir=args.tmp))
     try:
-        out: dict[str, Any] = {"points": n, **build(root, vectors, cities, locs, args.batch, args.settings)}
+        if reuse:  # the same seeded points were built into it; its persisted HNSW config applies
+            out: dict[str, Any] = {"points": n, "reused_store": str(root)}
+        else:
+            out = {"points": n, **build(root, vectors, cities, locs, args.batch, args.settings)}
         store = EdgeStore(root, settings=args.settings, read_only=True)
         lat0, lon0 = CITY_CENTRES[0]
         cases = {
@@ -159,7 +165,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         store.close()
         return out
     finally:
-        if args.keep:
+        if args.keep or reuse:
             print(f"  kept the {n}-point store in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
@@ -192,9 +198,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="Folder for the temporary stores.")
     parser.add_argument("--keep", action="store_true", help="Keep the built stores (for a later look).")
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="Query a store kept by --keep (one size, same --seed/--dim) instead of building one.",
+    )
     parser.add_argument("--out", default="benchmarks/results/store.json")
     args = parser.parse_args()
     sizes = list(args.sizes) + ([1_000_000] if args.full and 1_000_000 not in args.sizes else [])
+    if args.store is not None and len(sizes) != 1:
+        parser.error("--store queries one kept store: give exactly one size")
     overrides = {
         "hnsw_m": args.hnsw_m,
         "hnsw_ef_construct": args.ef_construct,
@@ -226,10 +239,11 @@ def main() -> None:
         results.append(bench_size(n, args))
         Path(args.out).write_text(json.dumps(report, indent=1))
     for r in results:
-        print(
-            f"  {r['points']:>8} upsert {r['upsert_points_per_s']:.0f} points/s, "
-            f"HNSW build {r['index_build_s']:.1f} s, shard {r['shard']}"
-        )
+        if "upsert_s" in r:
+            print(
+                f"  {r['points']:>8} upsert {r['upsert_points_per_s']:.0f} points/s, "
+                f"HNSW build {r['index_build_s']:.1f} s, shard {r['shard']}"
+            )
     print(f"wrote {args.out}")
 
 

@@ -79,6 +79,21 @@ def test_colour_augmentation_changes_both_views_alike() -> None:
     assert np.ptp(ratio) > 0.05  # channels scaled differently, not just brightness
 
 
+def test_shift_augmentation_moves_only_the_tile_within_bounds() -> None:
+    tile = np.zeros((40, 40, 3), dtype=np.uint8)
+    tile[19:21, 19:21] = 255  # the camera's spot
+    pano = np.full((8, 32, 3), 7, dtype=np.uint8)
+    moves = set()
+    for seed in range(30):
+        g, a = augment_pair(pano, tile, np.random.default_rng(seed), rotation="none", flip=False, shift=0.1)
+        assert np.array_equal(g, pano) and a.shape == tile.shape
+        r, c = np.nonzero(a[..., 0] == 255)
+        dy, dx = int(r.min()) - 19, int(c.min()) - 19
+        assert max(abs(dy), abs(dx)) <= 4 and len(r) == 4  # 10% of 40 px, the spot intact
+        moves.add((dy, dx))
+    assert len(moves) > 10
+
+
 def test_dataset_filters_track_protocol_split(fake_pairs: Path) -> None:
     same = load_pairs(fake_pairs, track="aligned", protocol="same-area", split="train")
     cross = load_pairs(fake_pairs, track="aligned", protocol="cross-area", split="test")

@@ -15,6 +15,7 @@ from wherecnn.evaluate.metrics import (
     pr_curve,
     recall_at_k,
     retrieval_metrics,
+    tile_scores,
 )
 
 
@@ -72,6 +73,28 @@ def test_hit_rate_counts_semi_positives(params: tuple, g_chunk: int) -> None:
     ref_hit = np.mean((s > best[:, None]).sum(1) == 0)
     assert res.hit_rate == pytest.approx(ref_hit)
     assert res.hit_rate >= res.recalls()["R@1"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(world, st.integers(1, 4), st.integers(1, 9), st.integers(1, 64))
+def test_multi_view_gallery_scores_each_item_by_its_best_view(
+    params: tuple, views: int, g_chunk: int, block: int
+) -> None:
+    seed, n_q, n_g, d, levels = params
+    q, g, pos = quantised_world(seed, n_q, n_g * views, d, levels)
+    g3 = g.reshape(n_g, views, d)
+    pos = pos // views  # the item holding the view the query was drawn near
+    res = evaluate_retrieval(q, g3, pos, gallery_chunk=g_chunk, block_elements=block, topk=2)
+    s = (q.astype(np.float64) @ g.astype(np.float64).T).reshape(n_q, n_g, views).max(2)
+    np.testing.assert_array_equal(res.ranks, (s > s[np.arange(n_q), pos][:, None]).sum(1))
+    np.testing.assert_array_equal(res.top1, s.argmax(1))
+    np.testing.assert_allclose(tile_scores(q, g3), s, rtol=1e-6)
+    exact_ap = average_precision_score(np.eye(n_g)[pos].ravel(), s.ravel())
+    assert res.pair_ap == pytest.approx(exact_ap, abs=1e-9)
+    if n_g > 1:  # the 1:1 sample scores pairs by the best view too: a tile's view doubled changes nothing
+        best = g3[np.arange(n_g)[:, None], (q[:1] @ g.T).reshape(n_g, views).argmax(1)[:, None]][:, 0]
+        doubled = np.stack([best, best], axis=1)
+        assert balanced_pair_ap(q[:1], doubled, pos[:1])[0] == balanced_pair_ap(q[:1], best, pos[:1])[0]
 
 
 def test_recall_definitions() -> None:

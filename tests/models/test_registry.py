@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from wherecnn.models import build_model, list_models, load_config
+from wherecnn.models import build_model, list_models, load_config, merge
 from wherecnn.models.backbones import polar_grid, tile_grid
 
 # small inputs keep the big backbones fast on 2 cores; the architecture is the registered one
@@ -30,6 +30,23 @@ def test_registry_lists_the_issue_models() -> None:
     assert {"where-cnn", "dual-resnet", "dual-convnext", "dual-cpu"} <= set(list_models())
     with pytest.raises(ValueError, match="registered models"):
         load_config("nope")
+
+
+def test_overrides_merge_nested_and_dotted_keys() -> None:
+    base = {"train": {"lr": 1.0, "batch_size": 64}, "embed_dim": 128}
+    dotted = merge(base, {"train.lr": 0.5, "offset.pairs": "centred", "embed_dim": 64})
+    nested = merge(base, {"train": {"lr": 0.5}, "offset": {"pairs": "centred"}, "embed_dim": 64})
+    assert (
+        dotted
+        == nested
+        == {
+            "train": {"lr": 0.5, "batch_size": 64},
+            "embed_dim": 64,
+            "offset": {"pairs": "centred"},
+        }
+    )
+    assert base["train"]["lr"] == 1.0  # the base is not modified
+    assert build_model("dual-cpu", **{"train.augment_shift": 0.1}).config["train"]["augment_shift"] == 0.1
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -75,6 +75,25 @@ def test_budget_mode_stops_and_photo_track_trains(fake_pairs: Path, tmp_path: Pa
     assert card["data"]["protocol"] == "cross-area" and card["data"]["track"] == "photo"
 
 
+def test_offset_track_can_train_on_camera_centred_tiles(fake_pairs: Path, tmp_path: Path) -> None:
+    from wherecnn.evaluate.evaluation import model_gallery_centres
+
+    offset = {"pairs": "centred", "augment_shift": 0.05, "gallery_centres": 3}
+    train_func(
+        _opts(fake_pairs, tmp_path / "o", epochs=1, track="offset", overrides={**TINY, "offset": offset})
+    )
+    card = json.loads((tmp_path / "o" / "model_card.json").read_text())
+    assert card["data"]["track"] == "offset" and card["data"]["pairs_track"] == "aligned"
+    assert model_gallery_centres(card["config"], "offset") == 3
+    assert model_gallery_centres(card["config"], "aligned") == 1
+    plain = {"pairs": "track", "gallery_centres": 1}
+    train_func(
+        _opts(fake_pairs, tmp_path / "p", epochs=1, track="offset", overrides={**TINY, "offset": plain})
+    )
+    card = json.loads((tmp_path / "p" / "model_card.json").read_text())
+    assert card["data"]["pairs_track"] == "offset" and model_gallery_centres(card["config"], "offset") == 1
+
+
 def test_killed_run_resumes_to_the_end(fake_pairs: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = [

@@ -75,6 +75,13 @@ def evaluate(
         None, "--max-gallery", min=1, help="Cap each city's gallery (true tiles always kept)."
     ),
     max_queries: int | None = typer.Option(None, "--max-queries", min=1, help="Cap each city's queries."),
+    gallery_centres: int | None = typer.Option(
+        None,
+        "--gallery-centres",
+        min=1,
+        help="Embed each gallery tile from KxK centres over its grid cell, score by the best (default: the "
+        "model's; offset-track models use 5).",
+    ),
     baseline_pairs: int = typer.Option(
         1500, "--baseline-pairs", min=3, help="Training pairs for each baseline's CCA."
     ),
@@ -110,6 +117,7 @@ def evaluate(
         others=_parse_compare(model, "--model"),
         max_gallery=max_gallery,
         max_queries=max_queries,
+        gallery_centres=gallery_centres,
         baseline_pairs=baseline_pairs,
         deep_weights=str(deep_weights) if deep_weights else None,
         device=device,

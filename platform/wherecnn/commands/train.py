@@ -72,7 +72,7 @@ def train(
         [],
         "--set",
         help="Model config override KEY=JSON, e.g. --set embed_dim=64 "
-        "--set 'train={\"hard_fraction\":0.25}'.",
+        "--set 'train={\"hard_fraction\":0.25}' or --set train.hard_fraction=0.25.",
     ),
     no_progress: bool = typer.Option(
         False, "--no-progress", help="Plain log lines instead of progress bars."

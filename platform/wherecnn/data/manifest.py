@@ -111,9 +111,9 @@ def read_captures(path: str | Path) -> gpd.GeoDataFrame:
 
 
 def read_tiles(path: str | Path) -> gpd.GeoDataFrame:
-    """Read tiles; relative `uri`s become absolute paths."""
+    """Read tiles; relative `uri`s (and `source_uri`s, the rasters they were cut from) become absolute."""
     file = _file(path, TILES)
-    return resolve_uris(gpd.read_parquet(file), file.parent)
+    return resolve_uris(resolve_uris(gpd.read_parquet(file), file.parent), file.parent, "source_uri")
 
 
 def resolve_uris(frame: pd.DataFrame, base: Path, column: str = "uri") -> pd.DataFrame:

@@ -94,6 +94,7 @@ def augment_pair(
     rotation: str = "quarter",
     flip: bool = True,
     color: float = 0.0,
+    shift: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply one random change of viewpoint (and of palette) to both views, so the pair still matches.
 
@@ -102,6 +103,9 @@ def augment_pair(
     left-right mirror of the tile. ``rotation``: "none", "quarter" (exact 90-degree steps), "any".
     ``color`` > 0 scales the RGB channels of both views by the same random gains (log-normal, that sigma):
     a city with another palette looks like this, so the model learns to match colours rather than know them.
+    ``shift`` > 0 moves the tile by up to that fraction of its side along each axis (edges repeated): the
+    camera is then that far off the tile's centre, so the model tolerates a gallery view centred near, not
+    on, the camera (the `offset` track's multi-centre gallery).
     """
     w = ground.shape[1]
     if rotation == "quarter":
@@ -110,10 +114,10 @@ def augment_pair(
             ground = np.roll(ground, -k * w // 4, axis=1)
             aerial = np.rot90(aerial, k)
     elif rotation == "any":
-        shift = int(rng.integers(w))
-        if shift:
-            ground = np.roll(ground, -shift, axis=1)
-            angle = 360.0 * shift / w
+        roll = int(rng.integers(w))
+        if roll:
+            ground = np.roll(ground, -roll, axis=1)
+            angle = 360.0 * roll / w
             pil = Image.fromarray(np.ascontiguousarray(aerial))
             aerial = np.asarray(pil.rotate(angle, Image.Resampling.BILINEAR, fillcolor=MEAN_RGB))
     elif rotation != "none":
@@ -121,6 +125,12 @@ def augment_pair(
     if flip and rng.random() < 0.5:
         ground = np.roll(ground[:, ::-1], 1, axis=1)
         aerial = aerial[:, ::-1]
+    if shift > 0:
+        side = aerial.shape[0]
+        m = max(1, round(shift * side))
+        dy, dx = (int(v) for v in rng.integers(-m, m + 1, size=2))
+        padded = np.pad(aerial, ((m, m), (m, m), (0, 0)), mode="edge")
+        aerial = padded[m + dy : m + dy + side, m + dx : m + dx + aerial.shape[1]]
     if color > 0:
         gains = np.exp(rng.normal(0.0, color, 3)).astype(np.float32)
         ground = np.clip(ground * gains, 0, 255).astype(np.uint8)
@@ -282,6 +292,7 @@ class PairDataset(Dataset):
                 rotation=self.augment.get("rotation", "quarter"),
                 flip=bool(self.augment.get("flip", True)),
                 color=float(self.augment.get("color", 0.0)),
+                shift=float(self.augment.get("shift", 0.0)),
             )
         return {
             "ground": to_tensor(ground, self.mean, self.std),

@@ -210,6 +210,58 @@ def embed_gallery(embedder: EmbedderLike, uris: Sequence[str], batch: int = 256)
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 1), np.float32)
 
 
+def model_gallery_centres(config: dict[str, Any], track: str) -> int:
+    """How many centres per axis a model's gallery needs for a track: its config's offset.gallery_centres
+    for `offset` (a model trained on camera-centred tiles), else 1."""
+    return int((config.get("offset") or {}).get("gallery_centres", 1)) if track == "offset" else 1
+
+
+def centre_shifts(gallery: pd.DataFrame, centres: int) -> list[tuple[int, int]]:
+    """A centres x centres grid of (column, row) pixel shifts spanning one grid step around a tile's centre:
+    the cell of ground where the tile is the nearest grid tile, so every camera in it is within half a
+    grid step / centres of one view's centre (per axis)."""
+    grid = gallery[gallery["kind"].astype(str) == "grid"] if "kind" in gallery.columns else gallery
+    steps = np.diff(np.unique(grid["col_off"].to_numpy()))
+    if not steps.size:
+        raise ValueError("multi-centre galleries need at least two grid columns to know the grid step")
+    step = int(steps[steps > 0].min())
+    offs = [round(((i + 0.5) / centres - 0.5) * step) for i in range(centres)]
+    return [(dc, dr) for dr in offs for dc in offs]
+
+
+def embed_gallery_views(
+    embedder: EmbedderLike, gallery: pd.DataFrame, centres: int, batch: int = 64
+) -> np.ndarray:
+    """(N, centres², d): each tile re-cut from its source raster around centres x centres points of its grid
+    cell (`centre_shifts`), for queries taken anywhere in the tile; a tile scores as its best view."""
+    from wherecnn.data.formats.geotiff import Window, shifted_views
+    from wherecnn.storage import load_image
+
+    missing = {"source_uri", "col_off", "row_off", "width", "height"} - set(gallery.columns)
+    if missing:
+        raise ValueError(
+            f"multi-centre galleries need the tiles' source raster windows; missing {sorted(missing)}"
+        )
+    shifts = centre_shifts(gallery, centres)
+    px = int(load_image(str(gallery["uri"].iloc[0])).shape[0])
+    out: np.ndarray | None = None
+    for source, rows in gallery.groupby("source_uri", sort=False):
+        idx = rows.index.to_numpy()
+        windows = [
+            Window(str(r.tile_id), int(r.col_off), int(r.row_off), int(r.width), int(r.height))
+            for r in rows.itertuples()
+        ]
+        for a in range(0, len(windows), batch):
+            views = shifted_views(str(source), windows[a : a + batch], shifts, px)
+            n, v = views.shape[:2]
+            emb = embedder.aerial(list(views.reshape(n * v, *views.shape[2:]))).astype(np.float32)
+            if out is None:
+                out = np.zeros((len(gallery), v, emb.shape[1]), dtype=np.float32)
+            out[idx[a : a + n]] = emb.reshape(n, v, -1)
+    assert out is not None
+    return out
+
+
 def embed_queries(embedder: EmbedderLike, queries: pd.DataFrame, batch: int = 256) -> np.ndarray:
     parts = []
     for a in range(0, len(queries), batch):
@@ -244,13 +296,22 @@ def evaluate_embedder(
     track: str,
     ks: Sequence[int] = DEFAULT_KS,
     on_city: Callable[[str], None] | None = None,
+    gallery_centres: int = 1,
 ) -> EvalRun:
-    """Embed each city's queries and gallery, then every metric (retrieval, verification, localisation)."""
+    """Embed each city's queries and gallery, then every metric (retrieval, verification, localisation).
+
+    ``gallery_centres`` K > 1 embeds every tile from K x K centres over its grid cell (`embed_gallery_views`)
+    and scores it by the best: for `offset`, where the camera is anywhere in its tile and a model trained
+    on camera-centred tiles needs a view centred near it.
+    """
     run = EvalRun(
         name=name, model_id=str(getattr(embedder, "model_id", name)), protocol=protocol, track=track
     )
     for cs in sets:
-        g = embed_gallery(embedder, list(cs.gallery["uri"]))
+        if gallery_centres > 1:
+            g = embed_gallery_views(embedder, cs.gallery, gallery_centres)
+        else:
+            g = embed_gallery(embedder, list(cs.gallery["uri"]))
         q = embed_queries(embedder, cs.queries)
         res = evaluate_retrieval(q, g, cs.positives, semi_positives=cs.semi_positives, topk=TOPK)
         metrics = summarize(res, ks)

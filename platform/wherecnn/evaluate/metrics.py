@@ -23,7 +23,10 @@ matrix; 10k queries against 10^6 tiles is 40 GB of float32. Here the similarity 
   order over the embedding dimension); where a kernel differs, one pair per query may move by one float32 ulp,
   changing AP by far less than 1e-3 (the tests check the chunked AP against the exact one to 1e-6).
 
-Memory is O(Q + N_chunk·Q_chunk + bins), independent of Q·N.
+A gallery item may hold several views (an (N, V, d) gallery: the tile seen from V centres, for queries taken
+anywhere inside it); its score is the best of its views' (``tile_scores``).
+
+Memory is O(Q + N_chunk·V·Q_chunk + bins), independent of Q·N.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ import numpy as np
 DEFAULT_KS = (1, 5, 10)
 LOCALISATION_THRESHOLDS_M = (25.0, 50.0, 100.0, 1000.0)
 HIST_BINS = 1 << 16
+
+
+def tile_scores(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Scores (Q, n) of queries (Q, d) against gallery rows: (n, d) dot products, or for multi-view rows
+    (n, V, d) each item's best view."""
+    if rows.ndim == 2:
+        return query @ rows.T
+    n, v, d = rows.shape
+    return (query @ rows.reshape(n * v, d).T).reshape(query.shape[0], n, v).max(axis=2)
 
 
 # ------------------------------------------------------------------------------------------------ exact AP
@@ -139,8 +151,8 @@ def retrieval_metrics(
 ) -> dict[str, float]:
     """Recall@K (for each k in ``ks``) and Recall@1% of ground→aerial retrieval, in bounded memory.
 
-    ``query`` (Q×d) and ``gallery`` (N×d) are L2-normalised embeddings (scores are dot products);
-    ``positives[i]`` is query i's true gallery index.
+    ``query`` (Q×d) and ``gallery`` (N×d, or N×V×d: V views per item, scored by the best) are
+    L2-normalised embeddings (scores are dot products); ``positives[i]`` is query i's true gallery index.
     """
     result = evaluate_retrieval(query, gallery, positives, pair_ap=False)
     return result.recalls(ks)
@@ -170,8 +182,11 @@ def evaluate_retrieval(
     q = np.ascontiguousarray(np.asarray(query, dtype=np.float32))
     if q.ndim != 2:
         raise ValueError(f"query must be a 2-D (Q, d) array, got shape {q.shape}")
-    if gallery.ndim != 2 or gallery.shape[1] != q.shape[1]:
-        raise ValueError(f"gallery must be (N, {q.shape[1]}) like the query, got {tuple(gallery.shape)}")
+    if gallery.ndim not in (2, 3) or gallery.shape[-1] != q.shape[1]:
+        raise ValueError(
+            f"gallery must be (N, {q.shape[1]}) or (N, V, {q.shape[1]}) like the query, "
+            f"got {tuple(gallery.shape)}"
+        )
     if not np.isfinite(q).all():
         raise ValueError("query embeddings contain NaN or infinite values")
     n_q, n_g = q.shape[0], int(gallery.shape[0])
@@ -186,8 +201,9 @@ def evaluate_retrieval(
         raise ValueError(f"semi_positives has {len(semi_positives)} entries for {n_q} queries")
     topk = int(min(max(topk, 0), n_g))
 
-    g_chunk = max(1, min(gallery_chunk, n_g))
-    q_chunk = max(1, min(n_q, block_elements // g_chunk)) if n_q else 1
+    views = int(gallery.shape[1]) if gallery.ndim == 3 else 1
+    g_chunk = max(1, min(gallery_chunk // views, n_g))
+    q_chunk = max(1, min(n_q, block_elements // (g_chunk * views))) if n_q else 1
     q_slices = [slice(a, min(a + q_chunk, n_q)) for a in range(0, n_q, q_chunk)]
 
     def gallery_rows(index: Any) -> np.ndarray:
@@ -203,7 +219,7 @@ def evaluate_retrieval(
     for sl in q_slices:
         idx = pos[sl]
         uniq, inv = np.unique(idx, return_inverse=True)
-        block = q[sl] @ gallery_rows(uniq).T
+        block = tile_scores(q[sl], gallery_rows(uniq))
         pos_scores[sl] = block[np.arange(block.shape[0]), inv.ravel()]
         if set_scores is not None:
             assert semi_positives is not None
@@ -215,7 +231,7 @@ def evaluate_retrieval(
             if flat.min() < 0 or flat.max() >= n_g:
                 raise ValueError(f"semi_positives must be gallery indices in [0, {n_g})")
             uniq_s, inv_s = np.unique(flat, return_inverse=True)
-            sblock = q[sl] @ gallery_rows(uniq_s).T
+            sblock = tile_scores(q[sl], gallery_rows(uniq_s))
             masked = np.full_like(sblock, -np.inf)
             rows = np.repeat(np.arange(len(members)), [m.size for m in members])
             masked[rows, inv_s.ravel()] = sblock[rows, inv_s.ravel()]
@@ -233,7 +249,7 @@ def evaluate_retrieval(
         g1 = min(g0 + g_chunk, n_g)
         g = gallery_rows(slice(g0, g1))
         for sl in q_slices:
-            s = q[sl] @ g.T  # (q_chunk, g_chunk)
+            s = tile_scores(q[sl], g)  # (q_chunk, g_chunk)
             p = pos_scores[sl]
             ranks[sl] += np.count_nonzero(s > p[:, None], axis=1)
             # never count the true tile against itself, whatever its in-block value is
@@ -357,11 +373,15 @@ def balanced_pair_ap(
     neg_q = rng.integers(0, n_q, size=n_q)
     neg_g = rng.integers(0, n_g - 1, size=n_q)
     neg_g = neg_g + (neg_g >= pos[neg_q])  # uniform over tiles other than the query's true one
-    pos_s = np.einsum("ij,ij->i", q, np.asarray(gallery[pos], dtype=np.float32))
+
+    def paired(qs: np.ndarray, rows: np.ndarray) -> np.ndarray:  # score of qs[i] with rows[i]
+        return np.einsum("ij,ij->i", qs, rows) if rows.ndim == 2 else np.einsum("ij,ivj->iv", qs, rows).max(1)
+
+    pos_s = paired(q, np.asarray(gallery[pos], dtype=np.float32))
     order = np.argsort(neg_g)  # sorted reads for memory-mapped galleries
-    neg_rows = np.empty((n_q, q.shape[1]), dtype=np.float32)
+    neg_rows = np.empty((n_q, *gallery.shape[1:]), dtype=np.float32)
     neg_rows[order] = np.asarray(gallery[neg_g[order]], dtype=np.float32)
-    neg_s = np.einsum("ij,ij->i", q[neg_q], neg_rows)
+    neg_s = paired(q[neg_q], neg_rows)
     scores = np.concatenate([pos_s, neg_s])
     labels = np.concatenate([np.ones(n_q, bool), np.zeros(n_q, bool)])
     return average_precision(scores, labels), pr_curve(scores, labels, max_points=pr_points)

@@ -15,7 +15,7 @@ from typing import Any
 
 from wherecnn.data.manifest import PROTOCOLS, TRACKS
 from wherecnn.evaluate.baselines import KINDS, fit_baseline
-from wherecnn.evaluate.evaluation import EvalRun, city_sets, evaluate_embedder
+from wherecnn.evaluate.evaluation import EvalRun, city_sets, evaluate_embedder, model_gallery_centres
 from wherecnn.evaluate.report import Section, build_report
 
 
@@ -32,6 +32,7 @@ class EvaluateOptions:
         default_factory=dict
     )  # other learned models (e.g. where-cnn) -> checkpoint
     max_gallery: int | None = None
+    gallery_centres: int | None = None  # None = the model's (offset.gallery_centres for `offset`)
     max_queries: int | None = None
     baseline_pairs: int = 1500
     deep_weights: str | None = None
@@ -91,7 +92,12 @@ def evaluate_checkpoint(
         n_q = sum(len(s.queries) for s in sets)
         n_g = sum(len(s.gallery) for s in sets)
         log(f"{protocol}/{track}: {len(sets)} cities, {n_q} queries, {n_g} gallery tiles")
-        main = evaluate_embedder(embedder, sets, name=name, protocol=protocol, track=track)
+        centres = opts.gallery_centres or model_gallery_centres(embedder.card.get("config") or {}, track)
+        if centres > 1:
+            log(f"  gallery: every tile from {centres}x{centres} centres over its grid cell")
+        main = evaluate_embedder(
+            embedder, sets, name=name, protocol=protocol, track=track, gallery_centres=centres
+        )
         log(f"  {name}: R@1 {main.overall['R@1']:.3f}  AP {main.overall['AP']:.4f}")
         baselines: list[EvalRun] = []
         for kind in opts.baselines:

@@ -20,6 +20,7 @@ import numpy as np
 
 from wherecnn.evaluate.baselines import DEEP, HANDCRAFTED
 from wherecnn.evaluate.evaluation import CitySet, EvalRun
+from wherecnn.evaluate.metrics import tile_scores
 
 INIT_ROWS = ("random", "imagenet", "places")
 TABLE_KEYS = (
@@ -315,7 +316,7 @@ def plot_heatmap(section: Section, data_dir: Any, path: Path) -> bool:
         return False
     ci, qi = picks[0]
     cs, outcome = section.sets[ci], section.main.cities[ci]
-    scores = outcome.gallery_emb @ outcome.query_emb[qi]
+    scores = tile_scores(outcome.query_emb[qi][None], outcome.gallery_emb)[0]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 7))
     to_xy = _background(ax, data_dir, cs)

@@ -13,7 +13,10 @@ Config keys shared by every model:
   to ``ground_size``), and for `dual-cpu` ``head`` (``"spatial"`` or ``"azimuth"``, see `models.compact`);
 - ``weights`` (local state-dict file) / ``weights_enum`` (torchvision enum, only if already cached);
 - ``loss`` (``contrastive`` | ``triplet`` | ``infonce`` and their parameters) and ``train`` (batch size, lr,
-  optimizer, warmup, augmentation, hard-negative sampling, ``mine_every`` for Sample4Geo-style mining).
+  optimizer, warmup, augmentation, hard-negative sampling, ``mine_every`` for Sample4Geo-style mining);
+- ``offset`` (the `offset` track): ``pairs`` (``"centred"``: train on the same panoramas' camera-centred
+  tiles), ``augment_shift`` (their random shift, a fraction of the side), ``gallery_centres`` (K: evaluate
+  each gallery tile from K x K centres over its grid cell; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -44,11 +47,17 @@ def load_config(name: str) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge: nested dicts merge key by key, anything else replaces."""
+    """Deep merge: nested dicts merge key by key, anything else replaces; a dotted key is a path
+    (``{"train.lr": 0.01}`` is ``{"train": {"lr": 0.01}}``)."""
     out = copy.deepcopy(base)
     for key, value in overrides.items():
+        if "." in key:
+            key, rest = key.split(".", 1)
+            value = {rest: value}
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
+        elif isinstance(value, dict):
+            out[key] = merge({}, value)
         else:
             out[key] = copy.deepcopy(value)
     return out

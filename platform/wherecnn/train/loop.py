@@ -192,9 +192,15 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     lr = float(opts.lr or train_cfg.get("lr", 1e-3))
 
     # ---- data
-    frame = load_pairs(opts.data, track=opts.track, protocol=opts.protocol, split="train")
+    # `offset` with config offset.pairs "centred": train on the same panoramas' camera-centred tiles (a
+    # training place's position is known), shifted a little (offset.augment_shift); evaluation then
+    # embeds each grid tile from several centres (offset.gallery_centres, `wherecnn.evaluate.evaluation`)
+    offset_cfg = dict(cfg.get("offset") or {})
+    centred = opts.track == "offset" and offset_cfg.get("pairs") == "centred"
+    pairs_track = "aligned" if centred else opts.track
+    frame = load_pairs(opts.data, track=pairs_track, protocol=opts.protocol, split="train")
     val_rows = (
-        load_pairs(opts.data, track=opts.track, protocol=opts.protocol, split="val")
+        load_pairs(opts.data, track=pairs_track, protocol=opts.protocol, split="val")
         if opts.protocol != "both"
         else frame.iloc[:0]
     )
@@ -231,6 +237,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         "rotation": train_cfg.get("augment_rotation", "quarter"),
         "flip": train_cfg.get("augment_flip", True),
         "color": train_cfg.get("augment_color", 0.0),
+        "shift": offset_cfg.get("augment_shift", 0.0) if centred else train_cfg.get("augment_shift", 0.0),
     }
     val_set = PairDataset(frame=val_frame, **common)
     t_load = time.perf_counter()
@@ -306,6 +313,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             "dir": os.path.abspath(opts.data),
             "manifest_digest": manifest_digest(opts.data),
             "track": opts.track,
+            "pairs_track": pairs_track,
             "protocol": opts.protocol,
             "train_pairs": len(train_set),
             "val_pairs": len(val_frame),

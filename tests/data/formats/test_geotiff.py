@@ -153,3 +153,30 @@ def test_clear_errors(tmp_path: Path) -> None:
 
     with pytest.raises(TilerError, match="lacks column"):
         tile_raster(raster, tmp_path / "t", size_m=10, px=8, points=pd.DataFrame({"x": [1.0]}))
+
+
+def test_shifted_views_move_the_window_over_the_raster(tmp_path: Path) -> None:
+    import pandas as pd
+
+    mark = (LAT + 0.0003, LON + 0.0002)
+    raster = make_raster(tmp_path / "r.tif", "EPSG:32618", px_units=0.5, mark=mark)
+    pts = pd.DataFrame({"lat": [mark[0]], "lon": [mark[1]], "tile_id": ["m"]})
+    frame = tile_raster(raster, tmp_path / "tiles", size_m=50, px=50, points=pts, city="x")
+    row = frame.iloc[0]
+    window = geotiff.Window("m", *(int(row[k]) for k in ("col_off", "row_off", "width", "height")))
+    views = geotiff.shifted_views(raster, [window], [(0, 0), (20, 0), (0, -30), (900, 0)], px=50)
+    assert views.shape == (1, 4, 50, 50, 3)
+    # no shift: the very tile file tile_raster wrote (same resampling and JPEG)
+    np.testing.assert_array_equal(views[0, 0], np.asarray(Image.open(row["uri"])))
+
+    def mark_centre(img: np.ndarray) -> tuple[float, float]:
+        r, c = np.nonzero(img.min(axis=2) > 190)
+        return r.mean(), c.mean()
+
+    r0, c0 = mark_centre(views[0, 0])
+    assert abs(r0 - 24.5) < 1.5 and abs(c0 - 24.5) < 1.5
+    r1, c1 = mark_centre(views[0, 1])  # window 20 raster px east (10 output px): the mark moves west
+    assert abs(c1 - (c0 - 10)) < 1 and abs(r1 - r0) < 1
+    r2, c2 = mark_centre(views[0, 2])  # window 30 px north: the mark moves south
+    assert abs(r2 - (r0 + 15)) < 1 and abs(c2 - c0) < 1
+    assert views[0, 3].max() < 30  # past the raster's edge: black, like an edge tile

@@ -196,6 +196,37 @@ def tile_jpeg(img: np.ndarray, px: int, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def shifted_views(
+    raster: str | Path,
+    windows: Sequence[Window],
+    shifts: Sequence[tuple[int, int]],
+    px: int,
+    quality: int = 90,
+) -> np.ndarray:
+    """Each window moved by each (column, row) pixel shift, cut like `tile_raster` cuts a tile (resampled to
+    ``px``, JPEG round trip, so a view looks like a tile file): (N, V, px, px, 3) uint8.
+
+    A gallery tile seen from several centres, for queries taken anywhere inside it (see
+    `wherecnn.evaluate.evaluation`). Views reaching outside the raster read black there, like edge tiles.
+    """
+    from PIL import Image
+
+    out = np.zeros((len(windows), len(shifts), px, px, 3), dtype=np.uint8)
+    dc0, dr0 = min(c for c, _ in shifts), min(r for _, r in shifts)
+    dc1, dr1 = max(c for c, _ in shifts), max(r for _, r in shifts)
+    with _open(raster) as ds:
+        for i, w in enumerate(windows):
+            span = Window(
+                w.tile_id, w.col_off + dc0, w.row_off + dr0, w.width + dc1 - dc0, w.height + dr1 - dr0
+            )
+            img, r0, c0 = _read_band(ds, [span])
+            for v, (dc, dr) in enumerate(shifts):
+                r, c = w.row_off + dr - r0, w.col_off + dc - c0
+                view = tile_jpeg(np.ascontiguousarray(img[r : r + w.height, c : c + w.width]), px, quality)
+                out[i, v] = np.asarray(Image.open(io.BytesIO(view)).convert("RGB"))
+    return out
+
+
 def _encode(img: np.ndarray, px: int, path: Path, quality: int) -> None:
     path.write_bytes(tile_jpeg(img, px, quality))
 

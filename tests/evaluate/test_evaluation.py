@@ -1,0 +1,43 @@
+"""Multi-centre galleries: each tile re-cut from its raster around a grid of centres over its grid cell."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from wherecnn.evaluate.evaluation import centre_shifts, city_sets, embed_gallery, embed_gallery_views
+
+
+class MeanColour:
+    """A stand-in embedder: a tile's normalised mean colour per 2x2 quadrant (position-sensitive)."""
+
+    model_id = "mean-colour"
+
+    def aerial(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        out = []
+        for im in images:
+            h, w = im.shape[0] // 2, im.shape[1] // 2
+            quads = [im[:h, :w], im[:h, w:], im[h:, :w], im[h:, w:]]
+            v = np.concatenate([q.reshape(-1, 3).mean(0) for q in quads]) + 1.0
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out, dtype=np.float32)
+
+
+def test_centre_shifts_span_one_grid_step() -> None:
+    gallery = pd.DataFrame({"kind": ["grid"] * 3 + ["centred"], "col_off": [0, 100, 200, 37]})
+    shifts = centre_shifts(gallery, 5)
+    assert len(shifts) == 25 and sorted({c for c, _ in shifts}) == [-40, -20, 0, 20, 40]
+    assert {r for _, r in shifts} == {c for c, _ in shifts} and centre_shifts(gallery, 1) == [(0, 0)]
+
+
+def test_gallery_views_are_the_tiles_seen_from_other_centres(tiny_world: Path) -> None:
+    cs = city_sets(tiny_world, protocol="same-area", track="offset")[0]
+    gallery = cs.gallery.iloc[:12].reset_index(drop=True)
+    views = embed_gallery_views(MeanColour(), gallery, 3)
+    assert views.shape == (12, 9, 12)
+    plain = embed_gallery(MeanColour(), list(gallery["uri"]))
+    centre = views[:, 4]  # shift (0, 0): the tile itself, re-cut (resampling and JPEG differ slightly)
+    assert np.abs(centre - plain).max() < 0.01
+    assert np.abs(views[:, 0] - plain).max() > 5 * np.abs(centre - plain).max()  # a corner view moved
