@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from wherecnn.evaluate.evaluation import centre_shifts, city_sets, embed_gallery, embed_gallery_views
 
 
@@ -23,6 +24,9 @@ class MeanColour:
             v = np.concatenate([q.reshape(-1, 3).mean(0) for q in quads]) + 1.0
             out.append(v / np.linalg.norm(v))
         return np.asarray(out, dtype=np.float32)
+
+    def ground(self, images: Sequence[np.ndarray], **_: object) -> np.ndarray:
+        return self.aerial(images)
 
 
 def test_centre_shifts_span_one_grid_step() -> None:
@@ -41,3 +45,14 @@ def test_gallery_views_are_the_tiles_seen_from_other_centres(tiny_world: Path) -
     centre = views[:, 4]  # shift (0, 0): the tile itself, re-cut (resampling and JPEG differ slightly)
     assert np.abs(centre - plain).max() < 0.01
     assert np.abs(views[:, 0] - plain).max() > 5 * np.abs(centre - plain).max()  # a corner view moved
+
+
+def test_tiles_without_raster_windows_fall_back_to_one_view(fake_world: Path) -> None:
+    from wherecnn.evaluate.evaluation import evaluate_embedder
+
+    sets = city_sets(fake_world, protocol="same-area", track="offset")
+    with pytest.warns(UserWarning, match="no raster windows"):
+        run = evaluate_embedder(
+            MeanColour(), sets, name="m", protocol="same-area", track="offset", gallery_centres=5
+        )
+    assert run.cities[0].gallery_emb.ndim == 2

@@ -7,6 +7,7 @@ only). Overall metrics are the mean over cities, so a big city does not drown a 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from wherecnn.evaluate.metrics import (
 )
 
 TOPK = 5
+WINDOW_COLUMNS = {"source_uri", "col_off", "row_off", "width", "height"}  # where a tile was cut from
 PR_GRID = np.linspace(0.0, 1.0, 101)
 
 
@@ -237,7 +239,7 @@ def embed_gallery_views(
     from wherecnn.data.formats.geotiff import Window, shifted_views
     from wherecnn.storage import load_image
 
-    missing = {"source_uri", "col_off", "row_off", "width", "height"} - set(gallery.columns)
+    missing = WINDOW_COLUMNS - set(gallery.columns)
     if missing:
         raise ValueError(
             f"multi-centre galleries need the tiles' source raster windows; missing {sorted(missing)}"
@@ -308,6 +310,11 @@ def evaluate_embedder(
         name=name, model_id=str(getattr(embedder, "model_id", name)), protocol=protocol, track=track
     )
     for cs in sets:
+        if gallery_centres > 1 and not set(cs.gallery.columns) >= WINDOW_COLUMNS:
+            warnings.warn(
+                f"{cs.city}: the tiles manifest has no raster windows; one view per tile", stacklevel=2
+            )
+            gallery_centres = 1
         if gallery_centres > 1:
             g = embed_gallery_views(embedder, cs.gallery, gallery_centres)
         else:

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from wherecnn.data.manifest import read_pairs
 from wherecnn.data.torchdata import GeoBatchSampler, MinedBatchSampler, PairDataset, collate, load_pairs
 from wherecnn.models import build_model, model_from_config
 from wherecnn.train.checkpoint import load_checkpoint, manifest_digest, save_checkpoint
@@ -198,6 +199,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     offset_cfg = dict(cfg.get("offset") or {})
     centred = opts.track == "offset" and offset_cfg.get("pairs") == "centred"
     pairs_track = "aligned" if centred else opts.track
+    if centred and "aligned" not in set(read_pairs(opts.data)["track"]):
+        pairs_track = opts.track  # no camera-centred tiles (e.g. ingested VIGOR): train on the offset pairs
     frame = load_pairs(opts.data, track=pairs_track, protocol=opts.protocol, split="train")
     val_rows = (
         load_pairs(opts.data, track=pairs_track, protocol=opts.protocol, split="val")
