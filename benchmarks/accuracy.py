@@ -86,7 +86,7 @@ def train_model(args: argparse.Namespace, model: str, track: str, protocol: str,
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
     from wherecnn.evaluate.baselines import HANDCRAFTED, fit_baseline
-    from wherecnn.evaluate.evaluation import city_sets, evaluate_embedder, model_gallery_centres
+    from wherecnn.evaluate.evaluation import city_sets, evaluate_embedder
     from wherecnn.models.embedder import Embedder
 
     console = Console()
@@ -138,10 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     continue
                 emb = Embedder.from_checkpoint(str(ckpt), device=args.device)
-                centres = model_gallery_centres(emb.card.get("config") or {}, track)
-                ev = evaluate_embedder(
-                    emb, sets, name=model, protocol=protocol, track=track, gallery_centres=centres
-                )
+                ev = evaluate_embedder(emb, sets, name=model, protocol=protocol, track=track)
                 combo.append(
                     {
                         "features": model,
@@ -150,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "checkpoint": str(ckpt),
                         "training": training,
                         "train_config": _card(ckpt),
-                        "gallery_centres": centres,
+                        "gallery_centres": ev.gallery_centres,
                         "overall": ev.overall,
                         "cities": ev.to_json()["cities"],
                     }

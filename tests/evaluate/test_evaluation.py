@@ -55,4 +55,18 @@ def test_tiles_without_raster_windows_fall_back_to_one_view(fake_world: Path) ->
         run = evaluate_embedder(
             MeanColour(), sets, name="m", protocol="same-area", track="offset", gallery_centres=5
         )
-    assert run.cities[0].gallery_emb.ndim == 2
+    assert run.cities[0].gallery_emb.ndim == 2 and run.gallery_centres == 1
+
+
+def test_a_models_card_sets_its_gallery_centres(tiny_world: Path) -> None:
+    from wherecnn.evaluate.evaluation import evaluate_embedder
+
+    class Carded(MeanColour):
+        card = {"config": {"offset": {"gallery_centres": 3}}}
+
+    sets = city_sets(tiny_world, protocol="same-area", track="offset", max_gallery=10, max_queries=4)[:1]
+    run = evaluate_embedder(Carded(), sets, name="m", protocol="same-area", track="offset")
+    assert run.gallery_centres == 3 and run.cities[0].gallery_emb.shape[1] == 9
+    assert run.to_json()["gallery_centres"] == 3
+    plain = evaluate_embedder(MeanColour(), sets, name="m", protocol="same-area", track="offset")
+    assert plain.gallery_centres == 1 and plain.cities[0].gallery_emb.ndim == 2

@@ -76,6 +76,7 @@ class EvalRun:
     protocol: str
     track: str
     cities: list[CityOutcome] = field(default_factory=list)
+    gallery_centres: int = 1  # K: each gallery tile seen from K x K centres (`embed_gallery_views`)
 
     @property
     def overall(self) -> dict[str, float]:
@@ -98,6 +99,7 @@ class EvalRun:
             "model_id": self.model_id,
             "protocol": self.protocol,
             "track": self.track,
+            "gallery_centres": self.gallery_centres,
             "overall": self.overall,
             "cities": {c.city: c.metrics for c in self.cities},
             "pr_curve": self.pr_curve,
@@ -298,25 +300,33 @@ def evaluate_embedder(
     track: str,
     ks: Sequence[int] = DEFAULT_KS,
     on_city: Callable[[str], None] | None = None,
-    gallery_centres: int = 1,
+    gallery_centres: int | None = None,
 ) -> EvalRun:
     """Embed each city's queries and gallery, then every metric (retrieval, verification, localisation).
 
     ``gallery_centres`` K > 1 embeds every tile from K x K centres over its grid cell (`embed_gallery_views`)
     and scores it by the best: for `offset`, where the camera is anywhere in its tile and a model trained
-    on camera-centred tiles needs a view centred near it.
+    on camera-centred tiles needs a view centred near it. None: the embedder's model card says
+    (`model_gallery_centres`; 1 for embedders without one, such as the baselines).
     """
+    if gallery_centres is None:
+        card = getattr(embedder, "card", None) or {}
+        gallery_centres = model_gallery_centres(card.get("config") or {}, track)
     run = EvalRun(
-        name=name, model_id=str(getattr(embedder, "model_id", name)), protocol=protocol, track=track
+        name=name,
+        model_id=str(getattr(embedder, "model_id", name)),
+        protocol=protocol,
+        track=track,
+        gallery_centres=gallery_centres,
     )
     for cs in sets:
-        if gallery_centres > 1 and not set(cs.gallery.columns) >= WINDOW_COLUMNS:
+        if run.gallery_centres > 1 and not set(cs.gallery.columns) >= WINDOW_COLUMNS:
             warnings.warn(
                 f"{cs.city}: the tiles manifest has no raster windows; one view per tile", stacklevel=2
             )
-            gallery_centres = 1
-        if gallery_centres > 1:
-            g = embed_gallery_views(embedder, cs.gallery, gallery_centres)
+            run.gallery_centres = 1
+        if run.gallery_centres > 1:
+            g = embed_gallery_views(embedder, cs.gallery, run.gallery_centres)
         else:
             g = embed_gallery(embedder, list(cs.gallery["uri"]))
         q = embed_queries(embedder, cs.queries)

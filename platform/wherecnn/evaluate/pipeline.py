@@ -15,7 +15,7 @@ from typing import Any
 
 from wherecnn.data.manifest import PROTOCOLS, TRACKS
 from wherecnn.evaluate.baselines import KINDS, fit_baseline
-from wherecnn.evaluate.evaluation import EvalRun, city_sets, evaluate_embedder, model_gallery_centres
+from wherecnn.evaluate.evaluation import EvalRun, city_sets, evaluate_embedder
 from wherecnn.evaluate.report import Section, build_report
 
 
@@ -92,12 +92,13 @@ def evaluate_checkpoint(
         n_q = sum(len(s.queries) for s in sets)
         n_g = sum(len(s.gallery) for s in sets)
         log(f"{protocol}/{track}: {len(sets)} cities, {n_q} queries, {n_g} gallery tiles")
-        centres = opts.gallery_centres or model_gallery_centres(embedder.card.get("config") or {}, track)
-        if centres > 1:
-            log(f"  gallery: every tile from {centres}x{centres} centres over its grid cell")
+        centres = opts.gallery_centres  # learned models: None = each model's own
         main = evaluate_embedder(
             embedder, sets, name=name, protocol=protocol, track=track, gallery_centres=centres
         )
+        if main.gallery_centres > 1:
+            k = main.gallery_centres
+            log(f"  gallery: every tile from {k}x{k} centres over its grid cell")
         log(f"  {name}: R@1 {main.overall['R@1']:.3f}  AP {main.overall['AP']:.4f}")
         baselines: list[EvalRun] = []
         for kind in opts.baselines:
@@ -117,13 +118,15 @@ def evaluate_checkpoint(
         compare = {}
         for label, emb in variants.items():
             compare[label] = evaluate_embedder(
-                emb, sets, name=f"init-{label}", protocol=protocol, track=track
+                emb, sets, name=f"init-{label}", protocol=protocol, track=track, gallery_centres=centres
             )
             o = compare[label].overall
             log(f"  init {label}: R@1 {o['R@1']:.3f} AP {o['AP']:.4f}")
         others = {}
         for label, emb in other_models.items():
-            others[label] = evaluate_embedder(emb, sets, name=label, protocol=protocol, track=track)
+            others[label] = evaluate_embedder(
+                emb, sets, name=label, protocol=protocol, track=track, gallery_centres=centres
+            )
             o = others[label].overall
             log(f"  {label}: R@1 {o['R@1']:.3f} AP {o['AP']:.4f}")
         sections.append(
