@@ -16,6 +16,8 @@ from wherecnn.data.torchdata import (
     augment_pair,
     ground_view,
     load_pairs,
+    photo_from_canvas,
+    zoom_tile,
 )
 
 
@@ -92,6 +94,73 @@ def test_shift_augmentation_moves_only_the_tile_within_bounds() -> None:
         assert max(abs(dy), abs(dx)) <= 4 and len(r) == 4  # 10% of 40 px, the spot intact
         moves.add((dy, dx))
     assert len(moves) > 10
+
+
+def test_zoom_shows_the_centre_at_another_scale() -> None:
+    # a context two tile sides wide around a 40 px tile
+    context = np.zeros((80, 80, 3), dtype=np.uint8)
+    context[30:50, 30:50] = 255  # 20 px square = half the tile side (the tile is the centre 40 px)
+    at_1 = zoom_tile(context, 2.0, 1.0, (40, 40))
+    assert np.array_equal(at_1, context[20:60, 20:60])  # scale 1: the tile itself, no resampling
+    wide = zoom_tile(context, 2.0, 2.0, (40, 40))  # twice the ground: the square is half as wide
+    assert abs(int((wide[..., 0] > 127).sum()) - 10 * 10) <= 12
+    close = zoom_tile(context, 2.0, 0.5, (40, 40))  # half the ground: the square fills the view
+    assert (close[2:-2, 2:-2] == 255).all()
+    with pytest.raises(ValueError, match="context"):
+        zoom_tile(context, 2.0, 2.5, (40, 40))
+
+
+def test_zoom_augmentation_cuts_wider_views_from_the_raster(tiny_world: Path) -> None:
+    frame = load_pairs(tiny_world, track="aligned", protocol="same-area", split="train").iloc[:8]
+    ds = PairDataset(frame=frame, aerial_size=(48, 48), augment={"scale": (0.8, 1.5), "flip": False})
+    assert ds.has_windows and ds.context_scale == 1.5
+    ds.preload()
+    for i in range(len(ds)):
+        ctx = ds.context(i)
+        assert ctx.shape == (72, 72, 3)
+        # the centre of the wider view is the tile as its file shows it (same cut, JPEG and resize)
+        centre = zoom_tile(ctx, 1.5, 1.0, (48, 48)).astype(float)
+        assert np.abs(centre - ds.raw(i)[1].astype(float)).mean() < 3
+    scales = set()
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        scales |= {float(ds[i]["aerial"].std()) for i in range(3)}
+    assert len(scales) > 6  # the zoom varies with the epoch
+    # without windows (e.g. in-memory pairs) the tile file is the context: zooming in only, with a warning
+    with pytest.warns(UserWarning, match="zooming in only"):
+        bare = PairDataset(
+            frame=frame.drop(columns="source_uri"), aerial_size=(48, 48), augment={"scale": (0.8, 1.5)}
+        )
+    assert bare.zoom == (0.8, 1.0) and bare.context_scale == 1.0
+    assert bare[0]["aerial"].shape == (3, 48, 48)
+
+
+def test_photos_cut_from_panoramas_look_like_the_photo_files(tiny_world: Path) -> None:
+    kw = dict(track="aligned", protocol="same-area", split="train")
+    panos = load_pairs(tiny_world, **kw).iloc[:10]  # type: ignore[arg-type]
+    photos = load_pairs(tiny_world, **{**kw, "track": "photo"}).iloc[:10]  # type: ignore[arg-type]
+    assert list(panos["capture_id"].str[:-5]) == list(photos["capture_id"].str[:-6])  # the same places
+    pano_set = PairDataset(frame=panos, ground_size=(64, 256))
+    photo_set = PairDataset(frame=photos, ground_size=(64, 256))
+    for i in range(len(panos)):
+        heading = float(photos["heading_deg"].iloc[i])
+        cut = photo_from_canvas(pano_set.raw(i)[0], heading, 90.0, "canvas").astype(float)
+        ref = photo_set.raw(i)[0].astype(float)
+        assert np.abs(cut - ref).mean() < 2.0  # the same 64 photo columns, ~2 grey levels apart in them
+        other = photo_from_canvas(pano_set.raw(i)[0], heading + 90, 90.0, "canvas").astype(float)
+        assert np.abs(other - ref).mean() > 3 * np.abs(cut - ref).mean()
+    # the dataset cuts a new heading each epoch; the rest of the canvas is padding
+    aug = PairDataset(
+        frame=panos, ground_size=(64, 256), augment={"photo_fov": 90, "rotation": "none", "flip": False}
+    )
+    filled = set()
+    for epoch in range(3):
+        aug.set_epoch(epoch)
+        g = aug[0]["ground"].numpy()
+        cols = np.nonzero(np.abs(g).max(axis=(0, 1)) > 0.05)[0]
+        assert 56 <= len(cols) <= 72
+        filled.add(frozenset(cols.tolist()))
+    assert len(filled) == 3
 
 
 def test_dataset_filters_track_protocol_split(fake_pairs: Path) -> None:

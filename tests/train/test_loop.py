@@ -94,6 +94,14 @@ def test_offset_track_can_train_on_camera_centred_tiles(fake_pairs: Path, tmp_pa
     assert card["data"]["pairs_track"] == "offset" and model_gallery_centres(card["config"], "offset") == 1
 
 
+def test_photo_track_can_train_on_photos_cut_from_panoramas(fake_pairs: Path, tmp_path: Path) -> None:
+    for pairs, trained_on in (("panorama", "aligned"), ("track", "photo")):
+        overrides = {**TINY, "photo": {"pairs": pairs}}
+        train_func(_opts(fake_pairs, tmp_path / pairs, epochs=1, track="photo", overrides=overrides))
+        card = json.loads((tmp_path / pairs / "model_card.json").read_text())
+        assert card["data"]["track"] == "photo" and card["data"]["pairs_track"] == trained_on
+
+
 def test_killed_run_resumes_to_the_end(fake_pairs: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = [

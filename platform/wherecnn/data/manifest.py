@@ -41,6 +41,7 @@ TILE_COLUMNS: dict[str, str] = {
     "split": "O",  # gallery | train | test ...
 }
 # Optional tile columns: kind (grid | centred), size_m, source_uri, col_off/row_off/width/height (window).
+WINDOW_COLUMNS = ("source_uri", "col_off", "row_off", "width", "height")  # where a tile was cut from
 
 PAIR_COLUMNS: dict[str, str] = {
     "capture_id": "O",

@@ -10,6 +10,7 @@ heading-up, without re-embedding the gallery per query.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from wherecnn.data.manifest import read_captures, read_pairs, read_tiles, split_column
+from wherecnn.data.manifest import WINDOW_COLUMNS, read_captures, read_pairs, read_tiles, split_column
 
 MEAN_RGB = (124, 116, 104)  # ImageNet mean in uint8: padding that normalises to ~0
 
@@ -86,6 +87,25 @@ def to_tensor(
 
 
 # ---------------------------------------------------------------- augmentation
+def zoom_tile(context: np.ndarray, context_scale: float, scale: float, size: tuple[int, int]) -> np.ndarray:
+    """The tile seen at ``scale`` times its ground side, from ``context``: the same centre seen at
+    ``context_scale`` times the side (``scale`` <= ``context_scale``), resized to ``size``.
+
+    A world scaled uniformly (streets, blocks and building heights) gives the same panorama from a camera at
+    the same place: only the camera's height does not scale. So a tile showing more ground (``scale`` > 1)
+    with the same panorama is a city whose streets and blocks are that much smaller, and ``scale`` < 1 a
+    bigger one: the model learns layouts at scales its training cities lack.
+    """
+    if scale > context_scale + 1e-6:
+        raise ValueError(f"zoom {scale} needs context of at least that many tile sides, not {context_scale}")
+    side = context.shape[0] * scale / context_scale
+    r0 = (context.shape[0] - side) / 2
+    c0 = (context.shape[1] - side * context.shape[1] / context.shape[0]) / 2
+    box = (c0, r0, context.shape[1] - c0, context.shape[0] - r0)
+    pil = Image.fromarray(np.ascontiguousarray(context))
+    return np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box))
+
+
 def augment_pair(
     ground: np.ndarray,
     aerial: np.ndarray,
@@ -138,6 +158,20 @@ def augment_pair(
     return np.ascontiguousarray(ground), np.ascontiguousarray(aerial)
 
 
+def photo_from_canvas(canvas: np.ndarray, heading_deg: float, fov_deg: float, layout: str) -> np.ndarray:
+    """A pinhole photo facing ``heading_deg``, cut from a north-aligned panorama canvas the way the synthetic
+    world cuts its photos (`photos_from_panoramas`), laid out as the ground branch expects it.
+
+    Training the `photo` track on a place's panorama sees a new heading of it every epoch, where its photo
+    file shows one.
+    """
+    from wherecnn.data.synthetic.render import photos_from_panoramas
+
+    h = canvas.shape[0]
+    photo = photos_from_panoramas(np.array(canvas[None]), np.array([heading_deg]), size=h, fov_deg=fov_deg)[0]
+    return ground_view(photo, canvas.shape[:2], heading_deg=heading_deg, fov_deg=fov_deg, layout=layout)  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------- dataset
 def default_loader(uri: str) -> np.ndarray:
     from wherecnn.storage import load_image
@@ -151,7 +185,8 @@ def load_pairs(
     """One row per pair of a track whose capture is in ``split`` under ``protocol``; capture and tile columns.
 
     Columns: capture_id, tile_id, semi_positive_tile_ids, city, lat, lon, heading_deg, fov_deg, ground_uri,
-    tile_lat, tile_lon, tile_uri.
+    tile_lat, tile_lon, tile_uri, and the tile's raster window (source_uri, col_off, row_off, width, height)
+    where the tiles manifest has it.
     """
     captures = read_captures(data_dir)
     tiles = read_tiles(data_dir)
@@ -168,7 +203,8 @@ def load_pairs(
     caps = caps[["capture_id", "city", "lat", "lon", "heading_deg", "fov_deg", "uri"]].rename(
         columns={"uri": "ground_uri"}
     )
-    tl = pd.DataFrame(tiles.drop(columns="geometry"))[["tile_id", "lat", "lon", "uri"]].rename(
+    windows = list(WINDOW_COLUMNS) if set(WINDOW_COLUMNS) <= set(tiles.columns) else []
+    tl = pd.DataFrame(tiles.drop(columns="geometry"))[["tile_id", "lat", "lon", "uri", *windows]].rename(
         columns={"lat": "tile_lat", "lon": "tile_lon", "uri": "tile_uri"}
     )
     out = pairs.merge(caps, on="capture_id", how="inner")
@@ -187,6 +223,10 @@ class PairDataset(Dataset):
     Images are decoded once, resized to the model's input sizes and kept in memory (``cache=True``): on two
     cores decoding JPEGs every epoch would cost more than the forward pass. Augmentation is seeded by
     (seed, epoch, index) so a run is reproducible; call ``set_epoch`` each epoch.
+
+    ``augment["scale"] = (lo, hi)`` zooms each tile to show between lo and hi times its ground side
+    (log-uniform; `zoom_tile`), cut once from its source raster around the tile's centre (the frame's window
+    columns) at hi times the side; without windows the tile file is the context and hi is capped at 1.
     """
 
     def __init__(
@@ -226,6 +266,24 @@ class PairDataset(Dataset):
         self._cache: list[tuple[np.ndarray, np.ndarray] | None] | None = (
             [None] * len(self.frame) if cache or images is not None else None
         )
+        self.zoom: tuple[float, float] | None = None
+        self.context_scale = 1.0
+        self._context: list[np.ndarray | None] = []
+        self._tile_px: int | None = None
+        if (augment or {}).get("scale"):
+            lo, hi = (float(v) for v in augment["scale"])  # type: ignore[index]
+            if not 0 < lo <= hi:
+                raise ValueError(f"augment scale must be 0 < lo <= hi, got {augment['scale']}")  # type: ignore[index]
+            if hi > 1 and not self.has_windows:
+                warnings.warn(
+                    "zoom augmentation: the pairs have no raster windows to show more ground than a tile; "
+                    "zooming in only",
+                    stacklevel=2,
+                )
+                lo, hi = min(lo, 1.0), 1.0
+            self.zoom = (lo, hi)
+            self.context_scale = max(hi, 1.0) if self.has_windows else 1.0
+            self._context = [None] * len(self.frame)
         if images is not None:
             if len(images) != len(self.frame):
                 raise ValueError(f"{len(images)} image pairs for {len(self.frame)} rows")
@@ -253,6 +311,42 @@ class PairDataset(Dataset):
             self._cache[i] = item
         return item
 
+    @property
+    def has_windows(self) -> bool:
+        """Whether every row says where its tile was cut from (so a wider view can be cut)."""
+        return set(WINDOW_COLUMNS) <= set(self.frame.columns) and bool(self.frame["source_uri"].notna().all())
+
+    def context(self, i: int) -> np.ndarray:
+        """Tile ``i`` seen at ``context_scale`` times its side, at the model's pixel scale (uint8)."""
+        item = self._context[i]
+        if item is not None:
+            return item
+        if not self.has_windows:
+            item = self.raw(i)[1]
+        else:
+            from wherecnn.data.formats.geotiff import Window, shifted_views
+
+            row = self.frame.iloc[i]
+            if self._tile_px is None:
+                self._tile_px = int(self.loader(row["tile_uri"]).shape[0])
+            width, height = int(row["width"]), int(row["height"])
+            pc, pr = round(width * (self.context_scale - 1) / 2), round(height * (self.context_scale - 1) / 2)
+            window = Window(
+                str(row["tile_id"]),
+                int(row["col_off"]) - pc,
+                int(row["row_off"]) - pr,
+                width + 2 * pc,
+                height + 2 * pr,
+            )
+            # cut like the tile file (resampled to the tile's pixel size, JPEG), then to the model's size
+            view = shifted_views(
+                str(row["source_uri"]), [window], [(0, 0)], round(self._tile_px * window.width / width)
+            )
+            side = [round(v * window.width / width) for v in self.aerial_size]
+            item = resize(view[0, 0], (side[0], side[1]))
+        self._context[i] = item
+        return item
+
     def _prepare(
         self, ground: np.ndarray, tile: np.ndarray, heading: Any, fov: Any
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -272,8 +366,14 @@ class PairDataset(Dataset):
         from concurrent.futures import ThreadPoolExecutor
 
         todo = [i for i, item in enumerate(self._cache) if item is None]
+
+        def load(i: int) -> None:
+            self.raw(i)
+            if self.zoom is not None:
+                self.context(i)
+
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            results = pool.map(self.raw, todo, chunksize=32)
+            results = pool.map(load, todo, chunksize=32)
             if progress:
                 from rich.progress import track
 
@@ -285,6 +385,15 @@ class PairDataset(Dataset):
         ground, aerial = self.raw(i)
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+            if self.zoom is not None:
+                lo, hi = self.zoom
+                scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+                aerial = zoom_tile(self.context(i), self.context_scale, scale, self.aerial_size)  # type: ignore[arg-type]
+            if self.augment.get("photo_fov"):
+                heading = float(rng.uniform(0.0, 360.0))
+                ground = photo_from_canvas(
+                    ground, heading, float(self.augment["photo_fov"]), self.ground_layout
+                )
             ground, aerial = augment_pair(
                 ground,
                 aerial,

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from wherecnn.data.manifest import WINDOW_COLUMNS
 from wherecnn.evaluate.metrics import (
     DEFAULT_KS,
     RetrievalResult,
@@ -26,7 +27,6 @@ from wherecnn.evaluate.metrics import (
 )
 
 TOPK = 5
-WINDOW_COLUMNS = {"source_uri", "col_off", "row_off", "width", "height"}  # where a tile was cut from
 PR_GRID = np.linspace(0.0, 1.0, 101)
 
 
@@ -241,7 +241,7 @@ def embed_gallery_views(
     from wherecnn.data.formats.geotiff import Window, shifted_views
     from wherecnn.storage import load_image
 
-    missing = WINDOW_COLUMNS - set(gallery.columns)
+    missing = set(WINDOW_COLUMNS) - set(gallery.columns)
     if missing:
         raise ValueError(
             f"multi-centre galleries need the tiles' source raster windows; missing {sorted(missing)}"
@@ -320,7 +320,7 @@ def evaluate_embedder(
         gallery_centres=gallery_centres,
     )
     for cs in sets:
-        if run.gallery_centres > 1 and not set(cs.gallery.columns) >= WINDOW_COLUMNS:
+        if run.gallery_centres > 1 and not set(cs.gallery.columns) >= set(WINDOW_COLUMNS):
             warnings.warn(
                 f"{cs.city}: the tiles manifest has no raster windows; one view per tile", stacklevel=2
             )

@@ -196,14 +196,22 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     # `offset` with config offset.pairs "centred": train on the same panoramas' camera-centred tiles (a
     # training place's position is known), shifted a little (offset.augment_shift); evaluation then
     # embeds each grid tile from several centres (offset.gallery_centres, `wherecnn.evaluate.evaluation`)
+    # `photo` with config photo.pairs "panorama": train on the same places' panoramas, cutting a photo at a
+    # random heading each time (as the photos were made), validate on the photo pairs
     offset_cfg = dict(cfg.get("offset") or {})
+    photo_cfg = dict(cfg.get("photo") or {})
     centred = opts.track == "offset" and offset_cfg.get("pairs") == "centred"
-    pairs_track = "aligned" if centred else opts.track
-    if centred and "aligned" not in set(read_pairs(opts.data)["track"]):
-        pairs_track = opts.track  # no camera-centred tiles (e.g. ingested VIGOR): train on the offset pairs
+    from_pano = opts.track == "photo" and photo_cfg.get("pairs") == "panorama"
+    pairs_track = "aligned" if centred or from_pano else opts.track
+    if pairs_track != opts.track and "aligned" not in set(read_pairs(opts.data)["track"]):
+        # no camera-centred panoramas (e.g. ingested VIGOR): train on the track's own pairs
+        pairs_track = opts.track
+    from_pano = from_pano and pairs_track == "aligned"
     frame = load_pairs(opts.data, track=pairs_track, protocol=opts.protocol, split="train")
     val_rows = (
-        load_pairs(opts.data, track=pairs_track, protocol=opts.protocol, split="val")
+        load_pairs(
+            opts.data, track=opts.track if from_pano else pairs_track, protocol=opts.protocol, split="val"
+        )
         if opts.protocol != "both"
         else frame.iloc[:0]
     )
@@ -241,6 +249,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         "flip": train_cfg.get("augment_flip", True),
         "color": train_cfg.get("augment_color", 0.0),
         "shift": offset_cfg.get("augment_shift", 0.0) if centred else train_cfg.get("augment_shift", 0.0),
+        "scale": train_cfg.get("augment_scale"),
+        "photo_fov": float(photo_cfg.get("fov_deg", 90.0)) if from_pano else None,
     }
     val_set = PairDataset(frame=val_frame, **common)
     t_load = time.perf_counter()
