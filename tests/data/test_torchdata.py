@@ -121,6 +121,8 @@ def test_zoom_augmentation_cuts_wider_views_from_the_raster(tiny_world: Path) ->
         # the centre of the wider view is the tile as its file shows it (same cut, JPEG and resize)
         centre = zoom_tile(ctx, 1.5, 1.0, (48, 48)).astype(float)
         assert np.abs(centre - ds.raw(i)[1].astype(float)).mean() < 3
+    lazy = PairDataset(frame=frame, aerial_size=(48, 48), augment={"scale": (0.8, 1.5)})
+    assert np.array_equal(lazy.context(2), ds.context(2))  # cut on demand = cut in bulk
     scales = set()
     for epoch in range(4):
         ds.set_epoch(epoch)

@@ -319,33 +319,42 @@ class PairDataset(Dataset):
     def context(self, i: int) -> np.ndarray:
         """Tile ``i`` seen at ``context_scale`` times its side, at the model's pixel scale (uint8)."""
         item = self._context[i]
-        if item is not None:
-            return item
-        if not self.has_windows:
-            item = self.raw(i)[1]
-        else:
-            from wherecnn.data.formats.geotiff import Window, shifted_views
+        if item is None:
+            if self.has_windows:
+                self._cut_contexts([i])
+            else:
+                self._context[i] = self.raw(i)[1]
+            item = self._context[i]
+        return item  # type: ignore[return-value]
 
-            row = self.frame.iloc[i]
-            if self._tile_px is None:
-                self._tile_px = int(self.loader(row["tile_uri"]).shape[0])
-            width, height = int(row["width"]), int(row["height"])
-            pc, pr = round(width * (self.context_scale - 1) / 2), round(height * (self.context_scale - 1) / 2)
-            window = Window(
-                str(row["tile_id"]),
-                int(row["col_off"]) - pc,
-                int(row["row_off"]) - pr,
-                width + 2 * pc,
-                height + 2 * pr,
-            )
-            # cut like the tile file (resampled to the tile's pixel size, JPEG), then to the model's size
-            view = shifted_views(
-                str(row["source_uri"]), [window], [(0, 0)], round(self._tile_px * window.width / width)
-            )
-            side = [round(v * window.width / width) for v in self.aerial_size]
-            item = resize(view[0, 0], (side[0], side[1]))
-        self._context[i] = item
-        return item
+    def _cut_contexts(self, indices: Sequence[int]) -> None:
+        """Cut the wider views of these rows from their rasters (one open per raster) like the tile files
+        were cut (resampled to the tile's pixel size, JPEG), then resize them to the model's pixel scale."""
+        from wherecnn.data.formats.geotiff import Window, shifted_views
+
+        rows = self.frame.iloc[list(indices)]  # the frame's index is its positions
+        if rows.empty:
+            return
+        if self._tile_px is None:
+            self._tile_px = int(self.loader(rows["tile_uri"].iloc[0]).shape[0])
+        grow = (self.context_scale - 1) / 2
+        for (source, width), part in rows.groupby(["source_uri", "width"], sort=False):
+            pc = round(int(width) * grow)
+            windows = [
+                Window(
+                    str(r.tile_id),
+                    int(r.col_off) - pc,
+                    int(r.row_off) - round(int(r.height) * grow),
+                    int(width) + 2 * pc,
+                    int(r.height) + 2 * round(int(r.height) * grow),
+                )
+                for r in part.itertuples()
+            ]
+            ratio = windows[0].width / int(width)
+            views = shifted_views(str(source), windows, [(0, 0)], round(self._tile_px * ratio))
+            side = (round(self.aerial_size[0] * ratio), round(self.aerial_size[1] * ratio))
+            for i, view in zip(part.index, views[:, 0], strict=True):
+                self._context[int(i)] = resize(view, side)
 
     def _prepare(
         self, ground: np.ndarray, tile: np.ndarray, heading: Any, fov: Any
@@ -366,18 +375,24 @@ class PairDataset(Dataset):
         from concurrent.futures import ThreadPoolExecutor
 
         todo = [i for i, item in enumerate(self._cache) if item is None]
+        chunks = [todo[a : a + 64] for a in range(0, len(todo), 64)]
 
-        def load(i: int) -> None:
-            self.raw(i)
-            if self.zoom is not None:
-                self.context(i)
+        def load(chunk: list[int]) -> int:
+            for i in chunk:
+                self.raw(i)
+            if self.zoom is not None and self.has_windows:
+                self._cut_contexts([i for i in chunk if self._context[i] is None])
+            return len(chunk)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            results = pool.map(load, todo, chunksize=32)
+            results = pool.map(load, chunks)
             if progress:
-                from rich.progress import track
+                from rich.progress import Progress
 
-                results = track(results, total=len(todo), description=f"{label} {len(todo)} pairs")
+                with Progress() as bar:
+                    task = bar.add_task(f"{label} {len(todo)} pairs", total=len(todo))
+                    for n in results:
+                        bar.advance(task, n)
             for _ in results:
                 pass
 
