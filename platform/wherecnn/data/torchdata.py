@@ -266,6 +266,10 @@ class PairDataset(Dataset):
         self._cache: list[tuple[np.ndarray, np.ndarray] | None] | None = (
             [None] * len(self.frame) if cache or images is not None else None
         )
+        # whether every row says where its tile was cut from (so a wider view can be cut)
+        self.has_windows = set(WINDOW_COLUMNS) <= set(self.frame.columns) and bool(
+            self.frame["source_uri"].notna().all()
+        )
         self.zoom: tuple[float, float] | None = None
         self.context_scale = 1.0
         self._context: list[np.ndarray | None] = []
@@ -311,11 +315,6 @@ class PairDataset(Dataset):
             self._cache[i] = item
         return item
 
-    @property
-    def has_windows(self) -> bool:
-        """Whether every row says where its tile was cut from (so a wider view can be cut)."""
-        return set(WINDOW_COLUMNS) <= set(self.frame.columns) and bool(self.frame["source_uri"].notna().all())
-
     def context(self, i: int) -> np.ndarray:
         """Tile ``i`` seen at ``context_scale`` times its side, at the model's pixel scale (uint8)."""
         item = self._context[i]
@@ -338,19 +337,19 @@ class PairDataset(Dataset):
         if self._tile_px is None:
             self._tile_px = int(self.loader(rows["tile_uri"].iloc[0]).shape[0])
         grow = (self.context_scale - 1) / 2
-        for (source, width), part in rows.groupby(["source_uri", "width"], sort=False):
-            pc = round(int(width) * grow)
+        for (source, width, height), part in rows.groupby(["source_uri", "width", "height"], sort=False):
+            pc, pr = round(int(width) * grow), round(int(height) * grow)
             windows = [
                 Window(
                     str(r.tile_id),
                     int(r.col_off) - pc,
-                    int(r.row_off) - round(int(r.height) * grow),
+                    int(r.row_off) - pr,
                     int(width) + 2 * pc,
-                    int(r.height) + 2 * round(int(r.height) * grow),
+                    int(height) + 2 * pr,
                 )
                 for r in part.itertuples()
             ]
-            ratio = windows[0].width / int(width)
+            ratio = (int(width) + 2 * pc) / int(width)
             views = shifted_views(str(source), windows, [(0, 0)], round(self._tile_px * ratio))
             side = (round(self.aerial_size[0] * ratio), round(self.aerial_size[1] * ratio))
             for i, view in zip(part.index, views[:, 0], strict=True):
