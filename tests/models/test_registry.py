@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from wherecnn.models import build_model, list_models, load_config, merge
+from wherecnn.models import build_model, config_keys, list_models, load_config, merge, unknown_keys
 from wherecnn.models.backbones import polar_grid, tile_grid
 
 # small inputs keep the big backbones fast on 2 cores; the architecture is the registered one
@@ -47,6 +47,18 @@ def test_overrides_merge_nested_and_dotted_keys() -> None:
     )
     assert base["train"]["lr"] == 1.0  # the base is not modified
     assert build_model("dual-cpu", **{"train.augment_shift": 0.1}).config["train"]["augment_shift"] == 0.1
+
+
+def test_misspelt_overrides_are_refused() -> None:
+    assert unknown_keys({"train.augment_scale": [0.8, 1.2], "offset": {"pairs": "centred"}}) == []
+    assert unknown_keys({"train.augment_scal": 1, "embed_dims": 8, "offset": {"pair": "centred"}}) == [
+        "train.augment_scal",
+        "embed_dims",
+        "offset.pair",
+    ]
+    assert {"train.augment_color", "loss.temperature", "photo.fov_deg", "weights"} <= config_keys()
+    with pytest.raises(ValueError, match="unknown model config key.*train.agument_scale.*known:"):
+        build_model("dual-cpu", **{"train.agument_scale": [0.8, 1.2]})
 
 
 @pytest.mark.parametrize("name", list_models())

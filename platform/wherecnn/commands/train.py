@@ -96,6 +96,7 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
+    from wherecnn.models import config_keys, unknown_keys
     from wherecnn.train.loop import TrainOptions, run_training
 
     if (epochs is None) == (minutes is None):
@@ -113,6 +114,12 @@ def train(
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    bad = unknown_keys(overrides)
+    if bad:
+        raise typer.BadParameter(
+            f"unknown model config key(s) {', '.join(bad)}; known: {', '.join(sorted(config_keys()))}",
+            param_hint="--set",
+        )
     opts = TrainOptions(
         data=str(data),
         out=out,

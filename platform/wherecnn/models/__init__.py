@@ -28,7 +28,18 @@ from typing import Any
 
 from wherecnn.models.base import TwoBranchModel
 
-__all__ = ["TwoBranchModel", "build_model", "list_models", "load_config", "model_from_config"]
+__all__ = [
+    "TwoBranchModel",
+    "build_model",
+    "config_keys",
+    "list_models",
+    "load_config",
+    "model_from_config",
+    "unknown_keys",
+]
+
+# settings the code reads that no registered config spells out (their defaults live in the code)
+OPTIONAL_KEYS = frozenset({"train.augment_color", "train.augment_shift", "loss.alpha"})
 
 
 def list_models() -> list[str]:
@@ -63,8 +74,38 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def config_keys() -> frozenset[str]:
+    """Every setting a model config may hold: top-level keys, and ``section.key`` for nested sections."""
+    keys = set(OPTIONAL_KEYS)
+    for name in list_models():
+        for key, value in load_config(name).items():
+            keys.add(key)
+            if isinstance(value, dict):
+                keys.update(f"{key}.{sub}" for sub in value)
+    return frozenset(keys)
+
+
+def unknown_keys(overrides: dict[str, Any]) -> list[str]:
+    """The override keys (dotted or nested) that no model reads, e.g. a misspelt ``train.augment_scal``."""
+    known = config_keys()
+    sections = {k.split(".", 1)[0] for k in known if "." in k}
+    bad = []
+    for key, value in merge({}, overrides).items():
+        if key not in known:
+            bad.append(key)
+        elif key in sections and isinstance(value, dict):
+            bad.extend(f"{key}.{sub}" for sub in value if f"{key}.{sub}" not in known)
+    return bad
+
+
 def build_model(name: str, **overrides: Any) -> TwoBranchModel:
-    """Build a registered model; keyword overrides are merged into its config."""
+    """Build a registered model; keyword overrides are merged into its config. An override no model
+    reads is an error (a misspelt key would otherwise change nothing, silently)."""
+    bad = unknown_keys(overrides)
+    if bad:
+        raise ValueError(
+            f"unknown model config key(s) {', '.join(bad)}; known: {', '.join(sorted(config_keys()))}"
+        )
     return model_from_config(merge(load_config(name), overrides))
 
 
