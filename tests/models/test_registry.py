@@ -56,7 +56,7 @@ def test_misspelt_overrides_are_refused() -> None:
         "embed_dims",
         "offset.pair",
     ]
-    assert {"train.augment_color", "loss.temperature", "photo.fov_deg", "weights"} <= config_keys()
+    assert {"train.augment_color", "loss.temperature", "photo.fov_deg", "weights", "hidden"} <= config_keys()
     with pytest.raises(ValueError, match="unknown model config key.*train.agument_scale.*known:"):
         build_model("dual-cpu", **{"train.agument_scale": [0.8, 1.2]})
 

@@ -16,7 +16,9 @@ Config keys shared by every model:
   optimizer, warmup, augmentation, hard-negative sampling, ``mine_every`` for Sample4Geo-style mining);
 - ``offset`` (the `offset` track): ``pairs`` (``"centred"``: train on the same panoramas' camera-centred
   tiles), ``augment_shift`` (their random shift, a fraction of the side), ``gallery_centres`` (K: evaluate
-  each gallery tile from K x K centres over its grid cell; docs/evaluation.md).
+  each gallery tile from K x K centres over its grid cell; docs/evaluation.md);
+- ``photo`` (the `photo` track): ``pairs`` (``"panorama"``: photos cut from the training panoramas at a random
+  heading each time), ``fov_deg``, ``augment_scale`` (replaces ``train.augment_scale`` on this track).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 # settings the code reads that no registered config spells out (their defaults live in the code)
-OPTIONAL_KEYS = frozenset({"train.augment_color", "train.augment_shift", "loss.alpha"})
+OPTIONAL_KEYS = frozenset({"hidden", "train.augment_color", "train.augment_shift", "loss.alpha"})
 
 
 def list_models() -> list[str]:
