@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from wherecnn.data.torchdata import PairDataset
 from wherecnn.models.embedder import Embedder
 from wherecnn.train.loop import TrainOptions, train_func
 
@@ -100,6 +101,34 @@ def test_photo_track_can_train_on_photos_cut_from_panoramas(fake_pairs: Path, tm
         train_func(_opts(fake_pairs, tmp_path / pairs, epochs=1, track="photo", overrides=overrides))
         card = json.loads((tmp_path / pairs / "model_card.json").read_text())
         assert card["data"]["track"] == "photo" and card["data"]["pairs_track"] == trained_on
+
+
+class _Augmented(Exception):
+    """Raised by the spy dataset with the training augmentation, ending the run there."""
+
+
+def _training_augment(data: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **kw: object) -> dict:
+    def spy(*args: object, augment: dict | None = None, **kwargs: object) -> PairDataset:
+        if augment is not None:
+            raise _Augmented(augment)
+        return PairDataset(*args, augment=augment, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("wherecnn.train.loop.PairDataset", spy)
+    with pytest.raises(_Augmented) as caught:
+        train_func(_opts(data, out, epochs=1, **kw))
+    return caught.value.args[0]
+
+
+def test_zoom_is_off_on_the_photo_track_unless_the_photo_section_sets_it(
+    fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dual-cpu's config: train.augment_scale [0.75, 1.6], photo.augment_scale null (zoom cost photo R@1)
+    assert _training_augment(fake_pairs, tmp_path / "a", monkeypatch)["scale"] == [0.75, 1.6]
+    photo = _training_augment(fake_pairs, tmp_path / "p", monkeypatch, track="photo")
+    assert photo["scale"] is None and photo["photo_fov"] == 90.0
+    zoomed = {**TINY, "photo": {"augment_scale": [0.8, 1.25]}}
+    photo = _training_augment(fake_pairs, tmp_path / "z", monkeypatch, track="photo", overrides=zoomed)
+    assert photo["scale"] == [0.8, 1.25]
 
 
 def test_killed_run_resumes_to_the_end(fake_pairs: Path, tmp_path: Path) -> None:

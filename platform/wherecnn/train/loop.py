@@ -249,7 +249,10 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         "flip": train_cfg.get("augment_flip", True),
         "color": train_cfg.get("augment_color", 0.0),
         "shift": offset_cfg.get("augment_shift", 0.0) if centred else train_cfg.get("augment_shift", 0.0),
-        "scale": train_cfg.get("augment_scale"),
+        # zoom: photo.augment_scale replaces train.augment_scale on the photo track (dual-cpu: off there)
+        "scale": photo_cfg["augment_scale"]
+        if opts.track == "photo" and "augment_scale" in photo_cfg
+        else train_cfg.get("augment_scale"),
         "photo_fov": float(photo_cfg.get("fov_deg", 90.0)) if from_pano else None,
     }
     val_set = PairDataset(frame=val_frame, **common)
