@@ -96,7 +96,7 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
-    from wherecnn.models import config_keys, unknown_keys
+    from wherecnn.models import check_overrides
     from wherecnn.train.loop import TrainOptions, run_training
 
     if (epochs is None) == (minutes is None):
@@ -114,12 +114,10 @@ def train(
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    bad = unknown_keys(overrides)
-    if bad:
-        raise typer.BadParameter(
-            f"unknown model config key(s) {', '.join(bad)}; known: {', '.join(sorted(config_keys()))}",
-            param_hint="--set",
-        )
+    try:
+        check_overrides(overrides)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from exc
     opts = TrainOptions(
         data=str(data),
         out=out,

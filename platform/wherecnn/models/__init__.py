@@ -33,6 +33,7 @@ from wherecnn.models.base import TwoBranchModel
 __all__ = [
     "TwoBranchModel",
     "build_model",
+    "check_overrides",
     "config_keys",
     "list_models",
     "load_config",
@@ -100,14 +101,19 @@ def unknown_keys(overrides: dict[str, Any]) -> list[str]:
     return bad
 
 
-def build_model(name: str, **overrides: Any) -> TwoBranchModel:
-    """Build a registered model; keyword overrides are merged into its config. An override no model
-    reads is an error (a misspelt key would otherwise change nothing, silently)."""
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """ValueError naming the override keys no model reads, and listing the known ones."""
     bad = unknown_keys(overrides)
     if bad:
         raise ValueError(
             f"unknown model config key(s) {', '.join(bad)}; known: {', '.join(sorted(config_keys()))}"
         )
+
+
+def build_model(name: str, **overrides: Any) -> TwoBranchModel:
+    """Build a registered model; keyword overrides are merged into its config. An override no model
+    reads is an error (a misspelt key would otherwise change nothing, silently)."""
+    check_overrides(overrides)
     return model_from_config(merge(load_config(name), overrides))
 
 
