@@ -119,16 +119,23 @@ def _training_augment(data: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **
     return caught.value.args[0]
 
 
-def test_zoom_is_off_on_the_photo_track_unless_the_photo_section_sets_it(
+def test_a_track_section_replaces_the_train_augmentation_on_its_track(
     fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # dual-cpu's config: train.augment_scale [0.75, 1.6], photo.augment_scale null (zoom cost photo R@1)
-    assert _training_augment(fake_pairs, tmp_path / "a", monkeypatch)["scale"] == [0.75, 1.6]
+    # dual-cpu's config: train.augment_scale [0.75, 1.6]; offset and photo.augment_scale null (zoom cost R@1)
+    aligned = _training_augment(fake_pairs, tmp_path / "a", monkeypatch)
+    assert aligned["scale"] == [0.75, 1.6] and aligned["shift"] == 0.0
     photo = _training_augment(fake_pairs, tmp_path / "p", monkeypatch, track="photo")
     assert photo["scale"] is None and photo["photo_fov"] == 90.0
-    zoomed = {**TINY, "photo": {"augment_scale": [0.8, 1.25]}}
+    offset = _training_augment(fake_pairs, tmp_path / "o", monkeypatch, track="offset")
+    assert offset["scale"] is None and offset["shift"] == 0.05 and offset["photo_fov"] is None
+    zoomed = {**TINY, "photo": {"augment_scale": [0.8, 1.25], "augment_flip": False}}
     photo = _training_augment(fake_pairs, tmp_path / "z", monkeypatch, track="photo", overrides=zoomed)
-    assert photo["scale"] == [0.8, 1.25]
+    assert photo["scale"] == [0.8, 1.25] and photo["flip"] is False
+    # offset's shift moves camera-centred tiles: on the track's own (offset) pairs train.augment_shift holds
+    own = {**TINY, "offset": {"pairs": "track"}, "train": {"augment_shift": 0.02}}
+    offset = _training_augment(fake_pairs, tmp_path / "t", monkeypatch, track="offset", overrides=own)
+    assert offset["shift"] == 0.02 and offset["scale"] is None
 
 
 def test_killed_run_resumes_to_the_end(fake_pairs: Path, tmp_path: Path) -> None:

@@ -18,7 +18,9 @@ Config keys shared by every model:
   tiles), ``augment_shift`` (their random shift, a fraction of the side), ``gallery_centres`` (K: evaluate
   each gallery tile from K x K centres over its grid cell; docs/evaluation.md);
 - ``photo`` (the `photo` track): ``pairs`` (``"panorama"``: photos cut from the training panoramas at a random
-  heading each time), ``fov_deg``, ``augment_scale`` (replaces ``train.augment_scale`` on this track).
+  heading each time), ``fov_deg``;
+- in either track section, an ``augment_*`` key replaces ``train.augment_*`` on that track (``dual-cpu``:
+  ``augment_scale`` null, no zoom on offset and photo).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def config_keys() -> frozenset[str]:
             keys.add(key)
             if isinstance(value, dict):
                 keys.update(f"{key}.{sub}" for sub in value)
+    augment = [k.split(".", 1)[1] for k in keys if k.startswith("train.augment_")]
+    keys.update(f"{track}.{sub}" for track in ("offset", "photo") for sub in augment)
     return frozenset(keys)
 
 

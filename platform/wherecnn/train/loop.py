@@ -244,15 +244,21 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         mean=cfg.get("mean", (0.485, 0.456, 0.406)),
         std=cfg.get("std", (0.229, 0.224, 0.225)),
     )
+    # the track's own section (offset, photo) replaces train.augment_* on that track, e.g. dual-cpu's zoom
+    # is off on both; offset's shift moves camera-centred tiles, so it applies only to those
+    track_cfg = {"offset": offset_cfg, "photo": photo_cfg}.get(opts.track, {})
+
+    def setting(key: str, default: Any) -> Any:
+        if key == "augment_shift" and not centred:
+            return train_cfg.get(key, default)
+        return track_cfg[key] if key in track_cfg else train_cfg.get(key, default)
+
     augment = {
-        "rotation": train_cfg.get("augment_rotation", "quarter"),
-        "flip": train_cfg.get("augment_flip", True),
-        "color": train_cfg.get("augment_color", 0.0),
-        "shift": offset_cfg.get("augment_shift", 0.0) if centred else train_cfg.get("augment_shift", 0.0),
-        # zoom: photo.augment_scale replaces train.augment_scale on the photo track (dual-cpu: off there)
-        "scale": photo_cfg["augment_scale"]
-        if opts.track == "photo" and "augment_scale" in photo_cfg
-        else train_cfg.get("augment_scale"),
+        "rotation": setting("augment_rotation", "quarter"),
+        "flip": setting("augment_flip", True),
+        "color": setting("augment_color", 0.0),
+        "shift": setting("augment_shift", 0.0),
+        "scale": setting("augment_scale", None),
         "photo_fov": float(photo_cfg.get("fov_deg", 90.0)) if from_pano else None,
     }
     val_set = PairDataset(frame=val_frame, **common)
