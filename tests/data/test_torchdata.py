@@ -17,6 +17,7 @@ from wherecnn.data.torchdata import (
     ground_view,
     load_pairs,
     photo_from_canvas,
+    sector_of_canvas,
     zoom_tile,
 )
 
@@ -163,6 +164,29 @@ def test_photos_cut_from_panoramas_look_like_the_photo_files(tiny_world: Path) -
         assert 56 <= len(cols) <= 72
         filled.add(frozenset(cols.tolist()))
     assert len(filled) == 3
+
+
+def test_a_sector_keeps_the_columns_it_faces() -> None:
+    pano = np.full((4, 64, 3), 200, dtype=np.uint8)
+    out = sector_of_canvas(pano, heading_deg=0.0, fov_deg=90.0)
+    kept = set(np.nonzero(out[0, :, 0] == 200)[0].tolist())
+    assert kept == set(range(56, 64)) | set(range(0, 8))  # 45 degrees either side of north, across the seam
+    assert (out[:, 8:56] == MEAN_RGB).all() and (pano == 200).all()
+    assert (sector_of_canvas(pano, 123.0, 360.0) == pano).all()
+    assert len(np.nonzero(sector_of_canvas(pano, 90.0, 180.0)[0, :, 0] == 200)[0]) == 32
+
+
+def test_the_photo_curriculum_cuts_sectors_wider_than_the_photos(fake_pairs: Path) -> None:
+    frame = load_pairs(fake_pairs, track="aligned", protocol="same-area", split="train").iloc[:4]
+    augment = {"photo_fov": 90, "photo_sector": 180.0, "rotation": "none", "flip": False}
+    data = PairDataset(frame=frame, ground_size=(32, 128), augment=augment)
+
+    def filled() -> int:
+        return int((np.abs(data[0]["ground"].numpy()).max(axis=(0, 1)) > 0.05).sum())
+
+    assert filled() == 64  # half the canvas: panorama columns as they are
+    augment["photo_sector"] = 90.0  # at the photos' own field of view: the pinhole cut
+    assert 28 <= filled() <= 36
 
 
 def test_dataset_filters_track_protocol_split(fake_pairs: Path) -> None:

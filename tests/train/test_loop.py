@@ -14,7 +14,7 @@ import pytest
 import torch
 from wherecnn.data.torchdata import PairDataset
 from wherecnn.models.embedder import Embedder
-from wherecnn.train.loop import TrainOptions, train_func
+from wherecnn.train.loop import TrainOptions, _photo_sector, train_func
 
 # a small dual-cpu keeps these tests to seconds on 2 cores
 TINY = {
@@ -97,8 +97,9 @@ def test_offset_track_can_train_on_camera_centred_tiles(fake_pairs: Path, tmp_pa
 
 def test_photo_track_can_train_on_photos_cut_from_panoramas(fake_pairs: Path, tmp_path: Path) -> None:
     for pairs, trained_on in (("panorama", "aligned"), ("track", "photo")):
-        overrides = {**TINY, "photo": {"pairs": pairs}}
-        train_func(_opts(fake_pairs, tmp_path / pairs, epochs=1, track="photo", overrides=overrides))
+        # with a field-of-view curriculum (epoch 1 of 2 cuts 360-degree sectors, epoch 2 photos)
+        overrides = {**TINY, "photo": {"pairs": pairs, "fov_start_deg": 360, "fov_anneal": 0.5}}
+        train_func(_opts(fake_pairs, tmp_path / pairs, epochs=2, track="photo", overrides=overrides))
         card = json.loads((tmp_path / pairs / "model_card.json").read_text())
         assert card["data"]["track"] == "photo" and card["data"]["pairs_track"] == trained_on
 
@@ -136,6 +137,13 @@ def test_a_track_section_replaces_the_train_augmentation_on_its_track(
     own = {**TINY, "offset": {"pairs": "track"}, "train": {"augment_shift": 0.02}}
     offset = _training_augment(fake_pairs, tmp_path / "t", monkeypatch, track="offset", overrides=own)
     assert offset["shift"] == 0.02 and offset["scale"] is None
+
+
+def test_the_photo_field_of_view_narrows_over_the_first_share_of_training() -> None:
+    assert _photo_sector(360.0, 90.0, 0.5, 0.0) == 360.0
+    assert _photo_sector(360.0, 90.0, 0.5, 0.25) == 225.0
+    assert _photo_sector(360.0, 90.0, 0.5, 0.5) == 90.0 == _photo_sector(360.0, 90.0, 0.5, 0.9)
+    assert _photo_sector(360.0, 90.0, 0.0, 0.0) == 90.0
 
 
 def test_killed_run_resumes_to_the_end(fake_pairs: Path, tmp_path: Path) -> None:

@@ -172,6 +172,19 @@ def photo_from_canvas(canvas: np.ndarray, heading_deg: float, fov_deg: float, la
     return ground_view(photo, canvas.shape[:2], heading_deg=heading_deg, fov_deg=fov_deg, layout=layout)  # type: ignore[arg-type]
 
 
+def sector_of_canvas(canvas: np.ndarray, heading_deg: float, fov_deg: float) -> np.ndarray:
+    """The ``fov_deg`` sector of a north-aligned panorama canvas centred on ``heading_deg``, the rest blank
+    (as a photo's canvas is outside its field of view); the whole canvas from 360 degrees up."""
+    if fov_deg >= 360.0:
+        return canvas
+    w = canvas.shape[1]
+    bearing = (np.arange(w) + 0.5) * 360.0 / w
+    off = np.abs((bearing - heading_deg + 180.0) % 360.0 - 180.0)
+    out = canvas.copy()
+    out[:, off > fov_deg / 2.0] = MEAN_RGB
+    return out
+
+
 # ---------------------------------------------------------------- dataset
 def default_loader(uri: str) -> np.ndarray:
     from wherecnn.storage import load_image
@@ -404,10 +417,14 @@ class PairDataset(Dataset):
                 scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
                 aerial = zoom_tile(self.context(i), self.context_scale, scale, self.aerial_size)  # type: ignore[arg-type]
             if self.augment.get("photo_fov"):
+                # a photo cut from the panorama; wider (a sector of it) while a field-of-view curriculum
+                # ("photo_sector", set per epoch) narrows towards the photos' own
                 heading = float(rng.uniform(0.0, 360.0))
-                ground = photo_from_canvas(
-                    ground, heading, float(self.augment["photo_fov"]), self.ground_layout
-                )
+                fov, sector = float(self.augment["photo_fov"]), self.augment.get("photo_sector")
+                if sector is not None and float(sector) > fov:
+                    ground = sector_of_canvas(ground, heading, float(sector))
+                else:
+                    ground = photo_from_canvas(ground, heading, fov, self.ground_layout)
             ground, aerial = augment_pair(
                 ground,
                 aerial,

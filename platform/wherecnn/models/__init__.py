@@ -44,7 +44,16 @@ __all__ = [
 ]
 
 # settings the code reads that no registered config spells out (their defaults live in the code)
-OPTIONAL_KEYS = frozenset({"hidden", "train.augment_color", "train.augment_shift", "loss.alpha"})
+OPTIONAL_KEYS = frozenset(
+    {
+        "hidden",
+        "train.augment_color",
+        "train.augment_shift",
+        "loss.alpha",
+        "photo.fov_start_deg",
+        "photo.fov_anneal",
+    }
+)
 
 
 def list_models() -> list[str]:

@@ -111,6 +111,14 @@ class _Ctx:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def _photo_sector(start: float, fov: float, anneal: float, progress: float) -> float:
+    """The field of view photo training cuts at ``progress`` (0..1) through training: ``start`` degrees at
+    first, narrowing linearly to the photos' own ``fov`` over the first ``anneal`` share of training."""
+    if anneal <= 0:
+        return fov
+    return fov + (float(start) - fov) * max(0.0, 1.0 - progress / anneal)
+
+
 def _lr_factor(progress: float, step: int, warmup: int) -> float:
     warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
@@ -261,6 +269,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         "scale": setting("augment_scale", None),
         "photo_fov": float(photo_cfg.get("fov_deg", 90.0)) if from_pano else None,
     }
+    # photo.fov_start_deg: a curriculum from panorama sectors that wide down to the photos' own field of view
+    fov_start = photo_cfg.get("fov_start_deg") if from_pano else None
     val_set = PairDataset(frame=val_frame, **common)
     t_load = time.perf_counter()
     if fresh is None:
@@ -384,6 +394,13 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             )
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch)
+        if fov_start is not None:
+            augment["photo_sector"] = _photo_sector(
+                fov_start,
+                float(augment["photo_fov"]),
+                float(photo_cfg.get("fov_anneal", 0.5)),
+                loop["elapsed_s"] / budget_s if budget_s else epoch / (opts.epochs or 1),
+            )
         model.train()
         losses: list[float] = []
         t_epoch, pairs_epoch = time.perf_counter(), 0
