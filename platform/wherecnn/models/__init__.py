@@ -18,7 +18,8 @@ Config keys shared by every model:
   tiles), ``augment_shift`` (their random shift, a fraction of the side), ``gallery_centres`` (K: evaluate
   each gallery tile from K x K centres over its grid cell; docs/evaluation.md);
 - ``photo`` (the `photo` track): ``pairs`` (``"panorama"``: photos cut from the training panoramas at a random
-  heading each time), ``fov_deg``;
+  heading each time), ``fov_deg``, ``fov_start_deg``/``fov_anneal`` (optional curriculum: panorama sectors
+  that wide at first, narrowing to ``fov_deg`` over that share of training; off in ``dual-cpu``);
 - in either track section, an ``augment_*`` key replaces ``train.augment_*`` on that track (``dual-cpu``:
   ``augment_scale`` null, no zoom on offset and photo).
 """
