@@ -97,7 +97,7 @@ def test_offset_track_can_train_on_camera_centred_tiles(fake_pairs: Path, tmp_pa
 
 def test_photo_track_can_train_on_photos_cut_from_panoramas(fake_pairs: Path, tmp_path: Path) -> None:
     for pairs, trained_on in (("panorama", "aligned"), ("track", "photo")):
-        # with a field-of-view curriculum (epoch 1 of 2 cuts 360-degree sectors, epoch 2 photos)
+        # with a field-of-view curriculum (from panoramas: epoch 1 of 2 cuts whole canvases, epoch 2 photos)
         overrides = {**TINY, "photo": {"pairs": pairs, "fov_start_deg": 360, "fov_anneal": 0.5}}
         train_func(_opts(fake_pairs, tmp_path / pairs, epochs=2, track="photo", overrides=overrides))
         card = json.loads((tmp_path / pairs / "model_card.json").read_text())
