@@ -371,6 +371,12 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     progress = _Progress(
         enabled=rank0 and opts.progress, total=(total_steps or None), budget_s=budget_s, rank0=rank0
     )
+
+    def position(elapsed_s: float, epochs_done: float) -> float:
+        """Position in training (0..1) for the lr schedule and the photo curriculum: by the time budget, or
+        by epochs rather than steps, since epochs differ in length (fresh pools)."""
+        return elapsed_s / budget_s if budget_s else epochs_done / (opts.epochs or 1)
+
     start_epoch = int(loop["epoch"])
     progress.start(loop["step"], loop["elapsed_s"])
     t_start = time.perf_counter() - float(loop["elapsed_s"])
@@ -399,7 +405,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                 fov_start,
                 float(augment["photo_fov"]),
                 float(photo_cfg.get("fov_anneal", 0.5)),
-                loop["elapsed_s"] / budget_s if budget_s else epoch / (opts.epochs or 1),
+                position(loop["elapsed_s"], epoch),
             )
         model.train()
         losses: list[float] = []
@@ -411,8 +417,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             if ctx.agree(out_of_time):
                 stop = True
                 break
-            # schedule position; by epochs rather than steps, since epochs differ in length (fresh pools)
-            frac = elapsed / budget_s if budget_s else (epoch + i_batch / n_batches) / (opts.epochs or 1)
+            frac = position(elapsed, epoch + i_batch / n_batches)
             for group in optimizer.param_groups:
                 group["lr"] = lr * _lr_factor(frac, loop["step"], int(train_cfg.get("warmup_steps", 0)))
             ground = batch["ground"].to(ctx.device, non_blocking=True)
