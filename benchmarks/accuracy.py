@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                     )
                     continue
-                emb = Embedder.from_checkpoint(str(ckpt), device=args.device)
+                emb = Embedder.from_checkpoint(str(ckpt), device=args.device, tta=args.tta)
                 ev = evaluate_embedder(emb, sets, name=model, protocol=protocol, track=track)
                 combo.append(
                     {
@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "training": training,
                         "train_config": _card(ckpt),
                         "gallery_centres": ev.gallery_centres,
+                        "tta": emb.model.config.get("tta") or {},
+                        "test_views": len(emb.model.test_views()),
                         "overall": ev.overall,
                         "cities": ev.to_json()["cities"],
                     }
@@ -254,6 +256,13 @@ def main() -> None:
         action="append",
         default=[],
         help="Training option KEY=JSON (a `TrainOptions` field), e.g. fresh_places=1500 style_spread=1.5.",
+    )
+    parser.add_argument(
+        "--tta",
+        type=json.loads,
+        default=None,
+        help="Test-time views for the learned models, JSON (e.g. '{\"flip\": true, \"phases\": 2}', or '{}' "
+        "for one view); default: each checkpoint config's.",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

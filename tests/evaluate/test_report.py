@@ -105,3 +105,12 @@ def test_evaluate_rejects_a_missing_checkpoint(fake_world: Path, tmp_path: Path)
     )
     assert result.exit_code == 1
     assert "model.pt" in result.output
+
+
+def test_evaluate_refuses_test_time_views_the_model_cannot_take(fake_world: Path, tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    args = ["evaluate", "--data", str(fake_world), "--checkpoint", str(ckpt), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, [*args, "--tta", '{"phases": 3}'])
+    assert result.exit_code == 1 and "tta phases 3" in result.output
+    result = CliRunner().invoke(app, [*args, "--tta", "flip"])
+    assert result.exit_code == 2 and "--tta expects JSON" in result.output

@@ -23,10 +23,10 @@ def test_untrained_embedder_contract() -> None:
     panos = emb.ground(_images(rng, 2, 128, 512))
     photos = emb.ground(_images(rng, 2, 128, 128), heading_deg=[10.0, None], fov_deg=90.0)
     for out in (tiles, panos, photos):
-        assert out.dtype == np.float32 and out.shape[1] == emb.embed_dim == 128
+        assert out.dtype == np.float32 and out.shape[1] == emb.embed_dim == 4 * 128  # 4 test-time views
         assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4)
     assert emb.ground_size == (64, 256) and emb.aerial_size == (96, 96)
-    assert emb.aerial([]).shape == (0, 128)
+    assert emb.aerial([]).shape == (0, 512)
     same = Embedder.untrained("dual-cpu", seed=0)
     assert same.model_id == emb.model_id and np.allclose(
         same.aerial(_images(np.random.default_rng(0), 3, 128, 128)), tiles
@@ -76,6 +76,20 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert np.allclose(loaded.ground(panos), emb.ground(panos), atol=1e-5)
     with pytest.raises(FileNotFoundError, match="model.pt"):
         Embedder.from_checkpoint(str(tmp_path / "nothing"))
+
+
+def test_a_checkpoint_can_be_loaded_with_other_test_time_views(tmp_path: Path) -> None:
+    emb = Embedder.untrained("dual-cpu", seed=3)
+    _write(emb.model, str(tmp_path / "ckpt"))
+    one = Embedder.from_checkpoint(str(tmp_path / "ckpt"), device="cpu", tta={})
+    assert one.embed_dim == 128 and one.model_id.endswith("-tta1") and one.card["config"]["tta"] == {}
+    same = Embedder.from_checkpoint(str(tmp_path / "ckpt"), device="cpu", tta=emb.model.config["tta"])
+    assert same.model_id == Embedder.from_checkpoint(str(tmp_path / "ckpt"), device="cpu").model_id
+    tiles = _images(np.random.default_rng(4), 2, 96, 96)
+    # the first of the 4 views is the plain one, scaled by 1/sqrt(4)
+    assert np.allclose(emb.aerial(tiles)[:, :128] * 2, one.aerial(tiles), atol=1e-5)
+    with pytest.raises(ValueError, match="phases 5"):
+        Embedder.from_checkpoint(str(tmp_path / "ckpt"), device="cpu", tta={"phases": 5})
 
 
 def test_checkpoint_round_trip_through_s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from wherecnn.models import build_model, config_keys, list_models, load_config, merge, unknown_keys
+from wherecnn.models import (
+    build_model,
+    config_keys,
+    list_models,
+    load_config,
+    merge,
+    model_from_config,
+    unknown_keys,
+)
 from wherecnn.models.backbones import polar_grid, tile_grid
 
 # small inputs keep the big backbones fast on 2 cores; the architecture is the registered one
@@ -156,3 +164,65 @@ def test_weight_enum_is_never_downloaded(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not cached"):
         build_model("where-cnn", weights_enum="IMAGENET1K_V1")
+
+
+def _score(g: torch.Tensor, a: torch.Tensor) -> float:
+    return float((g * a).sum())
+
+
+def test_dual_cpu_test_time_views_average_the_views_cosines() -> None:
+    """tta: mirrored x two bearing phases; the concatenated vectors' dot is the mean of the 4 views' cosines,
+    a turn of the polar map is a turn of the tile, and mirroring both inputs leaves the score unchanged."""
+    from wherecnn.data.torchdata import to_tensor
+
+    torch.manual_seed(0)
+    model = build_model("dual-cpu").eval()
+    cfg = model.config
+    assert model.test_views() == [(False, 0), (False, 16), (True, 0), (True, 16)]
+    assert model.output_dim == 4 * model.embed_dim == 512
+    rng = np.random.default_rng(3)
+    canvas = rng.integers(0, 255, size=(*model.ground_size, 3), dtype=np.uint8)
+    tile = rng.integers(0, 255, size=(*model.aerial_size, 3), dtype=np.uint8)
+
+    def t(im: np.ndarray) -> torch.Tensor:
+        return to_tensor(np.ascontiguousarray(im)[None], cfg["mean"], cfg["std"])
+
+    with torch.no_grad():
+        # a turn by a quarter of the bearings is the tile turned a quarter (as `augment_pair` pairs them)
+        quarter = model.ground_size[1] // 4
+        assert torch.allclose(
+            model.turned_aerial_features(t(tile), quarter),
+            model.aerial_features(t(np.rot90(tile))),
+            atol=1e-4,
+        )
+        g, a = model.embed_ground_views(t(canvas)), model.embed_aerial_views(t(tile))
+        assert g.shape == a.shape == (1, 512)
+        assert torch.allclose(g.norm(dim=1), torch.ones(1)) and torch.allclose(a.norm(dim=1), torch.ones(1))
+        expected = []
+        for mirror, turn in model.test_views():
+            c, tl = (np.roll(canvas[:, ::-1], 1, axis=1), tile[:, ::-1]) if mirror else (canvas, tile)
+            gv = model.embed_ground(t(np.roll(c, -turn, axis=1)))
+            av = F.normalize(model.turned_aerial_features(t(tl), turn), dim=-1)
+            expected.append(_score(gv, av))
+        assert math.isclose(_score(g, a), float(np.mean(expected)), abs_tol=1e-5)
+        assert expected[0] != pytest.approx(expected[1], abs=1e-4)  # a half-column turn is another view
+        mirrored = _score(
+            model.embed_ground_views(t(np.roll(canvas[:, ::-1], 1, axis=1))),
+            model.embed_aerial_views(t(tile[:, ::-1])),
+        )
+        assert math.isclose(mirrored, _score(g, a), abs_tol=1e-5)
+
+
+def test_test_time_views_are_checked() -> None:
+    assert build_model("dual-cpu", tta={"flip": False, "phases": 1}).test_views() == [(False, 0)]
+    assert build_model("dual-cpu", tta={"phases": 1}).output_dim == 256  # overrides merge: still mirrored
+    with pytest.raises(ValueError, match="phases 3"):
+        build_model("dual-cpu", tta={"phases": 3}).test_views()  # 32-pixel columns
+    with pytest.raises(ValueError, match="unknown key"):
+        model_from_config({**load_config("dual-cpu"), "tta": {"flips": True}}).test_views()
+    with pytest.raises(ValueError, match="bearing columns"):  # no polar map to turn
+        build_model("where-cnn", **SMALL["where-cnn"], tta={"phases": 2}).test_views()
+    wcnn = build_model("where-cnn", **SMALL["where-cnn"], tta={"flip": True}).eval()
+    with torch.no_grad():
+        v = wcnn.embed_aerial_views(torch.zeros(2, 3, *wcnn.aerial_size))
+    assert v.shape == (2, 2 * wcnn.embed_dim)

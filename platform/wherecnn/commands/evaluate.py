@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -35,6 +37,18 @@ def _parse_compare(items: list[str], flag: str) -> dict[str, str]:
             )
         out[name.strip()] = ckpt.strip()
     return out
+
+
+def _parse_tta(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        views = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--tta expects JSON such as '{{\"flip\": true}}', got {value!r}") from exc
+    if not isinstance(views, dict):
+        raise typer.BadParameter(f"--tta expects a JSON object, got {value!r}")
+    return views
 
 
 def evaluate(
@@ -90,6 +104,12 @@ def evaluate(
         "--deep-weights",
         help="Local ResNet-18 weights file for the generic deep baseline (else random init).",
     ),
+    tta: str | None = typer.Option(
+        None,
+        "--tta",
+        help='Test-time views of the checkpoint, JSON, e.g. \'{"flip": true, "phases": 2}\' (4 views) or '
+        "'{}' (one): replaces the checkpoint config's `tta` (default: keep it).",
+    ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     seed: int = typer.Option(0, "--seed", help="Seed for gallery/query caps and balanced-AP sampling."),
 ) -> None:
@@ -106,6 +126,7 @@ def evaluate(
     if unknown:
         raise typer.BadParameter(f"--baseline {unknown}: expected some of {', '.join(KINDS)}")
     kinds = (baseline or list(KINDS)) if baselines else []
+    views = _parse_tta(tta)
     opts = EvaluateOptions(
         data=str(data),
         checkpoint=checkpoint,
@@ -122,6 +143,7 @@ def evaluate(
         deep_weights=str(deep_weights) if deep_weights else None,
         device=device,
         seed=seed,
+        tta=views,
     )
     t0 = time.perf_counter()
     try:

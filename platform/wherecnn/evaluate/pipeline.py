@@ -38,6 +38,7 @@ class EvaluateOptions:
     deep_weights: str | None = None
     device: str = "auto"
     seed: int = 0
+    tta: dict[str, Any] | None = None  # test-time views of the checkpoint; None = its config's
 
 
 def read_history(checkpoint: str) -> list[dict[str, Any]]:
@@ -71,7 +72,7 @@ def evaluate_checkpoint(
     """Evaluate the checkpoint, the baselines and the variants; write the report when ``opts.out`` is set."""
     from wherecnn.models.embedder import Embedder
 
-    embedder = Embedder.from_checkpoint(opts.checkpoint, device=opts.device)
+    embedder = Embedder.from_checkpoint(opts.checkpoint, device=opts.device, tta=opts.tta)
     protocols, track = resolve_protocols_track(embedder.card, opts.protocols, opts.track)
     unknown = [b for b in opts.baselines if b not in KINDS]
     if unknown:

@@ -21,7 +21,9 @@ Config keys shared by every model:
   heading each time), ``fov_deg``, ``fov_start_deg``/``fov_anneal`` (optional curriculum: panorama sectors
   that wide at first, narrowing to ``fov_deg`` over that share of training; off in ``dual-cpu``);
 - in either track section, an ``augment_*`` key replaces ``train.augment_*`` on that track (``dual-cpu``:
-  ``augment_scale`` null, no zoom on offset and photo).
+  ``augment_scale`` null, no zoom on offset and photo);
+- ``tta``: test-time views ``{"flip": bool, "phases": n}`` (`TwoBranchModel.test_views`): what `Embedder`
+  and so the index embed; training and its validation use the plain view. ``dual-cpu``: mirrored x 2 phases.
 """
 
 from __future__ import annotations

@@ -14,6 +14,15 @@ class TwoBranchModel(nn.Module):
     """Ground encoder + aerial encoder -> L2-normalised ``embed_dim`` vectors, plus the loss's temperature.
 
     ``forward(ground, aerial)`` returns both embeddings so DDP (Ray Train) sees one forward call per step.
+
+    Test-time views (config ``tta``: ``{"flip": bool, "phases": n}``): `embed_ground_views` and
+    `embed_aerial_views` embed each image as it is and, with ``flip``, mirrored (canvas and tile mirrored
+    together, as training's flip augmentation does), and with ``phases`` n > 1 also turned by 1/n of a bearing
+    column (models whose feature columns are bearings: the polar compact model). The views' embeddings are
+    concatenated and divided by sqrt(views), so the dot product of two such vectors is the mean of the views'
+    cosines and the vectors stay unit length: one vector per image for the index, ``views * embed_dim`` long.
+    The network is not invariant to a turn smaller than its output stride, so the views disagree where it is
+    unsure, and their mean ranks better (docs/evaluation.md).
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -41,6 +50,64 @@ class TwoBranchModel(nn.Module):
 
     def embed_aerial(self, x: Tensor) -> Tensor:
         return F.normalize(self.aerial_features(x).float(), dim=-1)
+
+    # ------------------------------------------------------------ test-time views
+    @property
+    def bearing_column_px(self) -> int | None:
+        """Input pixels per bearing column of the output, for models whose columns are bearings; else None."""
+        return None
+
+    def test_views(self) -> list[tuple[bool, int]]:
+        """(mirrored, bearing turn in input pixels) of each test-time view, from the config's ``tta``."""
+        tta = self.config.get("tta") or {}
+        unknown = set(tta) - {"flip", "phases"}
+        if unknown:
+            raise ValueError(f"tta: unknown key(s) {sorted(unknown)}; known: flip, phases")
+        phases = int(tta.get("phases", 1))
+        if phases < 1:
+            raise ValueError(f"tta phases must be >= 1, got {phases}")
+        step = 0
+        if phases > 1:
+            column = self.bearing_column_px
+            if column is None or column % phases:
+                raise ValueError(
+                    f"tta phases {phases}: model {self.config.get('name')!r} has no bearing columns of a "
+                    f"multiple of {phases} pixels to turn by (bearing_column_px={column})"
+                )
+            step = column // phases
+        flips = (False, True) if tta.get("flip") else (False,)
+        return [(mirror, p * step) for mirror in flips for p in range(phases)]
+
+    @property
+    def output_dim(self) -> int:
+        """Length of the vectors `embed_*_views` return: ``embed_dim`` per test-time view."""
+        return self.embed_dim * len(self.test_views())
+
+    def turned_aerial_features(self, x: Tensor, turn: int) -> Tensor:
+        """Aerial features with the bearings turned by ``turn`` input pixels (models with bearing columns)."""
+        if turn:
+            raise NotImplementedError(f"{type(self).__name__} cannot turn its bearings")
+        return self.aerial_features(x)
+
+    def embed_ground_views(self, x: Tensor) -> Tensor:
+        """The concatenated, normalised embeddings of the ground views (`test_views`)."""
+        parts = []
+        canvas = self.config.get("ground_layout", "canvas") == "canvas"
+        for mirror, turn in self.test_views():
+            v = x
+            if mirror:  # the canvas's bearings h -> -h (as `augment_pair` mirrors it)
+                v = torch.flip(v, dims=[3])
+                v = torch.roll(v, 1, dims=3) if canvas else v
+            parts.append(self.embed_ground(torch.roll(v, -turn, dims=3) if turn else v))
+        return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
+
+    def embed_aerial_views(self, x: Tensor) -> Tensor:
+        """The concatenated, normalised embeddings of the aerial views (`test_views`)."""
+        parts = []
+        for mirror, turn in self.test_views():
+            v = torch.flip(x, dims=[3]) if mirror else x
+            parts.append(F.normalize(self.turned_aerial_features(v, turn).float(), dim=-1))
+        return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
 
     def forward(self, ground: Tensor, aerial: Tensor) -> tuple[Tensor, Tensor]:
         return self.embed_ground(ground), self.embed_aerial(aerial)

@@ -120,7 +120,9 @@ class CompactTwoBranch(TwoBranchModel):
         aerial_in = self.ground_size if self.polar else self.aerial_size
         head = AzimuthHead if self.head == "azimuth" else SpatialHead
         self.ground_head = head(channels[-1], mid, _out_hw(self.ground_size, strides, pools), self.embed_dim)
-        self.aerial_head = head(channels[-1], mid, _out_hw(aerial_in, strides, pools), self.embed_dim)
+        aerial_out = _out_hw(aerial_in, strides, pools)
+        self.aerial_head = head(channels[-1], mid, aerial_out, self.embed_dim)
+        self.aerial_head_columns = aerial_out[1]
         # what a blank canvas column (outside a photo's field of view) normalises to
         blank = (torch.tensor(MEAN_RGB) / 255.0 - torch.tensor(config["mean"])) / torch.tensor(config["std"])
         self.register_buffer("blank", blank.float().view(1, 3, 1, 1), persistent=False)
@@ -133,6 +135,21 @@ class CompactTwoBranch(TwoBranchModel):
         return self.ground_head(features)
 
     def aerial_features(self, x: Tensor) -> Tensor:
+        return self.turned_aerial_features(x, 0)
+
+    @property
+    def bearing_column_px(self) -> int | None:
+        if not self.polar:
+            return None
+        return self.ground_size[1] // self.aerial_head_columns
+
+    def turned_aerial_features(self, x: Tensor, turn: int) -> Tensor:
+        """Turning the polar map by ``turn`` columns is exactly the tile turned by that many bearing samples
+        (what rolling the ground canvas by ``turn`` does to the panorama)."""
         if self.polar:
             x = to_polar(x, self.grid)
+            if turn:
+                x = torch.roll(x, -turn, dims=3)
+        elif turn:
+            raise NotImplementedError("turning the bearings needs polar: true")
         return self.aerial_head(self.aerial_trunk(x, circular=self.polar))

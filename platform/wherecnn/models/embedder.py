@@ -60,8 +60,11 @@ class Embedder:
         return cls(model, model_id=f"{name}-untrained-s{seed}", device=device)
 
     @classmethod
-    def from_checkpoint(cls, uri: str, device: str = "auto") -> Embedder:
-        """Load ``model.pt`` (+ ``model_card.json``) from a local checkpoint dir or an s3:// prefix."""
+    def from_checkpoint(cls, uri: str, device: str = "auto", tta: dict[str, Any] | None = None) -> Embedder:
+        """Load ``model.pt`` (+ ``model_card.json``) from a local checkpoint dir or an s3:// prefix.
+
+        ``tta`` replaces the stored config's test-time views (`TwoBranchModel.test_views`; ``{}``: one plain
+        view); the model id then says so, since the vectors change."""
         from wherecnn import storage
 
         model_uri = storage.join(str(uri), MODEL_FILE)
@@ -74,7 +77,11 @@ class Embedder:
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
         if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
             raise ValueError(f"{model_uri}: expected a dict with 'state_dict' and 'config'")
-        model = model_from_config(payload["config"])
+        config = dict(payload["config"])
+        if tta is not None:
+            config["tta"] = dict(tta)
+        model = model_from_config(config)
+        model.test_views()  # a bad tta fails here, not at the first image
         model.load_state_dict(payload["state_dict"])
         card: dict[str, Any] = {}
         card_uri = storage.join(str(uri), CARD_FILE)
@@ -83,14 +90,18 @@ class Embedder:
         model_id = str(
             card.get("model_id") or f"{payload['config']['name']}-{hashlib.sha256(blob).hexdigest()[:12]}"
         )
+        if tta is not None and dict(tta) != (payload["config"].get("tta") or {}):
+            model_id = f"{model_id}-tta{len(model.test_views())}"
+            card = {**card, "model_id": model_id, "config": config}
         card.setdefault("model_id", model_id)
-        card.setdefault("config", payload["config"])
+        card.setdefault("config", config)
         return cls(model, model_id=model_id, card=card, device=device)
 
     # ------------------------------------------------------------ properties
     @property
     def embed_dim(self) -> int:
-        return self.model.embed_dim
+        """Vector length: the model's ``embed_dim`` per test-time view (config ``tta``)."""
+        return self.model.output_dim
 
     @property
     def ground_size(self) -> tuple[int, int]:
@@ -104,7 +115,7 @@ class Embedder:
     def aerial(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """North-up tiles (any size) -> [N, d] float32, L2-normalised."""
         prepared = [resize(_rgb(im), self.aerial_size) for im in images]
-        return self._run(prepared, self.model.embed_aerial)
+        return self._run(prepared, self.model.embed_aerial_views)
 
     def ground(
         self,
@@ -128,7 +139,7 @@ class Embedder:
             prepared.append(
                 ground_view(im, self.ground_size, heading_deg=h, fov_deg=fov, layout=self.ground_layout)
             )
-        return self._run(prepared, self.model.embed_ground)
+        return self._run(prepared, self.model.embed_ground_views)
 
     @torch.inference_mode()
     def _run(self, images: list[np.ndarray], fn: Any) -> np.ndarray:
