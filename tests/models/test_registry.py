@@ -218,6 +218,8 @@ def test_test_time_views_are_checked() -> None:
     assert build_model("dual-cpu", tta={"phases": 1}).output_dim == 256  # overrides merge: still mirrored
     with pytest.raises(ValueError, match="phases 3"):
         build_model("dual-cpu", tta={"phases": 3}).test_views()  # 32-pixel columns
+    with pytest.raises(ValueError, match="canvas"):
+        build_model("dual-cpu", ground_layout="resize").test_views()
     with pytest.raises(ValueError, match="unknown key"):
         model_from_config({**load_config("dual-cpu"), "tta": {"flips": True}}).test_views()
     with pytest.raises(ValueError, match="bearing columns"):  # no polar map to turn

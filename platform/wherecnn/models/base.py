@@ -69,6 +69,8 @@ class TwoBranchModel(nn.Module):
         step = 0
         if phases > 1:
             column = self.bearing_column_px
+            if self.config.get("ground_layout", "canvas") != "canvas":
+                raise ValueError(f"tta phases {phases}: turning needs ground_layout 'canvas' (a 360° canvas)")
             if column is None or column % phases:
                 raise ValueError(
                     f"tta phases {phases}: model {self.config.get('name')!r} has no bearing columns of a "
