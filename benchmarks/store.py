@@ -220,7 +220,8 @@ def main() -> None:
     args.ef = args.ef or [s.hnsw_ef]
     print(
         f"Edge HNSW m={s.hnsw_m} ef_construct={s.hnsw_ef_construct} payload_m={s.hnsw_payload_m} "
-        f"full_scan_threshold={s.hnsw_full_scan_threshold} KB ef={args.ef} quantization={s.quantization}"
+        f"full_scan_threshold={s.full_scan_threshold_kb(args.dim)} KB ef={args.ef} "
+        f"quantization={s.quantization}"
     )
     results: list[dict[str, Any]] = []
     report = {
@@ -228,7 +229,7 @@ def main() -> None:
         "backend": "qdrant-edge",
         "settings": {"hnsw_m": s.hnsw_m, "hnsw_ef_construct": s.hnsw_ef_construct,
                      "hnsw_payload_m": s.hnsw_payload_m,
-                     "hnsw_full_scan_threshold": s.hnsw_full_scan_threshold, "hnsw_ef": args.ef,
+                     "hnsw_full_scan_threshold": s.full_scan_threshold_kb(args.dim), "hnsw_ef": args.ef,
                      "quantization": s.quantization},  # fmt: skip
         "dim": args.dim, "queries": args.queries, "k": args.k, "goal_recall": 0.98,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

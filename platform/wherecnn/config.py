@@ -28,6 +28,10 @@ def _toml_path() -> Path | None:
     return local if local.exists() else None
 
 
+# exact search below this many points matching a filter (benchmarks/store.py: 1M points, a 143k-point city)
+FULL_SCAN_POINTS = 200_000
+
+
 class Settings(BaseSettings):
     """Every knob of the platform; see docs/deploy.md for the table of env vars."""
 
@@ -60,10 +64,12 @@ class Settings(BaseSettings):
         description="Degree of the per-city HNSW subgraphs (None = hnsw_m). 0 skips them: faster builds, "
         "but city-filtered recall collapses at 1M points (benchmarks/results/store-1m.json).",
     )
-    hnsw_full_scan_threshold: int = Field(
-        100_000,
+    hnsw_full_scan_threshold: int | None = Field(
+        None,
         description="KB of vectors: a filter matching fewer points is searched exactly through the payload "
-        "index, not the graph (Qdrant's full_scan_threshold; 100,000 KB = 200k 128-d points). Geo filters "
+        "index, not the graph (Qdrant's full_scan_threshold). None: 200k points' worth at the index's "
+        "dimension (100,000 KB at 128-d; 400,000 KB for dual-cpu's 512-d test-time-view vectors). "
+        "Geo filters "
         "rely on it (the geo index builds no subgraphs, which made 1M-point builds take hours), and so do "
         "large cities: Qdrant builds no subgraph for a block over points/hnsw_m*4, so a 143k-point city in "
         "1M fell back to the filtered global graph (recall 0.41-0.80) under 50,000 KB.",
@@ -84,6 +90,13 @@ class Settings(BaseSettings):
     api_url: str | None = Field(None, description="Dashboard talks to this search API instead of in-process.")
     api_key: str | None = Field(None, description="If set, the search API requires header X-API-Key.")
     basemap_url: str | None = Field(None, description="Dashboard web basemap tile URL (unset: offline).")
+
+    def full_scan_threshold_kb(self, dim: int) -> int:
+        """``hnsw_full_scan_threshold``, or 200k points of ``dim`` float32 values when it is None (the
+        threshold is in KB, so a fixed value would mean fewer points as vectors grow)."""
+        if self.hnsw_full_scan_threshold is not None:
+            return self.hnsw_full_scan_threshold
+        return FULL_SCAN_POINTS * dim * 4 // 1024
 
     @classmethod
     def settings_customise_sources(

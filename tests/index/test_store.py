@@ -257,6 +257,17 @@ def test_int8_quantization_and_hnsw_settings(
     assert city["is_tenant"] is True and geo["enable_hnsw"] is False
 
 
+def test_the_default_full_scan_threshold_is_200k_points_at_the_index_dimension(tmp_path: Path) -> None:
+    settings = get_settings()
+    assert settings.hnsw_full_scan_threshold is None
+    assert settings.full_scan_threshold_kb(128) == 100_000 and settings.full_scan_threshold_kb(512) == 400_000
+    assert get_settings(hnsw_full_scan_threshold=1234).full_scan_threshold_kb(512) == 1234
+    store = EdgeStore(tmp_path / "index", settings=settings)
+    store.upsert(make_points(n=4))
+    (config,) = store.root.rglob("edge_config.json")
+    assert json.loads(config.read_text())["hnsw_config"]["full_scan_threshold"] == 200_000 * DIM * 4 // 1024
+
+
 def test_open_store_uris(tmp_path: Path) -> None:
     edge = open_store(f"edge://{tmp_path}/a")
     assert isinstance(edge, EdgeStore) and edge.root == tmp_path / "a"

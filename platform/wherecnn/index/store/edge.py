@@ -112,7 +112,7 @@ class EdgeStore(VectorStore):
             hnsw_config=qe.HnswIndexConfig(
                 m=s.hnsw_m,
                 ef_construct=s.hnsw_ef_construct,
-                full_scan_threshold=s.hnsw_full_scan_threshold,
+                full_scan_threshold=s.full_scan_threshold_kb(dim),
                 payload_m=s.hnsw_payload_m,
             ),
             quantization_config=quant,

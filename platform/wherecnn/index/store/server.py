@@ -123,7 +123,7 @@ class ServerStore(VectorStore):
                 m=s.hnsw_m,
                 ef_construct=s.hnsw_ef_construct,
                 payload_m=s.hnsw_payload_m,
-                full_scan_threshold=s.hnsw_full_scan_threshold,
+                full_scan_threshold=s.full_scan_threshold_kb(dim),
             ),
             quantization_config=quant,
             shard_number=s.shard_number,
