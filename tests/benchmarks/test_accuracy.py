@@ -1,0 +1,41 @@
+"""`benchmarks/accuracy.py`, the program behind the README's accuracy table, end to end on the tiny world."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy.py"
+
+
+def _run(world: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, str(SCRIPT), "--data", str(world), "--models", "dual-cpu", "--baselines", "hog"]
+    args += ["--tracks", "aligned", "--protocols", "same-area", "--work", str(tmp / "work")]
+    args += ["--out", str(tmp / "accuracy.json"), "--quiet", "--device", "cpu", *extra]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+def test_accuracy_table_trains_evaluates_and_replaces_its_rows(tiny_world: Path, tmp_path: Path) -> None:
+    done = _run(tiny_world, tmp_path, "--minutes", "0.02", "--set", 'train={"batch_size": 8}')
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
+    assert [(r["features"], r["family"]) for r in rows] == [("hog", "hand-crafted"), ("dual-cpu", "learned")]
+    hog, learned = rows
+    for r in rows:
+        assert (r["track"], r["protocol"]) == ("aligned", "same-area")
+        assert 0.0 <= r["overall"]["R@1"] <= 1.0 and r["cities"]
+    assert learned["test_views"] == 4 and learned["train_config"]["config"]["train"]["batch_size"] == 8
+    ratio = learned["overall"]["AP"] / hog["overall"]["AP"]
+    assert abs(learned["AP_ratio_to_best_handcrafted"] - ratio) < 1e-9
+    assert set(learned["targets"]) == {"R@1>=0.95", "AP_ratio>=5.0"}
+    assert learned["targets"]["R@1>=0.95"] == (learned["overall"]["R@1"] >= 0.95)
+
+    # re-evaluating the same checkpoint with one view replaces the learned row, nothing is retrained
+    again = _run(tiny_world, tmp_path, "--reuse", "--tta", "{}", "--baselines", "")
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
+    assert [r["features"] for r in rows] == ["hog", "dual-cpu"]
+    assert rows[1]["test_views"] == 1 and rows[1]["training"] == {"reused": True}
+    assert rows[1]["model_id"] == learned["model_id"] + "-tta1"
