@@ -69,6 +69,24 @@ def test_misspelt_overrides_are_refused() -> None:
         build_model("dual-cpu", **{"train.agument_scale": [0.8, 1.2]})
 
 
+def test_a_track_section_can_change_the_model_trained_on_that_track() -> None:
+    # dual-cpu's photo section: 16 bearing columns (a 90 degree photo fills four), the other tracks 8
+    assert build_model("dual-cpu").bearing_column_px == 32
+    assert build_model("dual-cpu", track="aligned").bearing_column_px == 32
+    photo = build_model("dual-cpu", track="photo")
+    assert photo.bearing_column_px == 16 and photo.config["strides"] == [2, 2, 2, 2, 1, 1]
+    assert model_from_config(photo.config).bearing_column_px == 16  # a checkpoint stores the result
+    # an explicit override still wins over the section's setting
+    assert build_model("dual-cpu", track="photo", strides=[2, 2, 2, 2, 1, 2]).bearing_column_px == 32
+    own = build_model("dual-cpu", track="offset", **{"offset.model": {"embed_dim": 64}})
+    assert (
+        own.embed_dim == 64
+        and build_model("dual-cpu", track="aligned", **{"offset.model.embed_dim": 64}).embed_dim == 128
+    )
+    with pytest.raises(ValueError, match="unknown model config key.*stride"):
+        build_model("dual-cpu", track="photo", **{"photo.model": {"stride": [1]}})
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_embeds_normalised_vectors(name: str) -> None:
     torch.manual_seed(0)

@@ -65,6 +65,40 @@ def test_same_seed_same_weights_on_cpu(fake_pairs: Path, tmp_path: Path) -> None
     a, b, c = (torch.load(tmp_path / x / "model.pt", weights_only=False)["state_dict"] for x in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert "train_state" not in torch.load(tmp_path / "a" / "optimizer.pt", weights_only=False)  # no average
+
+
+def test_weight_average_is_what_the_checkpoint_publishes_and_a_resumed_run_matches(
+    fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wherecnn.train.loop as loop_module
+
+    ema = {**TINY, "train": {"warmup_steps": 0, "ema": 0.9}}
+    train_func(_opts(fake_pairs, tmp_path / "a", epochs=3, overrides=ema))
+    published = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
+    trained = torch.load(tmp_path / "a" / "optimizer.pt", weights_only=False)["train_state"]
+    assert published.keys() == trained.keys()
+    assert not torch.equal(published["ground_head.column.weight"], trained["ground_head.column.weight"])
+    # the run died after epoch 2's checkpoint; resumed, it ends with the same average and trained weights
+
+    saved, calls = loop_module.save_checkpoint, []
+
+    def crash_after_two(*args: object, **kwargs: object) -> object:
+        out = saved(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_func(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=ema))
+    monkeypatch.setattr(loop_module, "save_checkpoint", saved)
+    train_func(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=ema, resume=True))
+    for name in ("model.pt", "optimizer.pt"):
+        key = "state_dict" if name == "model.pt" else "train_state"
+        a, b = (torch.load(tmp_path / x / name, weights_only=False)[key] for x in "ab")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_budget_mode_stops_and_photo_track_trains(fake_pairs: Path, tmp_path: Path) -> None:

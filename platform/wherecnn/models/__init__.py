@@ -13,7 +13,8 @@ Config keys shared by every model:
   to ``ground_size``), and for `dual-cpu` ``head`` (``"spatial"`` or ``"azimuth"``, see `models.compact`);
 - ``weights`` (local state-dict file) / ``weights_enum`` (torchvision enum, only if already cached);
 - ``loss`` (``contrastive`` | ``triplet`` | ``infonce`` and their parameters) and ``train`` (batch size, lr,
-  optimizer, warmup, augmentation, hard-negative sampling, ``mine_every`` for Sample4Geo-style mining);
+  optimizer, warmup, augmentation, hard-negative sampling, ``mine_every`` for Sample4Geo-style mining,
+  ``ema``: publish a moving average of the weights with this decay per step);
 - ``offset`` (the `offset` track): ``pairs`` (``"centred"``: train on the same panoramas' camera-centred
   tiles), ``augment_shift`` (their random shift, a fraction of the side), ``gallery_centres`` (K: evaluate
   each gallery tile from K x K centres over its grid cell; docs/evaluation.md);
@@ -21,7 +22,9 @@ Config keys shared by every model:
   heading each time), ``fov_deg``, ``fov_start_deg``/``fov_anneal`` (optional curriculum: panorama sectors
   that wide at first, narrowing to ``fov_deg`` over that share of training; off in ``dual-cpu``);
 - in either track section, an ``augment_*`` key replaces ``train.augment_*`` on that track (``dual-cpu``:
-  ``augment_scale`` null, no zoom on offset and photo);
+  ``augment_scale`` null, no zoom on offset and photo), and ``model`` holds config settings that replace the
+  top-level ones for a model trained on that track (``dual-cpu``'s photo: ``strides`` for 16 bearing
+  columns); `build_model(name, track=...)` applies it, and the checkpoint stores the result;
 - ``tta``: test-time views ``{"flip": bool, "phases": n}`` (`TwoBranchModel.test_views`): what `Embedder`
   and so the index embed; training and its validation use the plain view. ``dual-cpu``: mirrored x 2 phases.
 """
@@ -43,6 +46,7 @@ __all__ = [
     "list_models",
     "load_config",
     "model_from_config",
+    "track_config",
     "unknown_keys",
 ]
 
@@ -52,6 +56,7 @@ OPTIONAL_KEYS = frozenset(
         "hidden",
         "train.augment_color",
         "train.augment_shift",
+        "train.ema",
         "loss.alpha",
         "photo.fov_start_deg",
         "photo.fov_anneal",
@@ -100,7 +105,7 @@ def config_keys() -> frozenset[str]:
             if isinstance(value, dict):
                 keys.update(f"{key}.{sub}" for sub in value)
     augment = [k.split(".", 1)[1] for k in keys if k.startswith("train.augment_")]
-    keys.update(f"{track}.{sub}" for track in ("offset", "photo") for sub in augment)
+    keys.update(f"{track}.{sub}" for track in ("offset", "photo") for sub in [*augment, "model"])
     return frozenset(keys)
 
 
@@ -126,11 +131,23 @@ def check_overrides(overrides: dict[str, Any]) -> None:
         )
 
 
-def build_model(name: str, **overrides: Any) -> TwoBranchModel:
+def build_model(name: str, track: str | None = None, **overrides: Any) -> TwoBranchModel:
     """Build a registered model; keyword overrides are merged into its config. An override no model
-    reads is an error (a misspelt key would otherwise change nothing, silently)."""
+    reads is an error (a misspelt key would otherwise change nothing, silently). With ``track``, that
+    track section's ``model`` settings are merged in too (`track_config`)."""
     check_overrides(overrides)
-    return model_from_config(merge(load_config(name), overrides))
+    config = merge(load_config(name), overrides)
+    return model_from_config(track_config(config, track, overrides) if track else config)
+
+
+def track_config(
+    config: dict[str, Any], track: str, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``config`` with its ``track`` section's ``model`` settings merged in (e.g. `dual-cpu`'s photo track:
+    finer bearing columns); ``overrides`` given explicitly still win over them."""
+    section = dict((config.get(track) or {}).get("model") or {})
+    check_overrides(section)
+    return merge(merge(config, section), overrides or {})
 
 
 def model_from_config(config: dict[str, Any]) -> TwoBranchModel:

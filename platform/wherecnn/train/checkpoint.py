@@ -1,4 +1,5 @@
-"""Checkpoints: ``model.pt`` (weights + config), ``optimizer.pt`` (optimizer + loop state),
+"""Checkpoints: ``model.pt`` (weights + config), ``optimizer.pt`` (optimizer + loop state, and the trained
+weights when ``model.pt`` holds their average),
 ``model_card.json``,
 ``metrics.jsonl``, written through `wherecnn.storage` so a local dir and an s3:// prefix work the same.
 
@@ -67,13 +68,17 @@ def save_checkpoint(
     loop_state: dict[str, Any],
     card: dict[str, Any],
     history: list[dict[str, Any]],
+    train_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write one epoch's checkpoint; returns the card (with ``model_id`` = name + weights digest)."""
+    """Write one epoch's checkpoint; returns the card (with ``model_id`` = name + weights digest).
+
+    ``model`` is what consumers load (with weight averaging, the average); ``train_state``, when given, is the
+    weights the optimizer is training, kept beside the optimizer for ``--resume``."""
     epoch = int(loop_state["epoch"])
-    storage.write_bytes(
-        storage.join(out, OPTIMIZER_FILE),
-        _to_bytes({"optimizer": optimizer.state_dict(), "loop": loop_state}),
-    )
+    payload: dict[str, Any] = {"optimizer": optimizer.state_dict(), "loop": loop_state}
+    if train_state is not None:
+        payload["train_state"] = {k: v.detach().cpu() for k, v in train_state.items()}
+    storage.write_bytes(storage.join(out, OPTIMIZER_FILE), _to_bytes(payload))
     config = model.config  # type: ignore[attr-defined]
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     blob = _to_bytes({"state_dict": state, "config": config, "epoch": epoch})
@@ -118,6 +123,7 @@ def load_checkpoint(out: str) -> dict[str, Any] | None:
     return {
         "model": model,
         "optimizer": opt["optimizer"],
+        "train_state": opt.get("train_state"),
         "loop": opt["loop"],
         "card": card,
         "history": history,

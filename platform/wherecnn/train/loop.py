@@ -7,6 +7,7 @@ validates, writes checkpoints and shows progress; every rank calls ``ray.train.r
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -144,6 +145,28 @@ def _optimizer(model: torch.nn.Module, train_cfg: dict[str, Any], lr: float) -> 
     raise ValueError(f"unknown optimizer {kind!r} (adam|adamw|sgd)")
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and batch-norm statistics (``train.ema``: the
+    decay per step), warmed up as ``min(decay, (1 + t) / (10 + t))`` so the first, random weights fade fast.
+    Flatter minima found this way tend to carry better to unseen domains (SWAD, Cha et al. 2021)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, step: int = 0) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"train.ema must be a decay in (0, 1), not {decay}")
+        self.model, self.decay, self.step = copy.deepcopy(model), decay, step
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.step += 1
+        keep = min(self.decay, (1.0 + self.step) / (10.0 + self.step))
+        for mine, theirs in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
+            if mine.dtype.is_floating_point:
+                mine.lerp_(theirs.to(mine.dtype), 1.0 - keep)
+            else:  # e.g. batch norm's num_batches_tracked
+                mine.copy_(theirs)
+
+
 def _split_val(frame: Any, val_frame: Any, size: int, seed: int) -> tuple[Any, Any]:
     """Validation pairs: the protocol's ``val`` rows if any, else ``size`` training pairs held out."""
     if len(val_frame):
@@ -192,9 +215,19 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         model = model_from_config(resumed["model"]["config"])
         model.load_state_dict(resumed["model"]["state_dict"])
     else:
-        model = build_model(opts.model, **opts.overrides)
+        model = build_model(opts.model, track=opts.track, **opts.overrides)
     cfg = model.config
     train_cfg = dict(cfg.get("train") or {})
+    # train.ema: checkpoints, validation and so every consumer get the weights' moving average; the
+    # optimizer trains `model`, whose own weights ride along in the checkpoint for --resume
+    average = None
+    if train_cfg.get("ema"):
+        step = int(resumed["loop"]["step"]) if resumed is not None else 0
+        average = WeightAverage(model, float(train_cfg["ema"]), step)
+        if resumed is not None:
+            if resumed.get("train_state") is None:
+                raise ValueError(f"{opts.out}: the checkpoint has no trained weights beside their average")
+            model.load_state_dict(resumed["train_state"])
     batch_size = int(opts.batch_size or train_cfg.get("batch_size", 64))
     if batch_size % ctx.world:
         raise ValueError(f"batch size {batch_size} must be divisible by the number of workers {ctx.world}")
@@ -323,6 +356,9 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
     # ---- model, optimizer, state
     model.to(ctx.device)
+    if average is not None:
+        average.model.to(ctx.device)
+    published = average.model if average is not None else model  # what validation and checkpoints see
     net: Any = model
     if ctx.ray:
         import ray.train.torch
@@ -428,6 +464,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update(model)
             loop["step"] += 1
             n_pairs = ground.shape[0] * ctx.world
             loop["pairs"] += n_pairs
@@ -464,19 +502,19 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         }
         tmp = None
         if rank0:
-            last_val = _validate(model, val_set, ctx.device)
+            last_val = _validate(published, val_set, ctx.device)
             metrics["val"] = last_val
             history.append({"kind": "epoch", **metrics})
             card["metrics"] = metrics
-            card = save_checkpoint(
-                opts.out, model=model, optimizer=optimizer, loop_state=loop, card=card, history=history
+            state = model.state_dict() if average is not None else None
+            save = dict(
+                model=published, optimizer=optimizer, loop_state=loop, history=history, train_state=state
             )
+            card = save_checkpoint(opts.out, card=card, **save)
             progress.epoch_done(metrics)
             if ctx.ray:
                 tmp = tempfile.mkdtemp(prefix="wherecnn-ckpt-")
-                save_checkpoint(
-                    tmp, model=model, optimizer=optimizer, loop_state=loop, card=card, history=history
-                )
+                save_checkpoint(tmp, card=card, **save)
         ctx.report(
             {k: v for k, v in metrics.items() if k != "val"} | {f"val_{k}": v for k, v in last_val.items()},
             tmp,
