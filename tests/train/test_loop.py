@@ -14,7 +14,7 @@ import pytest
 import torch
 from wherecnn.data.torchdata import PairDataset
 from wherecnn.models.embedder import Embedder
-from wherecnn.train.loop import TrainOptions, _photo_sector, train_func
+from wherecnn.train.loop import TrainOptions, _photo_sector, mixed_precision, train_func
 
 # a small dual-cpu keeps these tests to seconds on 2 cores
 TINY = {
@@ -171,6 +171,21 @@ def test_a_track_section_replaces_the_train_augmentation_on_its_track(
     own = {**TINY, "offset": {"pairs": "track"}, "train": {"augment_shift": 0.02}}
     offset = _training_augment(fake_pairs, tmp_path / "t", monkeypatch, track="offset", overrides=own)
     assert offset["shift"] == 0.02 and offset["scale"] is None
+
+
+def test_mixed_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (
+        mixed_precision(cuda, "auto") and not mixed_precision(cuda, "fp32") and mixed_precision(cpu, "bf16")
+    )
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        assert mixed_precision(cpu, "auto") is native
+    with pytest.raises(ValueError, match="precision"):
+        mixed_precision(cpu, "fp16")
 
 
 def test_the_photo_field_of_view_narrows_over_the_first_share_of_training() -> None:

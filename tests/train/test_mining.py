@@ -7,8 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
+from wherecnn.data.torchdata import PairDataset, load_pairs
+from wherecnn.models import build_model
 from wherecnn.train.loop import TrainOptions, train_func
-from wherecnn.train.mining import neighbour_table
+from wherecnn.train.mining import embed_dataset, neighbour_table
 
 
 def test_neighbour_table_lists_most_similar_other_samples() -> None:
@@ -48,3 +51,16 @@ def test_training_with_mined_batches_runs(fake_pairs: Path, tmp_path: Path) -> N
     assert summary["epochs"] == 2
     card = json.loads((tmp_path / "m" / "model_card.json").read_text())
     assert card["config"]["train"]["mine_every"] == 1
+
+
+def test_mining_embeddings_under_bf16_rank_like_fp32(fake_pairs: Path) -> None:
+    model = build_model("dual-cpu")
+    frame = load_pairs(str(fake_pairs), track="aligned", protocol="same-area", split="train").iloc[:48]
+    dataset = PairDataset(frame=frame, ground_size=model.ground_size, aerial_size=model.aerial_size)
+    full = embed_dataset(model, dataset, torch.device("cpu"))
+    half = embed_dataset(model, dataset, torch.device("cpu"), bf16=True)
+    assert full[0].shape == half[0].shape == (48, 128) and half[0].dtype == np.float32
+    assert not np.array_equal(full[0], half[0])  # it did run in bf16
+    assert np.abs(full[0] - half[0]).max() < 0.05 and np.abs(full[1] - half[1]).max() < 0.05
+    same = (neighbour_table(*full, k=4)[:, 0] == neighbour_table(*half, k=4)[:, 0]).mean()
+    assert same >= 0.8

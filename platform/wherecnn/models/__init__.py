@@ -57,6 +57,7 @@ OPTIONAL_KEYS = frozenset(
         "train.augment_color",
         "train.augment_shift",
         "train.ema",
+        "train.precision",
         "loss.alpha",
         "photo.fov_start_deg",
         "photo.fov_anneal",

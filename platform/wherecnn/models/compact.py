@@ -129,10 +129,11 @@ class CompactTwoBranch(TwoBranchModel):
 
     def ground_features(self, x: Tensor) -> Tensor:
         features = self.ground_trunk(x, circular=True)
-        if self.head == "azimuth":
-            visible = ((x - self.blank.to(x.dtype)).abs().amax(dim=(1, 2)) > 0.02).to(features.dtype)
-            return self.ground_head(features, visible)
-        return self.ground_head(features)
+        with _full_precision(features):  # the small heads stay in fp32 under mixed precision
+            if self.head == "azimuth":
+                visible = ((x.float() - self.blank).abs().amax(dim=(1, 2)) > 0.02).float()
+                return self.ground_head(features.float(), visible)
+            return self.ground_head(features.float())
 
     def aerial_features(self, x: Tensor) -> Tensor:
         return self.turned_aerial_features(x, 0)
@@ -152,4 +153,11 @@ class CompactTwoBranch(TwoBranchModel):
                 x = torch.roll(x, -turn, dims=3)
         elif turn:
             raise NotImplementedError("turning the bearings needs polar: true")
-        return self.aerial_head(self.aerial_trunk(x, circular=self.polar))
+        features = self.aerial_trunk(x, circular=self.polar)
+        with _full_precision(features):
+            return self.aerial_head(features.float())
+
+
+def _full_precision(x: Tensor) -> torch.autocast:
+    """Autocast off: the per-bearing normalisation and the few head weights decide fine score differences."""
+    return torch.autocast(x.device.type, enabled=False)

@@ -12,9 +12,10 @@ from wherecnn.data.torchdata import PairDataset, to_tensor
 
 @torch.inference_mode()
 def embed_dataset(
-    model: Any, dataset: PairDataset, device: torch.device, batch_size: int = 128
+    model: Any, dataset: PairDataset, device: torch.device, batch_size: int = 128, bf16: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(ground, aerial) embeddings of every pair, un-augmented, in eval mode (train mode restored after)."""
+    """(ground, aerial) embeddings of every pair, un-augmented, in eval mode (train mode restored after);
+    ``bf16``: under bf16 autocast (mining in mixed-precision training: ranking neighbours needs no more)."""
     inner = getattr(model, "module", model)
     was_training = inner.training
     inner.eval()
@@ -24,8 +25,9 @@ def embed_dataset(
             raws = [dataset.raw(i) for i in range(start, min(len(dataset), start + batch_size))]
             g = to_tensor(np.stack([r[0] for r in raws]), dataset.mean, dataset.std).to(device)
             a = to_tensor(np.stack([r[1] for r in raws]), dataset.mean, dataset.std).to(device)
-            gs.append(inner.embed_ground(g).float().cpu().numpy())
-            aes.append(inner.embed_aerial(a).float().cpu().numpy())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                gs.append(inner.embed_ground(g).float().cpu().numpy())
+                aes.append(inner.embed_aerial(a).float().cpu().numpy())
     finally:
         inner.train(was_training)
     return np.concatenate(gs), np.concatenate(aes)
