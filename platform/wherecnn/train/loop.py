@@ -122,8 +122,9 @@ def _photo_sector(start: float, fov: float, anneal: float, progress: float) -> f
 
 def mixed_precision(device: torch.device, precision: str) -> bool:
     """Whether to train under bf16 autocast (``train.precision``): ``"auto"`` on CUDA, and on CPUs with native
-    bf16 arithmetic (AVX512-BF16 or AMX), where it measured 2.2x the pairs per second of fp32 for
-    ``dual-cpu``; ``"bf16"`` always; ``"fp32"`` never. Losses, validation and embedding stay fp32."""
+    bf16 arithmetic (AVX512-BF16 or AMX; ~2x the pairs per second of fp32 for ``dual-cpu``,
+    benchmarks/train_step.py); ``"bf16"`` always; ``"fp32"`` never. The loss, validation and evaluation stay
+    fp32; the mining pass embeds in bf16."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"train.precision must be auto, bf16 or fp32, not {precision!r}")
     if precision != "auto":
@@ -165,7 +166,8 @@ def _optimizer(model: torch.nn.Module, train_cfg: dict[str, Any], lr: float) -> 
 class WeightAverage:
     """An exponential moving average of a model's weights and batch-norm statistics (``train.ema``: the
     decay per step), warmed up as ``min(decay, (1 + t) / (10 + t))`` so the first, random weights fade fast.
-    Flatter minima found this way tend to carry better to unseen domains (SWAD, Cha et al. 2021)."""
+    Weight averaging helps domain generalisation elsewhere (SWAD, Cha et al. 2021); for `dual-cpu` under its
+    cosine schedule it did not (docs/evaluation.md), so it is off by default."""
 
     def __init__(self, model: torch.nn.Module, decay: float, step: int = 0) -> None:
         if not 0.0 < decay < 1.0:
