@@ -79,10 +79,8 @@ def test_a_track_section_can_change_the_model_trained_on_that_track() -> None:
     # an explicit override still wins over the section's setting
     assert build_model("dual-cpu", track="photo", strides=[2, 2, 2, 2, 1, 2]).bearing_column_px == 32
     own = build_model("dual-cpu", track="offset", **{"offset.model": {"embed_dim": 64}})
-    assert (
-        own.embed_dim == 64
-        and build_model("dual-cpu", track="aligned", **{"offset.model.embed_dim": 64}).embed_dim == 128
-    )
+    assert own.embed_dim == 64
+    assert build_model("dual-cpu", track="aligned", **{"offset.model.embed_dim": 64}).embed_dim == 128
     with pytest.raises(ValueError, match="unknown model config key.*stride"):
         build_model("dual-cpu", track="photo", **{"photo.model": {"stride": [1]}})
 
