@@ -68,19 +68,10 @@ def test_same_seed_same_weights_on_cpu(fake_pairs: Path, tmp_path: Path) -> None
     assert "train_state" not in torch.load(tmp_path / "a" / "optimizer.pt", weights_only=False)  # no average
 
 
-def test_weight_average_is_what_the_checkpoint_publishes_and_a_resumed_run_matches(
-    fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _run_dying_after_two_checkpoints(opts: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``opts`` and let it die (KeyboardInterrupt) right after its second epoch's checkpoint."""
     import wherecnn.train.loop as loop_module
 
-    ema = {**TINY, "train": {"warmup_steps": 0, "ema": 0.9}}
-    train_func(_opts(fake_pairs, tmp_path / "a", epochs=3, overrides=ema))
-    published = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
-    trained = torch.load(tmp_path / "a" / "optimizer.pt", weights_only=False)["train_state"]
-    assert published.keys() == trained.keys()
-    assert not torch.equal(published["ground_head.column.weight"], trained["ground_head.column.weight"])
-
-    # a run that dies after epoch 2's checkpoint, resumed, ends with the same average and trained weights
     saved, calls = loop_module.save_checkpoint, []
 
     def crash_after_two(*args: object, **kwargs: object) -> object:
@@ -92,8 +83,22 @@ def test_weight_average_is_what_the_checkpoint_publishes_and_a_resumed_run_match
 
     monkeypatch.setattr(loop_module, "save_checkpoint", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        train_func(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=ema))
+        train_func(opts)
     monkeypatch.setattr(loop_module, "save_checkpoint", saved)
+
+
+def test_weight_average_is_what_the_checkpoint_publishes_and_a_resumed_run_matches(
+    fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ema = {**TINY, "train": {"warmup_steps": 0, "ema": 0.9}}
+    train_func(_opts(fake_pairs, tmp_path / "a", epochs=3, overrides=ema))
+    published = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
+    trained = torch.load(tmp_path / "a" / "optimizer.pt", weights_only=False)["train_state"]
+    assert published.keys() == trained.keys()
+    assert not torch.equal(published["ground_head.column.weight"], trained["ground_head.column.weight"])
+
+    # a run that dies after epoch 2's checkpoint, resumed, ends with the same average and trained weights
+    _run_dying_after_two_checkpoints(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=ema), monkeypatch)
     train_func(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=ema, resume=True))
     for name in ("model.pt", "optimizer.pt"):
         key = "state_dict" if name == "model.pt" else "train_state"
@@ -255,22 +260,7 @@ def test_fresh_places_train_and_resume_the_same_pool(
     card = json.loads((tmp_path / "a" / "model_card.json").read_text())
     assert card["data"]["fresh_places"] == 32 and card["data"]["fresh_epochs"] == 2
 
-    import wherecnn.train.loop as loop_module
-
-    saved = loop_module.save_checkpoint
-    calls = []
-
-    def crash_after_two(*args: object, **kwargs: object) -> object:
-        out = saved(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the run dies right after its second epoch's checkpoint
-        return out
-
-    monkeypatch.setattr(loop_module, "save_checkpoint", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train_func(_opts(tiny_world, tmp_path / "b", **kw))
-    monkeypatch.setattr(loop_module, "save_checkpoint", saved)
+    _run_dying_after_two_checkpoints(_opts(tiny_world, tmp_path / "b", **kw), monkeypatch)
     resumed = train_func(_opts(tiny_world, tmp_path / "b", resume=True, **kw))
     assert resumed["epochs"] == 3 and resumed["train_pairs"] == 64
     a, b = (torch.load(tmp_path / x / "model.pt", weights_only=False)["state_dict"] for x in "ab")
