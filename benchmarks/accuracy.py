@@ -294,7 +294,10 @@ def main() -> None:
     }
     from wherecnn.evaluate.report import clean_json
 
-    # rows of earlier runs (other tracks, protocols or models) stay; a re-measured row replaces its old one
+    # rows of earlier runs (other tracks, protocols or models) stay; a re-measured row replaces its old one,
+    # and each row keeps the settings of the run that measured it (the top-level ones are the latest run's)
+    for row in payload["rows"]:
+        row["settings"] = payload["settings"]
     if args.out.exists():
         key = lambda r: (r.get("track"), r.get("protocol"), r.get("features"))  # noqa: E731
         fresh = {key(r) for r in payload["rows"]}

@@ -37,5 +37,8 @@ def test_accuracy_table_trains_evaluates_and_replaces_its_rows(tiny_world: Path,
     assert again.returncode == 0, again.stderr[-3000:]
     rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
     assert [r["features"] for r in rows] == ["hog", "dual-cpu"]
+    # each row keeps the settings of the run that measured it
+    assert rows[0]["settings"]["reuse"] is False
+    assert rows[1]["settings"]["reuse"] is True
     assert rows[1]["test_views"] == 1 and rows[1]["training"] == {"reused": True}
     assert rows[1]["model_id"] == learned["model_id"] + "-tta1"
