@@ -64,3 +64,22 @@ def test_mining_embeddings_under_bf16_rank_like_fp32(fake_pairs: Path) -> None:
     assert np.abs(full[0] - half[0]).max() < 0.05 and np.abs(full[1] - half[1]).max() < 0.05
     same = (neighbour_table(*full, k=4)[:, 0] == neighbour_table(*half, k=4)[:, 0]).mean()
     assert same >= 0.8
+
+
+def test_photo_training_mines_with_the_photos_it_trains_on(fake_pairs: Path) -> None:
+    """The photo track cuts a photo from each panorama per epoch: mining must embed that photo, not the
+    panorama (a photo-trained model never sees whole panoramas, so their neighbours say nothing)."""
+    model = build_model("dual-cpu", track="photo")
+    frame = load_pairs(str(fake_pairs), track="aligned", protocol="same-area", split="train").iloc[:8]
+    augment = {"photo_fov": 90, "rotation": "none", "flip": False}
+    kw = dict(frame=frame, ground_size=model.ground_size, aerial_size=model.aerial_size)
+    photos, panos = PairDataset(**kw, augment=augment), PairDataset(**kw)  # type: ignore[arg-type]
+    photos.set_epoch(3)
+    g, a = embed_dataset(model, photos, torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():
+        shown = torch.stack([photos[i]["ground"] for i in range(len(frame))])  # what epoch 3 trains on
+        expected = model.embed_ground(shown).numpy()
+    np.testing.assert_allclose(g, expected, atol=1e-5)
+    assert np.abs(g - embed_dataset(model, panos, torch.device("cpu"))[0]).max() > 0.1
+    np.testing.assert_allclose(a, embed_dataset(model, panos, torch.device("cpu"))[1], atol=1e-6)

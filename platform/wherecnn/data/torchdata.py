@@ -416,15 +416,7 @@ class PairDataset(Dataset):
                 lo, hi = self.zoom
                 scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
                 aerial = zoom_tile(self.context(i), self.context_scale, scale, self.aerial_size)  # type: ignore[arg-type]
-            if self.augment.get("photo_fov"):
-                # a photo cut from the panorama; wider (a sector of it) while a field-of-view curriculum
-                # ("photo_sector", set per epoch) narrows towards the photos' own
-                heading = float(rng.uniform(0.0, 360.0))
-                fov, sector = float(self.augment["photo_fov"]), self.augment.get("photo_sector")
-                if sector is not None and float(sector) > fov:
-                    ground = sector_of_canvas(ground, heading, float(sector))
-                else:
-                    ground = photo_from_canvas(ground, heading, fov, self.ground_layout)
+            ground = self.query_view(i, ground)
             ground, aerial = augment_pair(
                 ground,
                 aerial,
@@ -439,6 +431,22 @@ class PairDataset(Dataset):
             "aerial": to_tensor(aerial, self.mean, self.std),
             "index": int(i),
         }
+
+    def query_view(self, i: int, ground: np.ndarray | None = None) -> np.ndarray:
+        """The ground view sample ``i`` shows this epoch before the pair's geometric augmentation: its canvas,
+        or, when training photos are cut from panoramas (``augment["photo_fov"]``), the photo cut at this
+        epoch's heading for it; wider (a sector of the panorama) while a field-of-view curriculum
+        (``augment["photo_sector"]``, set per epoch) narrows towards the photos' own. Hard-negative mining
+        embeds this view, so the negatives are mined for the queries the model trains on."""
+        if ground is None:
+            ground = self.raw(i)[0]
+        if not (self.augment or {}).get("photo_fov"):
+            return ground
+        heading = float(np.random.default_rng((self.seed, self.epoch, int(i), 1)).uniform(0.0, 360.0))
+        fov, sector = float(self.augment["photo_fov"]), self.augment.get("photo_sector")  # type: ignore[index]
+        if sector is not None and float(sector) > fov:
+            return sector_of_canvas(ground, heading, float(sector))
+        return photo_from_canvas(ground, heading, fov, self.ground_layout)
 
     def tile_keys(self) -> list[frozenset[str]]:
         """Per sample: its positive tile and semi-positives (samples sharing any never share a batch)."""

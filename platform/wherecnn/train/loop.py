@@ -445,7 +445,16 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         if fresh is not None and epoch > start_epoch:
             train_set = fresh_set(epoch)
             sampler = geo_sampler(train_set)
+        train_set.set_epoch(epoch)
+        if fov_start is not None:
+            augment["photo_sector"] = _photo_sector(
+                fov_start,
+                float(augment["photo_fov"]),
+                float(photo_cfg.get("fov_anneal", 0.5)),
+                position(loop["elapsed_s"], epoch),
+            )
         if mine_every and epoch > 0 and epoch % mine_every == 0:
+            # after set_epoch: photos cut from panoramas are mined as this epoch cuts them
             g, a = embed_dataset(model, train_set, ctx.device, bf16=amp)
             sampler = MinedBatchSampler(
                 neighbour_table(g, a, k=int(train_cfg.get("mine_k", 32))),
@@ -454,15 +463,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                 per_anchor=int(train_cfg.get("neighbours_per_group", 8)) - 1,
                 seed=opts.seed,
             )
-        train_set.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        if fov_start is not None:
-            augment["photo_sector"] = _photo_sector(
-                fov_start,
-                float(augment["photo_fov"]),
-                float(photo_cfg.get("fov_anneal", 0.5)),
-                position(loop["elapsed_s"], epoch),
-            )
         model.train()
         losses: list[float] = []
         t_epoch, pairs_epoch = time.perf_counter(), 0
