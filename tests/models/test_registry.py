@@ -19,6 +19,7 @@ from wherecnn.models import (
     unknown_keys,
 )
 from wherecnn.models.backbones import polar_grid, tile_grid
+from wherecnn.models.compact import MixStyle
 
 # small inputs keep the big backbones fast on 2 cores; the architecture is the registered one
 SMALL = {
@@ -112,6 +113,28 @@ def test_dual_cpu_is_compact_and_can_share_its_trunk() -> None:
     assert shared.num_parameters() < model.num_parameters()
 
 
+def test_mixstyle_mixes_feature_statistics_only_while_training() -> None:
+    torch.manual_seed(0)
+    mix = MixStyle(p=1.0, alpha=0.1)
+    x = torch.randn(6, 4, 5, 7) * torch.arange(1.0, 7.0).view(6, 1, 1, 1) + torch.arange(6.0).view(6, 1, 1, 1)
+    mix.eval()
+    assert torch.equal(mix(x), x)
+    mix.train()
+    y = mix(x)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    # each sample keeps its normalised pattern; its mean lies between the batch's means
+    norm = lambda t: (t - t.mean((2, 3), keepdim=True)) / t.std((2, 3), keepdim=True)  # noqa: E731
+    assert torch.allclose(norm(y), norm(x), atol=1e-3)
+    assert x.mean((1, 2, 3)).min() - 1e-4 <= y.mean((1, 2, 3)).min()
+    assert y.mean((1, 2, 3)).max() <= x.mean((1, 2, 3)).max() + 1e-4
+    assert torch.equal(MixStyle(p=0.0, alpha=0.1).train()(x), x)
+    model = build_model("dual-cpu", mixstyle={"p": 0.5, "alpha": 0.1, "after": [0, 1, 2]})
+    assert model.ground_trunk.mix_after == {0, 1, 2} and model.aerial_trunk.mix is not None
+    assert build_model("dual-cpu").ground_trunk.mix is None  # off unless the config asks
+    with pytest.raises(ValueError, match="blocks"):
+        build_model("dual-cpu", mixstyle={"after": [6]})
+
+
 def test_dual_cpu_ground_branch_has_no_seam_at_north() -> None:
     """Circular padding: rolling the panorama by a quarter rotates the features, not more."""
     torch.manual_seed(0)
@@ -175,6 +198,10 @@ def test_local_weights_file_initialises_where_cnn(tmp_path: Path) -> None:
     model = build_model("where-cnn", weights=str(path))
     assert torch.equal(model.ground_trunk[0].weight, features["features.0.weight"])
     assert torch.equal(model.aerial_trunk[3].weight, features["features.3.weight"])
+    # batch norm sits in the ReLUs' slots: the conv layers keep their names, so the weights still load
+    normed = build_model("where-cnn", weights=str(path), batch_norm=True)
+    assert torch.equal(normed.ground_trunk[3].weight, features["features.3.weight"])
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in normed.ground_trunk.modules()) == 5
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_model("where-cnn", weights=str(tmp_path / "missing.pth"))
 

@@ -54,6 +54,11 @@ __all__ = [
 OPTIONAL_KEYS = frozenset(
     {
         "hidden",
+        "batch_norm",
+        "mixstyle",
+        "mixstyle.p",
+        "mixstyle.alpha",
+        "mixstyle.after",
         "train.augment_color",
         "train.augment_shift",
         "train.ema",

@@ -14,17 +14,28 @@ from wherecnn.models.base import TwoBranchModel
 from wherecnn.models.weights import init_from, pretrained_state
 
 
-def _alexnet_features() -> nn.Sequential:
+def _alexnet_features(batch_norm: bool = False) -> nn.Sequential:
+    """torchvision's AlexNet conv stack; ``batch_norm`` puts a BatchNorm2d before each ReLU (in the ReLU's
+    slot, so the conv layers keep their indices and AlexNet weights still load by name)."""
     from torchvision.models import alexnet
 
-    return alexnet(weights=None).features
+    features = alexnet(weights=None).features
+    if batch_norm:
+        channels = 3
+        for i, layer in enumerate(features):
+            if isinstance(layer, nn.Conv2d):
+                channels = layer.out_channels
+            elif isinstance(layer, nn.ReLU):
+                features[i] = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+    return features
 
 
 class WhereCNN(TwoBranchModel):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
-        self.ground_trunk = _alexnet_features()
-        self.aerial_trunk = self.ground_trunk if config.get("shared") else _alexnet_features()
+        batch_norm = bool(config.get("batch_norm", False))
+        self.ground_trunk = _alexnet_features(batch_norm)
+        self.aerial_trunk = self.ground_trunk if config.get("shared") else _alexnet_features(batch_norm)
         state = pretrained_state(config, "alexnet")
         if state is not None:
             init_from(self.ground_trunk, state, prefix="features.")

@@ -42,17 +42,59 @@ class ConvBlock(nn.Module):
         return F.max_pool2d(x, 2) if self.pool else x
 
 
+class MixStyle(nn.Module):
+    """MixStyle (Zhou et al., ICLR 2021), a domain-generalisation regulariser: while training, with
+    probability ``p`` per batch, each sample's feature map is re-styled with its per-channel mean and
+    standard deviation mixed (Beta(``alpha``, ``alpha``) weights) with another sample's from the batch, so
+    the network sees styles between its training cities' and cannot key on any one city's. The identity in
+    eval mode."""
+
+    def __init__(self, p: float, alpha: float) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0 or alpha <= 0.0:
+            raise ValueError(f"mixstyle needs 0 <= p <= 1 and alpha > 0, got p={p}, alpha={alpha}")
+        self.p, self.alpha = p, alpha
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or x.shape[0] < 2 or float(torch.rand(())) >= self.p:
+            return x
+        xf = x.float()
+        mu = xf.mean(dim=(2, 3), keepdim=True).detach()
+        sigma = (xf.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt().detach()
+        weight = torch.distributions.Beta(self.alpha, self.alpha).sample((x.shape[0], 1, 1, 1)).to(x.device)
+        perm = torch.randperm(x.shape[0], device=x.device)
+        mixed_mu = weight * mu + (1 - weight) * mu[perm]
+        mixed_sigma = weight * sigma + (1 - weight) * sigma[perm]
+        return ((xf - mu) / sigma * mixed_sigma + mixed_mu).to(x.dtype)
+
+
 class Trunk(nn.Module):
-    def __init__(self, channels: list[int], strides: list[int], pools: list[bool]) -> None:
+    def __init__(
+        self,
+        channels: list[int],
+        strides: list[int],
+        pools: list[bool],
+        mixstyle: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         cins = [3, *channels[:-1]]
         self.blocks = nn.ModuleList(
             ConvBlock(ci, co, s, p) for ci, co, s, p in zip(cins, channels, strides, pools, strict=True)
         )
+        # config ``mixstyle``: {"p", "alpha", "after": block indices} (off when absent)
+        mix = mixstyle or {}
+        self.mix_after = {int(i) for i in mix.get("after", [])}
+        if not self.mix_after <= set(range(len(channels))):
+            raise ValueError(f"mixstyle after {sorted(self.mix_after)}: the trunk has {len(channels)} blocks")
+        self.mix = (
+            MixStyle(float(mix.get("p", 0.5)), float(mix.get("alpha", 0.1))) if self.mix_after else None
+        )
 
     def forward(self, x: Tensor, circular: bool) -> Tensor:
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             x = block(x, circular)
+            if self.mix is not None and i in self.mix_after:
+                x = self.mix(x)
         return x
 
 
@@ -106,8 +148,11 @@ class CompactTwoBranch(TwoBranchModel):
         channels = [int(c) for c in config["channels"]]
         strides = [int(s) for s in config["strides"]]
         pools = [bool(p) for p in config["pools"]]
-        self.ground_trunk = Trunk(channels, strides, pools)
-        self.aerial_trunk = self.ground_trunk if config.get("shared") else Trunk(channels, strides, pools)
+        mixstyle = config.get("mixstyle")
+        self.ground_trunk = Trunk(channels, strides, pools, mixstyle)
+        self.aerial_trunk = (
+            self.ground_trunk if config.get("shared") else Trunk(channels, strides, pools, mixstyle)
+        )
         mid = int(config.get("head_channels", 32))
         self.head = str(config.get("head", "spatial"))
         self.polar = bool(config.get("polar", False))
