@@ -81,5 +81,6 @@ def test_photo_training_mines_with_the_photos_it_trains_on(fake_pairs: Path) -> 
         shown = torch.stack([photos[i]["ground"] for i in range(len(frame))])  # what epoch 3 trains on
         expected = model.embed_ground(shown).numpy()
     np.testing.assert_allclose(g, expected, atol=1e-5)
-    assert np.abs(g - embed_dataset(model, panos, torch.device("cpu"))[0]).max() > 0.1
-    np.testing.assert_allclose(a, embed_dataset(model, panos, torch.device("cpu"))[1], atol=1e-6)
+    pano_g, pano_a = embed_dataset(model, panos, torch.device("cpu"))
+    assert np.abs(g - pano_g).max() > 0.1
+    np.testing.assert_allclose(a, pano_a, atol=1e-6)

@@ -432,14 +432,13 @@ class PairDataset(Dataset):
             "index": int(i),
         }
 
-    def query_view(self, i: int, ground: np.ndarray | None = None) -> np.ndarray:
-        """The ground view sample ``i`` shows this epoch before the pair's geometric augmentation: its canvas,
-        or, when training photos are cut from panoramas (``augment["photo_fov"]``), the photo cut at this
-        epoch's heading for it; wider (a sector of the panorama) while a field-of-view curriculum
-        (``augment["photo_sector"]``, set per epoch) narrows towards the photos' own. Hard-negative mining
-        embeds this view, so the negatives are mined for the queries the model trains on."""
-        if ground is None:
-            ground = self.raw(i)[0]
+    def query_view(self, i: int, ground: np.ndarray) -> np.ndarray:
+        """The ground view sample ``i`` shows this epoch before the pair's geometric augmentation, from its
+        canvas ``ground`` (`raw`): the canvas, or, when training photos are cut from panoramas
+        (``augment["photo_fov"]``), the photo cut at this epoch's heading for it; wider (a sector of the
+        panorama) while a field-of-view curriculum (``augment["photo_sector"]``, set per epoch) narrows
+        towards the photos' own. Hard-negative mining embeds this view, so the negatives are mined for the
+        queries the model trains on."""
         if not (self.augment or {}).get("photo_fov"):
             return ground
         heading = float(np.random.default_rng((self.seed, self.epoch, int(i), 1)).uniform(0.0, 360.0))
