@@ -265,3 +265,25 @@ def test_fresh_places_train_and_resume_the_same_pool(
     assert resumed["epochs"] == 3 and resumed["train_pairs"] == 64
     a, b = (torch.load(tmp_path / x / "model.pt", weights_only=False)["state_dict"] for x in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fresh_places_for_photos_are_panoramas(
+    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The photo track cuts its photos from fresh panoramas (not from already-cut 90-degree photos)."""
+    from wherecnn.data.synthetic import fresh as fresh_module
+
+    drawn: list[tuple[str, tuple[int, ...]]] = []
+
+    class Recording(fresh_module.FreshPlaces):
+        def sample(self, n: int, *, epoch: int):  # type: ignore[no-untyped-def]
+            frame, grounds, tiles = super().sample(n, epoch=epoch)
+            drawn.append((self.track, grounds[0].shape))
+            return frame, grounds, tiles
+
+    monkeypatch.setattr(fresh_module, "FreshPlaces", Recording)
+    kw = dict(fresh_places=16, track="photo", protocol="same-area", val_size=8, epochs=1)
+    train_func(_opts(tiny_world, tmp_path / "p", **kw))
+    assert drawn and all(track == "aligned" for track, _ in drawn)
+    height, width = drawn[0][1][:2]
+    assert width == 4 * height  # a 360-degree panorama

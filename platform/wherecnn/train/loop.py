@@ -284,10 +284,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     if opts.fresh_places:
         from wherecnn.data.synthetic.fresh import FreshPlaces
 
+        # the pairs the track trains on: panoramas for photos cut from them, camera-centred tiles for offset
         fresh = FreshPlaces(
             opts.data,
             protocol=opts.protocol,
-            track=opts.track,
+            track=pairs_track,
             seed=opts.seed,
             style_spread=opts.style_spread,
         )
