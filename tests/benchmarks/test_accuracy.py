@@ -18,7 +18,8 @@ def _run(world: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str
 
 
 def test_accuracy_table_trains_evaluates_and_replaces_its_rows(tiny_world: Path, tmp_path: Path) -> None:
-    done = _run(tiny_world, tmp_path, "--minutes", "0.02", "--set", 'train={"batch_size": 8}')
+    small = 'train={"batch_size": 8, "fresh_places": 64}'
+    done = _run(tiny_world, tmp_path, "--minutes", "0.02", "--set", small)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
     assert [(r["features"], r["family"]) for r in rows] == [("hog", "hand-crafted"), ("dual-cpu", "learned")]
@@ -27,6 +28,7 @@ def test_accuracy_table_trains_evaluates_and_replaces_its_rows(tiny_world: Path,
         assert (r["track"], r["protocol"]) == ("aligned", "same-area")
         assert 0.0 <= r["overall"]["R@1"] <= 1.0 and r["cities"]
     assert learned["test_views"] == 4 and learned["train_config"]["config"]["train"]["batch_size"] == 8
+    assert learned["train_config"]["data"]["fresh_places"] == 64  # new places rendered: a synthetic world
     ratio = learned["overall"]["AP"] / hog["overall"]["AP"]
     assert abs(learned["AP_ratio_to_best_handcrafted"] - ratio) < 1e-9
     assert set(learned["targets"]) == {"R@1>=0.95", "AP_ratio>=5.0"}

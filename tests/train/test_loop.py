@@ -14,7 +14,13 @@ import pytest
 import torch
 from wherecnn.data.torchdata import PairDataset
 from wherecnn.models.embedder import Embedder
-from wherecnn.train.loop import TrainOptions, _photo_sector, mixed_precision, train_func
+from wherecnn.train.loop import (
+    TrainOptions,
+    _fresh_settings,
+    _photo_sector,
+    mixed_precision,
+    train_func,
+)
 
 # a small dual-cpu keeps these tests to seconds on 2 cores
 TINY = {
@@ -265,6 +271,25 @@ def test_fresh_places_train_and_resume_the_same_pool(
     assert resumed["epochs"] == 3 and resumed["train_pairs"] == 64
     a, b = (torch.load(tmp_path / x / "model.pt", weights_only=False)["state_dict"] for x in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fresh_places_default_from_the_model_config_on_synthetic_worlds(
+    tiny_world: Path, fake_pairs: Path, tmp_path: Path
+) -> None:
+    """The config's train.fresh_places and style_spread apply on a synthetic world; the options win."""
+    cfg = {"fresh_places": 2500, "style_spread": 1.5}
+
+    def settings(data: Path, **kw: object) -> tuple[int, float | None]:
+        return _fresh_settings(TrainOptions(data=str(data), out=str(tmp_path), epochs=1, **kw), cfg)  # type: ignore[arg-type]
+
+    assert settings(tiny_world) == (2500, 1.5)
+    assert settings(fake_pairs) == (0, None)  # no synthetic.json: nothing to render new places from
+    assert settings(tiny_world, fresh_places=0) == (0, None)
+    assert settings(tiny_world, fresh_places=64, style_spread=0) == (64, None)
+    assert settings(fake_pairs, fresh_places=64) == (64, 1.5)  # asked for: FreshPlaces says what is missing
+    assert _fresh_settings(TrainOptions(data=str(tiny_world), out="x", epochs=1), {}) == (0, None)
+    with pytest.raises(ValueError, match="needs fresh_places"):
+        TrainOptions(data=str(tiny_world), out="x", epochs=1, fresh_places=0, style_spread=1.5)
 
 
 def test_fresh_places_for_photos_are_panoramas(

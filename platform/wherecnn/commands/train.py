@@ -51,12 +51,14 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (local loop)."),
     val_size: int = typer.Option(256, "--val-size", min=0, help="Held-out pairs for the in-loop Recall@1."),
     max_pairs: int | None = typer.Option(None, "--max-pairs", min=1, help="Train on a random subset."),
-    fresh_places: int = typer.Option(
-        0,
+    fresh_places: int | None = typer.Option(
+        None,
         "--fresh-places",
         min=0,
         help="Synthetic worlds: render this many new training places per epoch (in the protocol's "
-        "training area) instead of reusing the manifest's pairs.",
+        "training area, and in new cities) instead of reusing the manifest's pairs. Default: the model "
+        "config's train.fresh_places on a world made by `wherecnn synth` (dual-cpu: 2500), else 0; 0 turns "
+        "it off.",
     ),
     fresh_epochs: int = typer.Option(
         3, "--fresh-epochs", min=1, help="Epochs each fresh place is trained on."
@@ -64,9 +66,10 @@ def train(
     style_spread: float | None = typer.Option(
         None,
         "--style-spread",
-        min=1.0,
-        help="With --fresh-places: build the new worlds in random styles blended from the training "
-        "cities' styles, each knob scaled by up to this factor (e.g. 1.5).",
+        min=0.0,
+        help="Fresh places: build the new cities in random styles blended from the training cities' "
+        "styles, each knob scaled by up to this factor (>= 1). Default: the model config's "
+        "train.style_spread (dual-cpu: 1.5); 0 keeps the training styles.",
     ),
     set_: list[str] = typer.Option(
         [],

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,9 +51,13 @@ class TrainOptions:
     device: str = "auto"
     val_size: int = 256
     max_pairs: int | None = None  # train on a subset (tests, quick looks)
-    fresh_places: int = 0  # synthetic worlds: render this many new places per epoch instead of the manifest's
+    # synthetic worlds: render this many new places per epoch instead of the manifest's pairs (None: the
+    # model config's train.fresh_places on a world made by `wherecnn synth`, else 0; 0 turns it off)
+    fresh_places: int | None = None
     fresh_epochs: int = 3  # ... and train on each for this many epochs (the pool holds the latest batches)
-    style_spread: float | None = None  # fresh places: new worlds in random styles around the training ones
+    # fresh places: new worlds in random styles scaled around the training ones (None: the model config's
+    # train.style_spread; 0 turns it off)
+    style_spread: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     log_every: int = 20
@@ -60,9 +65,9 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.minutes is None):
             raise ValueError("give exactly one of epochs or minutes")
-        if self.fresh_places < 0 or self.fresh_epochs < 1:
+        if (self.fresh_places or 0) < 0 or self.fresh_epochs < 1:
             raise ValueError("fresh_places must be >= 0 and fresh_epochs >= 1")
-        if self.style_spread is not None and not self.fresh_places:
+        if self.style_spread and self.fresh_places == 0:
             raise ValueError("style_spread styles fresh places' new worlds: it needs fresh_places")
 
 
@@ -112,6 +117,19 @@ class _Ctx:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def _fresh_settings(opts: TrainOptions, train_cfg: dict[str, Any]) -> tuple[int, float | None]:
+    """(fresh places per epoch, style spread): the options', else the model config's ``train.fresh_places``
+    and ``train.style_spread`` where the data is a synthetic world (its ``synthetic.json``), else none."""
+    from wherecnn.data.synthetic.generate import SPEC_FILE
+
+    synthetic = "://" not in opts.data and (Path(opts.data) / SPEC_FILE).exists()
+    n = opts.fresh_places
+    if n is None:
+        n = int(train_cfg.get("fresh_places", 0) or 0) if synthetic else 0
+    spread = opts.style_spread if opts.style_spread is not None else train_cfg.get("style_spread")
+    return n, (float(spread) if n and spread else None)
+
+
 def _photo_sector(start: float, fov: float, anneal: float, progress: float) -> float:
     """The field of view photo training cuts at ``progress`` (0..1) through training: ``start`` degrees at
     first, narrowing linearly to the photos' own ``fov`` over the first ``anneal`` share of training."""
@@ -281,19 +299,16 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         )
     frame, val_frame = _split_val(frame.reset_index(drop=True), val_rows, opts.val_size, opts.seed)
     fresh = None
-    if opts.fresh_places:
+    n_fresh, spread = _fresh_settings(opts, train_cfg)
+    if n_fresh:
         from wherecnn.data.synthetic.fresh import FreshPlaces
 
         # the pairs the track trains on: panoramas for photos cut from them, camera-centred tiles for offset
         fresh = FreshPlaces(
-            opts.data,
-            protocol=opts.protocol,
-            track=pairs_track,
-            seed=opts.seed,
-            style_spread=opts.style_spread,
+            opts.data, protocol=opts.protocol, track=pairs_track, seed=opts.seed, style_spread=spread
         )
-        if opts.fresh_places < batch_size:
-            raise ValueError(f"fresh_places {opts.fresh_places} < batch {batch_size}")
+        if n_fresh < batch_size:
+            raise ValueError(f"fresh_places {n_fresh} < batch {batch_size}")
     elif len(frame) < batch_size:
         raise ValueError(
             f"{opts.data}: only {len(frame)} training pairs for track {opts.track!r} < batch {batch_size}"
@@ -322,6 +337,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         "scale": setting("augment_scale", None),
         "photo_fov": float(photo_cfg.get("fov_deg", 90.0)) if from_pano else None,
     }
+    if fresh is not None and augment["scale"] and float(augment["scale"][1]) > 1:
+        # a fresh tile is cut at its own side, with no raster window around it to show more ground
+        augment["scale"] = [min(float(augment["scale"][0]), 1.0), 1.0]
+        if rank0:
+            print(f"fresh places: zoom in only ({augment['scale'][0]:g}-1x a tile's ground)", flush=True)
     # photo.fov_start_deg: a curriculum from panorama sectors that wide down to the photos' own field of view
     fov_start = photo_cfg.get("fov_start_deg") if from_pano else None
     val_set = PairDataset(frame=val_frame, **common)
@@ -354,7 +374,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             del pool[e]
         for e in wanted:
             if e not in pool:
-                f, grounds, tiles = fresh.sample(opts.fresh_places, epoch=e)
+                f, grounds, tiles = fresh.sample(n_fresh, epoch=e)
                 prepared = PairDataset(frame=f, images=list(zip(grounds, tiles, strict=True)), **common)
                 pool[e] = (f, [prepared.raw(i) for i in range(len(f))])
         frames = [pool[e][0] for e in wanted]
@@ -405,9 +425,9 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             "protocol": opts.protocol,
             "train_pairs": len(train_set),
             "val_pairs": len(val_frame),
-            "fresh_places": opts.fresh_places,
+            "fresh_places": n_fresh,
             "fresh_epochs": opts.fresh_epochs if fresh is not None else None,
-            "style_spread": opts.style_spread if fresh is not None else None,
+            "style_spread": spread,
         },
         "train": {
             "seed": opts.seed,
@@ -558,7 +578,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         "model_id": card.get("model_id"),
         "params": model.num_parameters(),
         "train_pairs": len(train_set),
-        "fresh_places_per_epoch": opts.fresh_places,
+        "fresh_places_per_epoch": n_fresh,
     }
 
 
