@@ -22,7 +22,8 @@ STAGES = ("data", "train", "index", "evaluate", "search")
 # Training budget per world size, minutes of wall clock on the machine at hand.
 DEFAULT_MINUTES = {"tiny": 1.0, "small": 10.0, "full": 30.0}
 # The tiny world has a few dozen training places: smaller batches and validation sample than the model's,
-# and its manifest's pairs rather than new places rendered every epoch (~5 s each: most of a 1-minute run).
+# and its manifest's pairs rather than new places rendered every epoch (~5 s an epoch there, longer than
+# the epoch's own training).
 TRAIN_SIZES: dict[str, dict[str, int]] = {"tiny": {"batch_size": 16, "val_size": 24, "fresh_places": 0}}
 
 
