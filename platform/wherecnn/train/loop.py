@@ -111,7 +111,8 @@ class _Ctx:
         """Rank 0's decision (e.g. the time budget ran out) broadcast to every rank."""
         if self.world == 1:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+        # on the run's device: NCCL (Ray Train on GPUs) has no CPU tensors
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.broadcast(t, src=0)
         return bool(t.item())
 
