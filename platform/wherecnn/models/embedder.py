@@ -42,7 +42,7 @@ class Embedder:
         batch_size: int = 64,
     ) -> None:
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.place(self.device).eval()
         self.model_id = model_id
         self.card: dict[str, Any] = card or {"model_id": model_id, "config": model.config}
         self.batch_size = batch_size

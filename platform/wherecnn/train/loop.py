@@ -27,6 +27,7 @@ import torch.distributed as dist
 from wherecnn.data.manifest import read_pairs
 from wherecnn.data.torchdata import GeoBatchSampler, MinedBatchSampler, PairDataset, collate, load_pairs
 from wherecnn.models import build_model, model_from_config
+from wherecnn.models.base import TwoBranchModel
 from wherecnn.train.checkpoint import load_checkpoint, manifest_digest, save_checkpoint
 from wherecnn.train.losses import gather_with_grad, make_loss
 from wherecnn.train.mining import embed_dataset, neighbour_table
@@ -188,7 +189,7 @@ class WeightAverage:
     Weight averaging helps domain generalisation elsewhere (SWAD, Cha et al. 2021); for `dual-cpu` under its
     cosine schedule it did not (docs/evaluation.md), so it is off by default."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, step: int = 0) -> None:
+    def __init__(self, model: TwoBranchModel, decay: float, step: int = 0) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"train.ema must be a decay in (0, 1), not {decay}")
         self.model, self.decay, self.step = copy.deepcopy(model), decay, step
@@ -396,9 +397,9 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     sampler: Any = geo_sampler(train_set)
 
     # ---- model, optimizer, state
-    model.to(ctx.device)
+    model.place(ctx.device)
     if average is not None:
-        average.model.to(ctx.device)
+        average.model.place(ctx.device)
     published = average.model if average is not None else model  # what validation and checkpoints see
     net: Any = model
     if ctx.ray:
