@@ -295,20 +295,28 @@ def test_fresh_places_default_from_the_model_config_on_synthetic_worlds(
 def test_fresh_places_for_photos_are_panoramas(
     tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The photo track cuts its photos from fresh panoramas (not from already-cut 90-degree photos)."""
+    """The photo track cuts its photos from fresh panoramas (not from already-cut 90-degree photos); the
+    config's train.fresh_worlds sets how many new cities each epoch builds."""
     from wherecnn.data.synthetic import fresh as fresh_module
 
-    drawn: list[tuple[str, tuple[int, ...]]] = []
+    drawn: list[tuple[str, tuple[int, ...], int]] = []
 
     class Recording(fresh_module.FreshPlaces):
         def sample(self, n: int, *, epoch: int):  # type: ignore[no-untyped-def]
             frame, grounds, tiles = super().sample(n, epoch=epoch)
-            drawn.append((self.track, grounds[0].shape))
+            drawn.append((self.track, grounds[0].shape, self.new_worlds))
             return frame, grounds, tiles
 
     monkeypatch.setattr(fresh_module, "FreshPlaces", Recording)
     kw = dict(fresh_places=16, track="photo", protocol="same-area", val_size=8, epochs=1)
-    train_func(_opts(tiny_world, tmp_path / "p", **kw))
-    assert drawn and all(track == "aligned" for track, _ in drawn)
+    train_func(
+        _opts(
+            tiny_world,
+            tmp_path / "p",
+            overrides=TINY | {"train": {"warmup_steps": 0, "fresh_worlds": 3}},
+            **kw,
+        )
+    )
+    assert drawn and all(track == "aligned" and worlds == 3 for track, _, worlds in drawn)
     height, width = drawn[0][1][:2]
     assert width == 4 * height  # a 360-degree panorama

@@ -62,6 +62,7 @@ OPTIONAL_KEYS = frozenset(
         "train.augment_color",
         "train.augment_shift",
         "train.ema",
+        "train.fresh_worlds",
         "train.precision",
         "loss.alpha",
         "photo.fov_start_deg",

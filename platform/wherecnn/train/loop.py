@@ -307,7 +307,12 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
         # the pairs the track trains on: panoramas for photos cut from them, camera-centred tiles for offset
         fresh = FreshPlaces(
-            opts.data, protocol=opts.protocol, track=pairs_track, seed=opts.seed, style_spread=spread
+            opts.data,
+            protocol=opts.protocol,
+            track=pairs_track,
+            seed=opts.seed,
+            style_spread=spread,
+            new_worlds=train_cfg.get("fresh_worlds"),  # None: as many as the training cities
         )
         if n_fresh < batch_size:
             raise ValueError(f"fresh_places {n_fresh} < batch {batch_size}")
