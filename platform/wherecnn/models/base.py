@@ -41,8 +41,8 @@ class TwoBranchModel(nn.Module):
 
     def place(self, device: torch.device) -> TwoBranchModel:
         """Move to ``device``; on CUDA also lay the convolution weights out channels-last (NHWC), the layout
-        cuDNN's fast kernels use: dual-resnet's training step on an H200 ran 2.0x faster so in bf16 at batch
-        256, 1.4x at batch 64 (benchmarks/results/train_step-cuda*.json). CPUs keep NCHW."""
+        cuDNN's fast kernels use: dual-resnet's training step on an H200 ran 2.0x faster in bf16 at batch 256,
+        1.4x at batch 64 (benchmarks/results/train_step-cuda*.json). CPUs keep NCHW."""
         self.to(device)
         if device.type == "cuda":
             self.to(memory_format=torch.channels_last)
