@@ -87,6 +87,15 @@ def to_tensor(
 
 
 # ---------------------------------------------------------------- augmentation
+def zoom_range(scale: Sequence[float], *, has_windows: bool) -> tuple[float, float]:
+    """The zoom augmentation's range (lo, hi) that pairs can use: showing more ground than a tile (hi > 1)
+    needs the raster window around it, so pairs without one zoom in only (hi capped at 1)."""
+    lo, hi = (float(v) for v in scale)
+    if not 0 < lo <= hi:
+        raise ValueError(f"augment scale must be 0 < lo <= hi, got {list(scale)}")
+    return (lo, hi) if has_windows else (min(lo, 1.0), min(hi, 1.0))
+
+
 def zoom_tile(context: np.ndarray, context_scale: float, scale: float, size: tuple[int, int]) -> np.ndarray:
     """The tile seen at ``scale`` times its ground side, from ``context``: the same centre seen at
     ``context_scale`` times the side (``scale`` <= ``context_scale``), resized to ``size``.
@@ -288,18 +297,15 @@ class PairDataset(Dataset):
         self._context: list[np.ndarray | None] = []
         self._tile_px: int | None = None
         if (augment or {}).get("scale"):
-            lo, hi = (float(v) for v in augment["scale"])  # type: ignore[index]
-            if not 0 < lo <= hi:
-                raise ValueError(f"augment scale must be 0 < lo <= hi, got {augment['scale']}")  # type: ignore[index]
-            if hi > 1 and not self.has_windows:
+            asked = augment["scale"]  # type: ignore[index]
+            self.zoom = zoom_range(asked, has_windows=self.has_windows)
+            if self.zoom[1] < float(asked[1]):
                 warnings.warn(
                     "zoom augmentation: the pairs have no raster windows to show more ground than a tile; "
                     "zooming in only",
                     stacklevel=2,
                 )
-                lo, hi = min(lo, 1.0), 1.0
-            self.zoom = (lo, hi)
-            self.context_scale = max(hi, 1.0) if self.has_windows else 1.0
+            self.context_scale = max(self.zoom[1], 1.0) if self.has_windows else 1.0
             self._context = [None] * len(self.frame)
         if images is not None:
             if len(images) != len(self.frame):

@@ -25,7 +25,14 @@ import torch
 import torch.distributed as dist
 
 from wherecnn.data.manifest import read_pairs
-from wherecnn.data.torchdata import GeoBatchSampler, MinedBatchSampler, PairDataset, collate, load_pairs
+from wherecnn.data.torchdata import (
+    GeoBatchSampler,
+    MinedBatchSampler,
+    PairDataset,
+    collate,
+    load_pairs,
+    zoom_range,
+)
 from wherecnn.models import build_model, model_from_config
 from wherecnn.models.base import TwoBranchModel
 from wherecnn.train.checkpoint import load_checkpoint, manifest_digest, save_checkpoint
@@ -344,11 +351,14 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         "scale": setting("augment_scale", None),
         "photo_fov": float(photo_cfg.get("fov_deg", 90.0)) if from_pano else None,
     }
-    if fresh is not None and augment["scale"] and float(augment["scale"][1]) > 1:
-        # a fresh tile is cut at its own side, with no raster window around it to show more ground
-        augment["scale"] = [min(float(augment["scale"][0]), 1.0), 1.0]
-        if rank0:
-            print(f"fresh places: zoom in only ({augment['scale'][0]:g}-1x a tile's ground)", flush=True)
+    if fresh is not None and augment["scale"]:
+        # a fresh tile is cut at its own side, with no raster window around it to show more ground; capped
+        # here once, so the fresh datasets built every epoch do not warn each time
+        zoom = zoom_range(augment["scale"], has_windows=False)
+        if zoom[1] < float(augment["scale"][1]):
+            augment["scale"] = list(zoom)
+            if rank0:
+                print(f"fresh places: zoom in only ({zoom[0]:g}-1x a tile's ground)", flush=True)
     # photo.fov_start_deg: a curriculum from panorama sectors that wide down to the photos' own field of view
     fov_start = photo_cfg.get("fov_start_deg") if from_pano else None
     val_set = PairDataset(frame=val_frame, **common)
