@@ -3,8 +3,10 @@ weights when ``model.pt`` holds their average),
 ``model_card.json``,
 ``metrics.jsonl``, written through `wherecnn.storage` so a local dir and an s3:// prefix work the same.
 
-Write order makes a half-written checkpoint detectable: optimizer state, then weights, then the card; each
-payload carries its epoch, and loading refuses a mix.
+``optimizer.pt`` is the resume point: one file, written atomically (`storage.write_bytes`), that holds
+everything ``--resume`` needs -- the published weights and config, the optimizer and loop state, the
+history -- so a run killed while writing the other files resumes from it. It is written first; ``model.pt``,
+``metrics.jsonl`` and the card, what consumers read, follow.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def _to_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
+
+
+def _load(uri: str) -> Any:
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=False)
 
 
 def manifest_digest(data_dir: str | Path) -> str:
@@ -75,13 +81,22 @@ def save_checkpoint(
     ``model`` is what consumers load (with weight averaging, the average); ``train_state``, when given, is the
     weights the optimizer is training, kept beside the optimizer for ``--resume``."""
     epoch = int(loop_state["epoch"])
-    payload: dict[str, Any] = {"optimizer": optimizer.state_dict(), "loop": loop_state}
+    config = model.config  # type: ignore[attr-defined]
+    weights = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config,
+        "epoch": epoch,
+    }
+    payload: dict[str, Any] = {
+        "optimizer": optimizer.state_dict(),
+        "loop": loop_state,
+        "model": weights,
+        "history": history,
+    }
     if train_state is not None:
         payload["train_state"] = {k: v.detach().cpu() for k, v in train_state.items()}
     storage.write_bytes(storage.join(out, OPTIMIZER_FILE), _to_bytes(payload))
-    config = model.config  # type: ignore[attr-defined]
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    blob = _to_bytes({"state_dict": state, "config": config, "epoch": epoch})
+    blob = _to_bytes(weights)
     storage.write_bytes(storage.join(out, MODEL_FILE), blob)
     card = dict(card)
     card.update(
@@ -98,28 +113,27 @@ def save_checkpoint(
 
 
 def load_checkpoint(out: str) -> dict[str, Any] | None:
-    """The latest complete checkpoint under ``out`` (model, optimizer, card, history), or None if none."""
+    """The latest resume point under ``out`` (model, optimizer, loop, history; and the card), or None if no
+    epoch finished. The weights, loop state and history come from ``optimizer.pt`` alone, so they agree even
+    when the run died while writing the other files (the card may then be an epoch behind)."""
     if not storage.exists(storage.join(out, CARD_FILE)):
         return None
     card = json.loads(storage.read_bytes(storage.join(out, CARD_FILE)))
-    model = torch.load(
-        io.BytesIO(storage.read_bytes(storage.join(out, MODEL_FILE))), map_location="cpu", weights_only=False
-    )
-    opt = torch.load(
-        io.BytesIO(storage.read_bytes(storage.join(out, OPTIMIZER_FILE))),
-        map_location="cpu",
-        weights_only=False,
-    )
-    if not (int(model["epoch"]) == int(opt["loop"]["epoch"]) == int(card["epoch"])):
-        raise RuntimeError(
-            f"checkpoint {out} is inconsistent (model epoch {model['epoch']}, "
-            f"optimizer epoch {opt['loop']['epoch']}, "
-            f"card epoch {card['epoch']}): a run died while writing it; delete the folder or restore a copy"
-        )
-    history: list[dict[str, Any]] = []
-    if storage.exists(storage.join(out, METRICS_FILE)):
-        text = storage.read_bytes(storage.join(out, METRICS_FILE)).decode()
-        history = [json.loads(line) for line in text.splitlines() if line.strip()]
+    opt = _load(storage.join(out, OPTIMIZER_FILE))
+    if "model" in opt:
+        model, history = opt["model"], list(opt["history"])
+    else:  # written before optimizer.pt held the weights: the separate files must agree
+        model = _load(storage.join(out, MODEL_FILE))
+        if not (int(model["epoch"]) == int(opt["loop"]["epoch"]) == int(card["epoch"])):
+            raise RuntimeError(
+                f"checkpoint {out} is inconsistent (model epoch {model['epoch']}, "
+                f"optimizer epoch {opt['loop']['epoch']}, card epoch {card['epoch']}): a run died while "
+                "writing it; delete the folder or restore a copy"
+            )
+        history = []
+        if storage.exists(storage.join(out, METRICS_FILE)):
+            text = storage.read_bytes(storage.join(out, METRICS_FILE)).decode()
+            history = [json.loads(line) for line in text.splitlines() if line.strip()]
     return {
         "model": model,
         "optimizer": opt["optimizer"],
