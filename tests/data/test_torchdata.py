@@ -14,9 +14,12 @@ from wherecnn.data.torchdata import (
     MinedBatchSampler,
     PairDataset,
     augment_pair,
+    cylinder_view,
+    default_loader,
     ground_view,
     load_pairs,
     photo_from_canvas,
+    resize,
     sector_of_canvas,
     zoom_tile,
 )
@@ -164,6 +167,48 @@ def test_photos_cut_from_panoramas_look_like_the_photo_files(tiny_world: Path) -
         assert 56 <= len(cols) <= 72
         filled.add(frozenset(cols.tolist()))
     assert len(filled) == 3
+
+
+def test_a_cylinder_photo_lands_where_the_panorama_shows_the_same_things(tiny_world: Path) -> None:
+    """``ground_layout="cylinder"``: a photo reprojected onto the canvas matches the panorama it was cut
+    from, pixel for pixel inside its field of view (the plain canvas layout only resizes it into the sector,
+    so its bearings and elevations are off by up to ~4 and ~10 degrees)."""
+    from wherecnn.data.synthetic.render import photos_from_panoramas
+
+    panos = load_pairs(tiny_world, track="aligned", protocol="same-area", split="train").iloc[:6]
+    errors: dict[str, list[float]] = {"canvas": [], "cylinder": []}
+    for uri, heading in zip(panos["ground_uri"], [0.0, 37.0, 200.0, 315.0, 90.0, 359.0], strict=True):
+        pano = default_loader(uri)  # north-aligned, at the generator's resolution
+        canvas = resize(pano, (64, 256))
+        photo = photos_from_panoramas(pano[None], np.array([heading]), size=128, fov_deg=90.0)[0]
+        blank = np.zeros_like(canvas)
+        inside = ~sector_of_canvas(blank, heading, 86.0).any(axis=2)  # away from the photo's edges
+        outside = sector_of_canvas(blank, heading, 92.0).any(axis=2)
+        for layout in errors:
+            view = ground_view(photo, (64, 256), heading_deg=heading, fov_deg=90.0, layout=layout)
+            assert (view[outside] == MEAN_RGB).all()
+            errors[layout].append(float(np.abs(view.astype(float) - canvas)[inside].mean()))
+    # what is left is resampling blur (the photo is cut bilinearly, then shrunk and sampled back)
+    assert np.mean(errors["cylinder"]) < 0.6 * np.mean(errors["canvas"])
+
+
+def test_a_cylinder_photo_fills_only_the_elevations_it_sees() -> None:
+    # a level 4:3 landscape photo, 60 degrees across: ~47 degrees high at its centre, less at its sides
+    photo = np.full((60, 80, 3), 200, dtype=np.uint8)
+    view = cylinder_view(photo, (64, 256), heading_deg=180.0, fov_deg=60.0, canvas_vfov_deg=90.0)
+    filled = view[..., 0] == 200
+    cols = np.nonzero(filled.any(axis=0))[0]
+    assert abs(len(cols) - 256 * 60 / 360) <= 1 and abs(cols.mean() + 0.5 - 128) <= 1  # centred on south
+    centre_rows = np.nonzero(filled[:, 128])[0]
+    high = math.degrees(2 * math.atan(math.tan(math.radians(30.0)) * 60 / 80))  # 46.8 degrees
+    assert abs(len(centre_rows) - 64 * high / 90) <= 1.5
+    edge_rows = np.nonzero(filled[:, cols.min()])[0]
+    assert len(edge_rows) < len(centre_rows)  # the top and bottom edges dip towards the photo's sides
+    assert (view[~filled] == MEAN_RGB).all()
+    with pytest.raises(ValueError, match="fov_deg"):
+        cylinder_view(photo, (64, 256), heading_deg=0.0, fov_deg=180.0)
+    with pytest.raises(ValueError, match="ground_layout"):
+        ground_view(photo, (64, 256), heading_deg=0.0, fov_deg=60.0, layout="sphere")
 
 
 def test_a_sector_keeps_the_columns_it_faces() -> None:

@@ -8,6 +8,8 @@ import boto3
 import numpy as np
 import pytest
 import torch
+from wherecnn.data.torchdata import ground_view, to_tensor
+from wherecnn.models import build_model
 from wherecnn.models.embedder import Embedder
 from wherecnn.train.checkpoint import save_checkpoint
 
@@ -44,6 +46,23 @@ def test_photo_heading_changes_the_embedding() -> None:
     assert not np.allclose(north, east, atol=1e-3)
     with pytest.raises(ValueError, match="heading_deg"):
         emb.ground(photo, heading_deg=[0.0, 1.0])
+
+
+def test_photos_are_laid_out_as_the_model_config_says() -> None:
+    """`dual-cpu` reprojects a photo onto the canvas (``ground_layout`` "cylinder", over its
+    ``canvas_vfov_deg``); a checkpoint trained with the older "canvas" layout keeps it."""
+    photo = _images(np.random.default_rng(3), 1, 96, 128)  # 4:3, 70 degrees across
+    for layout, vfov in (("cylinder", 90.0), ("cylinder", 120.0), ("canvas", 90.0)):
+        torch.manual_seed(0)
+        model = build_model("dual-cpu", ground_layout=layout, canvas_vfov_deg=vfov)
+        emb = Embedder(model, model_id="layout", device="cpu")
+        view = ground_view(
+            photo[0], emb.ground_size, heading_deg=30.0, fov_deg=70.0, layout=layout, canvas_vfov_deg=vfov
+        )
+        with torch.no_grad():
+            want = model.embed_ground_views(to_tensor(view[None], emb.mean, emb.std)).numpy()
+        got = emb.ground(photo, heading_deg=[30.0], fov_deg=[70.0])
+        assert np.allclose(got, want, atol=1e-5), layout
 
 
 def _write(model: torch.nn.Module, out: str) -> dict:

@@ -37,6 +37,9 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(pil.resize((w, h), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR))
 
 
+CANVAS_LAYOUTS = ("canvas", "cylinder")  # ground layouts on a 360-degree canvas (bearings can be turned)
+
+
 def ground_view(
     image: np.ndarray,
     size: tuple[int, int],
@@ -44,24 +47,29 @@ def ground_view(
     heading_deg: float | None = None,
     fov_deg: float | None = None,
     layout: str = "canvas",
+    canvas_vfov_deg: float = 90.0,
 ) -> np.ndarray:
     """A ground image as the ground branch expects it: north at the left edge of a 360-degree canvas.
 
-    Panoramas (fov >= 360, or None) are resized and rolled so the left edge faces north. Photos are resized to
-    their share of the canvas width and pasted centred on their heading (unknown heading: assumed north).
-    ``layout="resize"`` just resizes (for models trained on photos without compass).
+    Panoramas (fov >= 360, or None) are resized and rolled so the left edge faces north. Photos (unknown
+    heading: assumed north) are, with ``layout="canvas"``, resized to their share of the canvas width and
+    pasted centred on their heading; with ``layout="cylinder"`` reprojected so every canvas pixel shows the
+    bearing and elevation a panorama shows there (`cylinder_view`; the canvas spans ``canvas_vfov_deg``
+    about the horizon). ``layout="resize"`` just resizes (for models trained on photos without compass).
     """
     h, w = size
     fov = 360.0 if fov_deg is None or (isinstance(fov_deg, float) and math.isnan(fov_deg)) else float(fov_deg)
     heading = 0.0 if heading_deg is None or math.isnan(float(heading_deg)) else float(heading_deg)
     if layout == "resize":
         return resize(image, size)
-    if layout != "canvas":
-        raise ValueError(f"ground_layout must be 'canvas' or 'resize', got {layout!r}")
+    if layout not in CANVAS_LAYOUTS:
+        raise ValueError(f"ground_layout must be one of {(*CANVAS_LAYOUTS, 'resize')}, got {layout!r}")
     if fov >= 359.5:
         out = resize(image, size)
         shift = int(round(heading / 360.0 * w)) % w
         return np.roll(out, shift, axis=1) if shift else out
+    if layout == "cylinder":
+        return cylinder_view(image, size, heading_deg=heading, fov_deg=fov, canvas_vfov_deg=canvas_vfov_deg)
     pw = max(1, min(w, int(round(fov / 360.0 * w))))
     photo = resize(image, (h, pw))
     canvas = np.empty((h, w, 3), dtype=np.uint8)
@@ -69,6 +77,50 @@ def ground_view(
     start = int(round((heading - fov / 2.0) / 360.0 * w))
     cols = (np.arange(pw) + start) % w
     canvas[:, cols] = photo
+    return canvas
+
+
+def cylinder_view(
+    photo: np.ndarray,
+    size: tuple[int, int],
+    *,
+    heading_deg: float,
+    fov_deg: float,
+    canvas_vfov_deg: float = 90.0,
+) -> np.ndarray:
+    """A level pinhole photo (``fov_deg`` across its width, square pixels) reprojected onto the 360-degree
+    canvas (north at the left edge; rows from +``canvas_vfov_deg``/2 down to -``canvas_vfov_deg``/2 of
+    elevation, as the panoramas span): each canvas pixel samples the photo pixel that looks in its direction,
+    so a photo of any field of view or aspect lands on the bearings and elevations where a panorama shows
+    the same things. Outside the photo the canvas is blank (`MEAN_RGB`)."""
+    h, w = size
+    if not 0.0 < fov_deg < 180.0:
+        raise ValueError(f"a pinhole photo's fov_deg must be in (0, 180), got {fov_deg}")
+    half = math.radians(fov_deg) / 2.0
+    across = max(2, min(w, round(fov_deg / 360.0 * w)))  # canvas columns the photo spans
+    if photo.shape[1] > across:  # shrink (box filter) to about the canvas's resolution, then sample
+        photo = resize(photo, (max(2, round(photo.shape[0] * across / photo.shape[1])), across))
+    ph, pw = photo.shape[:2]
+    f = (pw / 2.0) / math.tan(half)
+    bearing = (np.arange(w) + 0.5) * (2 * math.pi / w)
+    rel = np.remainder(bearing - math.radians(heading_deg) + math.pi, 2 * math.pi) - math.pi
+    cols = np.flatnonzero(np.abs(rel) < half)
+    vfov = math.radians(canvas_vfov_deg)
+    elevation = vfov / 2.0 - (np.arange(h) + 0.5) * (vfov / h)
+    x = np.broadcast_to(pw / 2.0 + np.tan(rel[cols]) * f - 0.5, (h, len(cols)))
+    y = ph / 2.0 - np.tan(elevation)[:, None] / np.cos(rel[cols])[None, :] * f - 0.5
+    inside = (y >= -0.5) & (y <= ph - 0.5)
+    x0 = np.clip(np.floor(x), 0, pw - 2).astype(np.int64)
+    y0 = np.clip(np.floor(y), 0, ph - 2).astype(np.int64)
+    fx = np.clip(x - x0, 0.0, 1.0)[..., None]
+    fy = np.clip(y - y0, 0.0, 1.0)[..., None]
+    img = photo.astype(np.float32)
+    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
+    bottom = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
+    sampled = np.rint(top * (1 - fy) + bottom * fy).clip(0, 255).astype(np.uint8)
+    canvas = np.empty((h, w, 3), dtype=np.uint8)
+    canvas[:] = MEAN_RGB
+    canvas[:, cols] = np.where(inside[..., None], sampled, canvas[:, cols])
     return canvas
 
 
@@ -167,7 +219,9 @@ def augment_pair(
     return np.ascontiguousarray(ground), np.ascontiguousarray(aerial)
 
 
-def photo_from_canvas(canvas: np.ndarray, heading_deg: float, fov_deg: float, layout: str) -> np.ndarray:
+def photo_from_canvas(
+    canvas: np.ndarray, heading_deg: float, fov_deg: float, layout: str, canvas_vfov_deg: float = 90.0
+) -> np.ndarray:
     """A pinhole photo facing ``heading_deg``, cut from a north-aligned panorama canvas the way the synthetic
     world cuts its photos (`photos_from_panoramas`), laid out as the ground branch expects it.
 
@@ -178,7 +232,14 @@ def photo_from_canvas(canvas: np.ndarray, heading_deg: float, fov_deg: float, la
 
     h = canvas.shape[0]
     photo = photos_from_panoramas(np.array(canvas[None]), np.array([heading_deg]), size=h, fov_deg=fov_deg)[0]
-    return ground_view(photo, canvas.shape[:2], heading_deg=heading_deg, fov_deg=fov_deg, layout=layout)  # type: ignore[arg-type]
+    return ground_view(
+        photo,
+        canvas.shape[:2],  # type: ignore[arg-type]
+        heading_deg=heading_deg,
+        fov_deg=fov_deg,
+        layout=layout,
+        canvas_vfov_deg=canvas_vfov_deg,
+    )
 
 
 def sector_of_canvas(canvas: np.ndarray, heading_deg: float, fov_deg: float) -> np.ndarray:
@@ -262,6 +323,7 @@ class PairDataset(Dataset):
         ground_size: tuple[int, int] = (64, 256),
         aerial_size: tuple[int, int] = (96, 96),
         ground_layout: str = "canvas",
+        canvas_vfov_deg: float = 90.0,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         augment: dict[str, Any] | None = None,
@@ -280,7 +342,7 @@ class PairDataset(Dataset):
             frame = load_pairs(data_dir, track=track, protocol=protocol, split=split)
         self.frame = frame.reset_index(drop=True)
         self.ground_size, self.aerial_size = tuple(ground_size), tuple(aerial_size)
-        self.ground_layout = ground_layout
+        self.ground_layout, self.canvas_vfov_deg = ground_layout, float(canvas_vfov_deg)
         self.mean, self.std = tuple(mean), tuple(std)
         self.augment = augment
         self.seed, self.epoch = seed, 0
@@ -383,6 +445,7 @@ class PairDataset(Dataset):
             heading_deg=_num(heading),
             fov_deg=_num(fov),
             layout=self.ground_layout,
+            canvas_vfov_deg=self.canvas_vfov_deg,
         )
         return view, resize(tile, self.aerial_size)  # type: ignore[arg-type]
 
@@ -451,7 +514,7 @@ class PairDataset(Dataset):
         fov, sector = float(self.augment["photo_fov"]), self.augment.get("photo_sector")  # type: ignore[index]
         if sector is not None and float(sector) > fov:
             return sector_of_canvas(ground, heading, float(sector))
-        return photo_from_canvas(ground, heading, fov, self.ground_layout)
+        return photo_from_canvas(ground, heading, fov, self.ground_layout, self.canvas_vfov_deg)
 
     def tile_keys(self) -> list[frozenset[str]]:
         """Per sample: its positive tile and semi-positives (samples sharing any never share a batch)."""

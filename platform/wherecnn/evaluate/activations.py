@@ -83,7 +83,12 @@ def pair_maps(
     g_img = _rgb(ground)
     fov = fov_deg if fov_deg is not None else (360.0 if g_img.shape[1] >= 2 * g_img.shape[0] else 90.0)
     g_view = ground_view(
-        g_img, embedder.ground_size, heading_deg=heading_deg, fov_deg=fov, layout=embedder.ground_layout
+        g_img,
+        embedder.ground_size,
+        heading_deg=heading_deg,
+        fov_deg=fov,
+        layout=embedder.ground_layout,
+        canvas_vfov_deg=embedder.canvas_vfov_deg,
     )
     a_view = resize(_rgb(aerial), embedder.aerial_size)
     device = next(model.parameters()).device

@@ -8,7 +8,10 @@ Config keys shared by every model:
 - ``shared``: one trunk for both views (heads stay per view) instead of two;
 - ``ground_layout``: ``"canvas"`` (default) puts a limited-FOV photo on a 360-degree canvas centred on its
   compass heading, i.e. the heading is used exactly as if the tile were rotated heading-up, while the gallery
-  stays north-up and is embedded once; ``"resize"`` ignores the heading (unknown-orientation training);
+  stays north-up and is embedded once; ``"cylinder"`` does the same but reprojects the photo so each canvas
+  pixel shows the bearing and elevation a panorama shows there (the canvas spanning ``canvas_vfov_deg``,
+  default 90, about the horizon), so photos of any field of view or aspect line up with the bearings;
+  ``"resize"`` ignores the heading (unknown-orientation training);
 - ``polar``: SAFA-style polar transform of the aerial tile (torchvision family: to ``polar_size``; compact:
   to ``ground_size``), and for `dual-cpu` ``head`` (``"spatial"`` or ``"azimuth"``, see `models.compact`);
 - ``weights`` (local state-dict file) / ``weights_enum`` (torchvision enum, only if already cached);
@@ -54,6 +57,7 @@ __all__ = [
 OPTIONAL_KEYS = frozenset(
     {
         "hidden",
+        "canvas_vfov_deg",
         "batch_norm",
         "mixstyle",
         "mixstyle.p",

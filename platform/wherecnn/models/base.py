@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wherecnn.data.torchdata import CANVAS_LAYOUTS
+
 
 class TwoBranchModel(nn.Module):
     """Ground encoder + aerial encoder -> L2-normalised ``embed_dim`` vectors, plus the loss's temperature.
@@ -78,8 +80,10 @@ class TwoBranchModel(nn.Module):
         step = 0
         if phases > 1:
             column = self.bearing_column_px
-            if self.config.get("ground_layout", "canvas") != "canvas":
-                raise ValueError(f"tta phases {phases}: turning needs ground_layout 'canvas' (a 360° canvas)")
+            if self.config.get("ground_layout", "canvas") not in CANVAS_LAYOUTS:
+                raise ValueError(
+                    f"tta phases {phases}: turning needs a 360° canvas, ground_layout in {CANVAS_LAYOUTS}"
+                )
             if column is None or column % phases:
                 raise ValueError(
                     f"tta phases {phases}: model {self.config.get('name')!r} has no bearing columns of a "
@@ -103,7 +107,7 @@ class TwoBranchModel(nn.Module):
     def embed_ground_views(self, x: Tensor) -> Tensor:
         """The concatenated, normalised embeddings of the ground views (`test_views`)."""
         parts = []
-        canvas = self.config.get("ground_layout", "canvas") == "canvas"
+        canvas = self.config.get("ground_layout", "canvas") in CANVAS_LAYOUTS
         for mirror, turn in self.test_views():
             v = x
             if mirror:  # the canvas's bearings h -> -h (as `augment_pair` mirrors it)

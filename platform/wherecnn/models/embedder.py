@@ -49,6 +49,7 @@ class Embedder:
         cfg = model.config
         self.mean, self.std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
         self.ground_layout = str(cfg.get("ground_layout", "canvas"))
+        self.canvas_vfov_deg = float(cfg.get("canvas_vfov_deg", 90.0))
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -137,7 +138,14 @@ class Embedder:
             im = _rgb(im)
             fov = f if f is not None else (360.0 if im.shape[1] >= 2 * im.shape[0] else 90.0)
             prepared.append(
-                ground_view(im, self.ground_size, heading_deg=h, fov_deg=fov, layout=self.ground_layout)
+                ground_view(
+                    im,
+                    self.ground_size,
+                    heading_deg=h,
+                    fov_deg=fov,
+                    layout=self.ground_layout,
+                    canvas_vfov_deg=self.canvas_vfov_deg,
+                )
             )
         return self._run(prepared, self.model.embed_ground_views)
 

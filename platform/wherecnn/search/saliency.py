@@ -47,6 +47,7 @@ def match_saliency(
         heading_deg=heading_deg,
         fov_deg=fov_deg,
         layout=getattr(embedder, "ground_layout", "canvas"),
+        canvas_vfov_deg=getattr(embedder, "canvas_vfov_deg", 90.0),
     )
     a_img = resize(np.ascontiguousarray(aerial[:, :, :3]), embedder.aerial_size)
     g = to_tensor(g_img[None], embedder.mean, embedder.std).to(device).requires_grad_(True)
