@@ -51,6 +51,7 @@ def test_photo_heading_changes_the_embedding() -> None:
 def test_photos_are_laid_out_as_the_model_config_says() -> None:
     """`dual-cpu` reprojects a photo onto the canvas (``ground_layout`` "cylinder", over its
     ``canvas_vfov_deg``); a checkpoint trained with the older "canvas" layout keeps it."""
+    assert build_model("dual-cpu").config["ground_layout"] == "cylinder"
     photo = _images(np.random.default_rng(3), 1, 96, 128)  # 4:3, 70 degrees across
     for layout, vfov in (("cylinder", 90.0), ("cylinder", 120.0), ("canvas", 90.0)):
         torch.manual_seed(0)
