@@ -138,7 +138,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     continue
                 emb = Embedder.from_checkpoint(str(ckpt), device=args.device, tta=args.tta)
-                ev = evaluate_embedder(emb, sets, name=model, protocol=protocol, track=track)
+                ev = evaluate_embedder(
+                    emb,
+                    sets,
+                    name=model,
+                    protocol=protocol,
+                    track=track,
+                    gallery_centres=args.gallery_centres,
+                )
                 combo.append(
                     {
                         "features": model,
@@ -263,6 +270,13 @@ def main() -> None:
         default=None,
         help="Test-time views for the learned models, JSON (e.g. '{\"flip\": true, \"phases\": 2}', or '{}' "
         "for one view); default: each checkpoint config's.",
+    )
+    parser.add_argument(
+        "--gallery-centres",
+        type=int,
+        default=None,
+        help="offset: embed each gallery tile from K x K centres (as `wherecnn evaluate --gallery-centres`); "
+        "default: each checkpoint config's.",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
