@@ -22,8 +22,8 @@ Config keys shared by every model:
   tiles), ``augment_shift`` (their random shift, a fraction of the side), ``gallery_centres`` (K: evaluate
   each gallery tile from K x K centres over its grid cell; docs/evaluation.md);
 - ``photo`` (the `photo` track): ``pairs`` (``"panorama"``: photos cut from the training panoramas at a random
-  heading each time), ``fov_deg``, ``fov_start_deg``/``fov_anneal`` (optional curriculum: panorama sectors
-  that wide at first, narrowing to ``fov_deg`` over that share of training; off in ``dual-cpu``);
+  heading each time), ``fov_deg``, ``fov_start_deg``/``fov_anneal`` (curriculum: panorama sectors that
+  wide at first, narrowing to ``fov_deg`` over that share of training; ``dual-cpu``: 360 over the first half);
 - in either track section, an ``augment_*`` key replaces ``train.augment_*`` on that track (``dual-cpu``:
   ``augment_scale`` null, no zoom on offset and photo), and ``model`` holds config settings that replace the
   top-level ones for a model trained on that track (``dual-cpu``'s photo: ``strides`` for 16 bearing
@@ -69,8 +69,6 @@ OPTIONAL_KEYS = frozenset(
         "train.fresh_worlds",
         "train.precision",
         "loss.alpha",
-        "photo.fov_start_deg",
-        "photo.fov_anneal",
     }
 )
 
