@@ -74,22 +74,13 @@ def pair_maps(
     """Grad-CAM and activation maps for one (ground, aerial) pair of an `Embedder` (needs ``.model``)."""
     import torch
 
-    from wherecnn.data.torchdata import ground_view, resize, to_tensor
+    from wherecnn.data.torchdata import resize, to_tensor
     from wherecnn.models.embedder import _rgb
 
     model = getattr(embedder, "model", None)
     if model is None:
         raise TypeError(f"{embedder!r} has no .model: activation maps need a learned TwoBranchModel")
-    g_img = _rgb(ground)
-    fov = fov_deg if fov_deg is not None else (360.0 if g_img.shape[1] >= 2 * g_img.shape[0] else 90.0)
-    g_view = ground_view(
-        g_img,
-        embedder.ground_size,
-        heading_deg=heading_deg,
-        fov_deg=fov,
-        layout=embedder.ground_layout,
-        canvas_vfov_deg=embedder.canvas_vfov_deg,
-    )
+    g_view = embedder.ground_input(ground, heading_deg, fov_deg)
     a_view = resize(_rgb(aerial), embedder.aerial_size)
     device = next(model.parameters()).device
     xg = to_tensor(g_view, embedder.mean, embedder.std)[None].to(device)

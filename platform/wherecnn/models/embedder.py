@@ -133,21 +133,24 @@ class Embedder:
         n = len(images)
         headings = _per_image(heading_deg, n, "heading_deg")
         fovs = _per_image(fov_deg, n, "fov_deg")
-        prepared = []
-        for im, h, f in zip(images, headings, fovs, strict=True):
-            im = _rgb(im)
-            fov = f if f is not None else (360.0 if im.shape[1] >= 2 * im.shape[0] else 90.0)
-            prepared.append(
-                ground_view(
-                    im,
-                    self.ground_size,
-                    heading_deg=h,
-                    fov_deg=fov,
-                    layout=self.ground_layout,
-                    canvas_vfov_deg=self.canvas_vfov_deg,
-                )
-            )
+        prepared = [self.ground_input(im, h, f) for im, h, f in zip(images, headings, fovs, strict=True)]
         return self._run(prepared, self.model.embed_ground_views)
+
+    def ground_input(
+        self, image: np.ndarray, heading_deg: float | None = None, fov_deg: float | None = None
+    ) -> np.ndarray:
+        """One ground image as the model sees it (uint8 canvas, `ground_view` with the config's layout);
+        ``fov_deg`` None as in `ground`."""
+        im = _rgb(image)
+        fov = fov_deg if fov_deg is not None else (360.0 if im.shape[1] >= 2 * im.shape[0] else 90.0)
+        return ground_view(
+            im,
+            self.ground_size,
+            heading_deg=heading_deg,
+            fov_deg=fov,
+            layout=self.ground_layout,
+            canvas_vfov_deg=self.canvas_vfov_deg,
+        )
 
     @torch.inference_mode()
     def _run(self, images: list[np.ndarray], fn: Any) -> np.ndarray:

@@ -37,18 +37,11 @@ def match_saliency(
     """
     import torch
 
-    from wherecnn.data.torchdata import ground_view, resize, to_tensor
+    from wherecnn.data.torchdata import resize, to_tensor
 
     model = embedder.model
     device = next(model.parameters()).device
-    g_img = ground_view(
-        np.ascontiguousarray(ground[:, :, :3]),
-        embedder.ground_size,
-        heading_deg=heading_deg,
-        fov_deg=fov_deg,
-        layout=getattr(embedder, "ground_layout", "canvas"),
-        canvas_vfov_deg=getattr(embedder, "canvas_vfov_deg", 90.0),
-    )
+    g_img = embedder.ground_input(ground, heading_deg, fov_deg)
     a_img = resize(np.ascontiguousarray(aerial[:, :, :3]), embedder.aerial_size)
     g = to_tensor(g_img[None], embedder.mean, embedder.std).to(device).requires_grad_(True)
     a = to_tensor(a_img[None], embedder.mean, embedder.std).to(device).requires_grad_(True)
