@@ -192,6 +192,21 @@ def test_a_cylinder_photo_lands_where_the_panorama_shows_the_same_things(tiny_wo
     assert np.mean(errors["cylinder"]) < 0.6 * np.mean(errors["canvas"])
 
 
+@pytest.mark.parametrize("vfov", [90.0, 120.0])
+def test_a_photo_cut_from_a_canvas_goes_back_onto_it(vfov: float) -> None:
+    """Training cuts photos from panorama canvases that span ``canvas_vfov_deg``; the cut and the
+    cylinder layout agree on it, so the photo lands back on the canvas it came from."""
+    rng = np.random.default_rng(4)
+    canvas = np.kron(rng.integers(0, 256, (8, 32, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 64 x 256
+    view = photo_from_canvas(canvas, 100.0, 90.0, "cylinder", canvas_vfov_deg=vfov).astype(float)
+    inside = ~sector_of_canvas(np.zeros_like(canvas), 100.0, 84.0).any(axis=2)
+    inside &= (view != MEAN_RGB).any(axis=2)  # the photo's corners do not reach the canvas's rows
+    assert inside.sum() > 0.6 * 64 * 256 * 84 / 360
+    assert np.abs(view - canvas)[inside].mean() < 12.0  # resampling blur at the block edges only
+    shifted = photo_from_canvas(canvas, 100.0, 90.0, "cylinder", canvas_vfov_deg=vfov + 30.0).astype(float)
+    assert np.abs(view - canvas)[inside].mean() < 0.6 * np.abs(shifted - canvas)[inside].mean()
+
+
 def test_a_cylinder_photo_fills_only_the_elevations_it_sees() -> None:
     # a level 4:3 landscape photo, 60 degrees across: ~47 degrees high at its centre, less at its sides
     photo = np.full((60, 80, 3), 200, dtype=np.uint8)

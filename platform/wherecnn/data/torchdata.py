@@ -38,6 +38,7 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 CANVAS_LAYOUTS = ("canvas", "cylinder")  # ground layouts on a 360-degree canvas (bearings can be turned)
+CANVAS_VFOV_DEG = 90.0  # the canvas's default span of elevation about the horizon (the synthetic panoramas')
 
 
 def ground_view(
@@ -47,7 +48,7 @@ def ground_view(
     heading_deg: float | None = None,
     fov_deg: float | None = None,
     layout: str = "canvas",
-    canvas_vfov_deg: float = 90.0,
+    canvas_vfov_deg: float = CANVAS_VFOV_DEG,
 ) -> np.ndarray:
     """A ground image as the ground branch expects it: north at the left edge of a 360-degree canvas.
 
@@ -86,7 +87,7 @@ def cylinder_view(
     *,
     heading_deg: float,
     fov_deg: float,
-    canvas_vfov_deg: float = 90.0,
+    canvas_vfov_deg: float = CANVAS_VFOV_DEG,
 ) -> np.ndarray:
     """A level pinhole photo (``fov_deg`` across its width, square pixels) reprojected onto the 360-degree
     canvas (north at the left edge; rows from +``canvas_vfov_deg``/2 down to -``canvas_vfov_deg``/2 of
@@ -220,7 +221,11 @@ def augment_pair(
 
 
 def photo_from_canvas(
-    canvas: np.ndarray, heading_deg: float, fov_deg: float, layout: str, canvas_vfov_deg: float = 90.0
+    canvas: np.ndarray,
+    heading_deg: float,
+    fov_deg: float,
+    layout: str,
+    canvas_vfov_deg: float = CANVAS_VFOV_DEG,
 ) -> np.ndarray:
     """A pinhole photo facing ``heading_deg``, cut from a north-aligned panorama canvas the way the synthetic
     world cuts its photos (`photos_from_panoramas`), laid out as the ground branch expects it.
@@ -231,7 +236,13 @@ def photo_from_canvas(
     from wherecnn.data.synthetic.render import photos_from_panoramas
 
     h = canvas.shape[0]
-    photo = photos_from_panoramas(np.array(canvas[None]), np.array([heading_deg]), size=h, fov_deg=fov_deg)[0]
+    photo = photos_from_panoramas(
+        np.array(canvas[None]),
+        np.array([heading_deg]),
+        size=h,
+        fov_deg=fov_deg,
+        pano_vfov_deg=canvas_vfov_deg,
+    )[0]
     return ground_view(
         photo,
         canvas.shape[:2],  # type: ignore[arg-type]
@@ -323,7 +334,7 @@ class PairDataset(Dataset):
         ground_size: tuple[int, int] = (64, 256),
         aerial_size: tuple[int, int] = (96, 96),
         ground_layout: str = "canvas",
-        canvas_vfov_deg: float = 90.0,
+        canvas_vfov_deg: float = CANVAS_VFOV_DEG,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         augment: dict[str, Any] | None = None,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wherecnn.data.torchdata import ground_view, resize, to_tensor
+from wherecnn.data.torchdata import CANVAS_VFOV_DEG, ground_view, resize, to_tensor
 from wherecnn.models import TwoBranchModel, build_model, model_from_config
 
 MODEL_FILE = "model.pt"
@@ -49,7 +49,7 @@ class Embedder:
         cfg = model.config
         self.mean, self.std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
         self.ground_layout = str(cfg.get("ground_layout", "canvas"))
-        self.canvas_vfov_deg = float(cfg.get("canvas_vfov_deg", 90.0))
+        self.canvas_vfov_deg = float(cfg.get("canvas_vfov_deg", CANVAS_VFOV_DEG))
 
     # ------------------------------------------------------------ construction
     @classmethod

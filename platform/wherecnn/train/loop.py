@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from wherecnn.data.manifest import read_pairs
 from wherecnn.data.torchdata import (
+    CANVAS_VFOV_DEG,
     GeoBatchSampler,
     MinedBatchSampler,
     PairDataset,
@@ -331,7 +332,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         ground_size=model.ground_size,
         aerial_size=model.aerial_size,
         ground_layout=cfg.get("ground_layout", "canvas"),
-        canvas_vfov_deg=float(cfg.get("canvas_vfov_deg", 90.0)),
+        canvas_vfov_deg=float(cfg.get("canvas_vfov_deg", CANVAS_VFOV_DEG)),
         mean=cfg.get("mean", (0.485, 0.456, 0.406)),
         std=cfg.get("std", (0.229, 0.224, 0.225)),
     )

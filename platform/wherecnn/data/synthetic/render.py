@@ -311,9 +311,15 @@ class GroundRenderer:
 
 @torch.no_grad()
 def photos_from_panoramas(
-    panos: np.ndarray, heading_deg: np.ndarray, *, size: int = 128, fov_deg: float = 90.0
+    panos: np.ndarray,
+    heading_deg: np.ndarray,
+    *,
+    size: int = 128,
+    fov_deg: float = 90.0,
+    pano_vfov_deg: float = 90.0,
 ) -> np.ndarray:
-    """Pinhole photos cut from equirectangular panoramas (as VIGOR/CVACT-style crops are made).
+    """Pinhole photos cut from equirectangular panoramas (as VIGOR/CVACT-style crops are made) whose rows
+    span ``pano_vfov_deg`` about the horizon (the synthetic world renders +-45 degrees).
 
     A 128x512 panorama has the angular resolution of a 128 px, 90-degree photo, so reprojecting it (bilinear)
     is as sharp as ray-marching the photo again, at a fraction of the cost. uint8 [B, size, size, 3].
@@ -326,7 +332,8 @@ def photos_from_panoramas(
     az = heading[:, None, None] + torch.atan(uu)[None, None, :]  # [B, 1, S] (same for every row)
     el = torch.atan(vv[:, None] / torch.sqrt(1 + uu[None, :] ** 2))[None]  # [1, S, S]
     col = torch.remainder(az / (2 * math.pi) * w, w).expand(b, size, size)  # continuous pixel coordinate
-    row = ((math.pi / 4 - el) / (math.pi / 2) * h).expand(b, size, size)
+    span = math.radians(pano_vfov_deg)
+    row = ((span / 2 - el) / span * h).expand(b, size, size)
     wrap = 2
     t = torch.from_numpy(panos).permute(0, 3, 1, 2).float()
     t = torch.cat([t[..., -wrap:], t, t[..., :wrap]], dim=-1)  # circular padding for the seam at north
