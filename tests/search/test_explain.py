@@ -1,0 +1,73 @@
+"""`LocalBackend.explain`: the dashboard's "what the model looked at" overlays, on a miniature demo folder."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .demo_fixture import demo_env
+
+
+@pytest.fixture()
+def backend(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from wherecnn.config import get_settings, reset_settings_cache
+    from wherecnn.search.client import LocalBackend
+
+    for key, value in demo_env(demo_dir).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WHERECNN_API_URL", raising=False)
+    reset_settings_cache()
+    yield LocalBackend.from_settings(get_settings())
+    reset_settings_cache()
+
+
+def _photo_bytes() -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    img = np.kron(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _check_overlays(out: dict[str, Any], embedder: Any, heading: float) -> None:
+    from wherecnn.data.torchdata import MEAN_RGB
+
+    g, a = out["ground_view"], out["aerial_view"]
+    assert g.shape == (*embedder.ground_size, 3) and g.dtype == np.uint8
+    assert a.shape == (*embedder.aerial_size, 3) and a.dtype == np.uint8
+    for view, sal in ((g, out["ground_saliency"]), (a, out["aerial_saliency"])):
+        assert sal.shape == view.shape[:2]
+        assert np.isfinite(sal).all() and sal.min() >= 0.0 and sal.max() <= 1.0
+    # the 90-degree photo sits on the canvas around its heading (north at the left edge); the rest is blank
+    w = g.shape[1]
+    centre = int(heading / 360.0 * w)
+    behind = (centre + w // 2) % w
+    assert (g[:, behind] == np.asarray(MEAN_RGB, dtype=np.uint8)).all()
+    assert g[:, centre].std() > 5.0
+
+
+def test_explain_shows_the_photo_where_it_faces_and_the_tile(backend: Any) -> None:
+    data = _photo_bytes()
+    top = str(backend.search(data, cities=None, k=3).ranked["tile_id"].iloc[0])
+    out = backend.explain(data, top, heading_deg=90.0, fov_deg=90.0)
+    assert out is not None and out["method"] == "Grad-CAM"
+    assert np.isfinite(out["score"])
+    _check_overlays(out, backend.engine.embedder, heading=90.0)
+    assert backend.explain(data, "no-such-tile", heading_deg=90.0, fov_deg=90.0) is None
+
+
+def test_explain_falls_back_to_gradient_saliency(backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wherecnn.evaluate.activations", None)  # evaluation not installed
+    data = _photo_bytes()
+    top = str(backend.search(data, cities=None, k=1).ranked["tile_id"].iloc[0])
+    out = backend.explain(data, top, heading_deg=200.0, fov_deg=90.0)
+    assert out is not None and out["method"] == "gradient"
+    _check_overlays(out, backend.engine.embedder, heading=200.0)
