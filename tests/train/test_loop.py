@@ -17,8 +17,8 @@ from wherecnn.models.embedder import Embedder
 from wherecnn.train.checkpoint import load_checkpoint
 from wherecnn.train.loop import (
     TrainOptions,
+    _anneal,
     _fresh_settings,
-    _photo_sector,
     mixed_precision,
     train_func,
 )
@@ -141,6 +141,26 @@ def test_offset_track_can_train_on_camera_centred_tiles(fake_pairs: Path, tmp_pa
     assert card["data"]["pairs_track"] == "offset" and model_gallery_centres(card["config"], "offset") == 1
 
 
+def test_offset_shift_curriculum_moves_the_shift_epoch_by_epoch(
+    fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shifts: list[float] = []
+
+    class Spy(PairDataset):
+        def __getitem__(self, i: int) -> dict:
+            if self.augment:
+                shifts.append(float(self.augment["shift"]))
+            return super().__getitem__(i)
+
+    monkeypatch.setattr("wherecnn.train.loop.PairDataset", Spy)
+    offset = {"pairs": "centred", "augment_shift": 0.05, "shift_start": 0.0, "shift_anneal": 0.5}
+    train_func(
+        _opts(fake_pairs, tmp_path / "o", epochs=2, track="offset", overrides={**TINY, "offset": offset})
+    )
+    # epoch 1 of 2 starts at shift_start, epoch 2 (half-way, the end of the anneal) at augment_shift
+    assert shifts and sorted(set(shifts)) == [0.0, 0.05] and shifts[0] == 0.0 and shifts[-1] == 0.05
+
+
 def test_photo_track_can_train_on_photos_cut_from_panoramas(fake_pairs: Path, tmp_path: Path) -> None:
     for pairs, trained_on in (("panorama", "aligned"), ("track", "photo")):
         # with a field-of-view curriculum (from panoramas: epoch 1 of 2 cuts whole canvases, epoch 2 photos)
@@ -199,11 +219,12 @@ def test_mixed_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(
         mixed_precision(cpu, "fp16")
 
 
-def test_the_photo_field_of_view_narrows_over_the_first_share_of_training() -> None:
-    assert _photo_sector(360.0, 90.0, 0.5, 0.0) == 360.0
-    assert _photo_sector(360.0, 90.0, 0.5, 0.25) == 225.0
-    assert _photo_sector(360.0, 90.0, 0.5, 0.5) == 90.0 == _photo_sector(360.0, 90.0, 0.5, 0.9)
-    assert _photo_sector(360.0, 90.0, 0.0, 0.0) == 90.0
+def test_curricula_move_linearly_over_the_first_share_of_training() -> None:
+    assert _anneal(360.0, 90.0, 0.5, 0.0) == 360.0
+    assert _anneal(360.0, 90.0, 0.5, 0.25) == 225.0
+    assert _anneal(360.0, 90.0, 0.5, 0.5) == 90.0 == _anneal(360.0, 90.0, 0.5, 0.9)
+    assert _anneal(360.0, 90.0, 0.0, 0.0) == 90.0
+    assert _anneal(0.0, 0.05, 0.5, 0.25) == pytest.approx(0.025)  # offset's shift grows the same way
 
 
 def test_killed_run_resumes_to_the_end(fake_pairs: Path, tmp_path: Path) -> None:

@@ -19,8 +19,10 @@ Config keys shared by every model:
   optimizer, warmup, augmentation, hard-negative sampling, ``mine_every`` for Sample4Geo-style mining,
   ``ema``: publish a moving average of the weights with this decay per step);
 - ``offset`` (the `offset` track): ``pairs`` (``"centred"``: train on the same panoramas' camera-centred
-  tiles), ``augment_shift`` (their random shift, a fraction of the side), ``gallery_centres`` (K: evaluate
-  each gallery tile from K x K centres over its grid cell; docs/evaluation.md);
+  tiles), ``augment_shift`` (their random shift, a fraction of the side), ``shift_start``/``shift_anneal``
+  (curriculum: that shift at first, moving to ``augment_shift`` over that share of training; default 0.5),
+  ``gallery_centres`` (K: evaluate each gallery tile from K x K centres over its grid cell;
+  docs/evaluation.md);
 - ``photo`` (the `photo` track): ``pairs`` (``"panorama"``: photos cut from the training panoramas at a random
   heading each time), ``fov_deg``, ``fov_start_deg``/``fov_anneal`` (curriculum: panorama sectors that
   wide at first, narrowing to ``fov_deg`` over that share of training; ``dual-cpu``: 360 over the first half);
@@ -65,6 +67,8 @@ OPTIONAL_KEYS = frozenset(
         "mixstyle.after",
         "train.augment_color",
         "train.augment_shift",
+        "offset.shift_start",
+        "offset.shift_anneal",
         "train.ema",
         "train.fresh_worlds",
         "train.precision",

@@ -140,12 +140,13 @@ def _fresh_settings(opts: TrainOptions, train_cfg: dict[str, Any]) -> tuple[int,
     return n, (float(spread) if n and spread else None)
 
 
-def _photo_sector(start: float, fov: float, anneal: float, progress: float) -> float:
-    """The field of view photo training cuts at ``progress`` (0..1) through training: ``start`` degrees at
-    first, narrowing linearly to the photos' own ``fov`` over the first ``anneal`` share of training."""
+def _anneal(start: float, end: float, anneal: float, progress: float) -> float:
+    """A curriculum setting at ``progress`` (0..1) through training: ``start`` at first, moving linearly to
+    ``end`` over the first ``anneal`` share of training, ``end`` after (photo.fov_start_deg: the field of view
+    photo training cuts; offset.shift_start: the camera-centred tiles' shift)."""
     if anneal <= 0:
-        return fov
-    return fov + (float(start) - fov) * max(0.0, 1.0 - progress / anneal)
+        return end
+    return end + (float(start) - end) * max(0.0, 1.0 - progress / anneal)
 
 
 def mixed_precision(device: torch.device, precision: str) -> bool:
@@ -363,6 +364,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                 print(f"fresh places: zoom in only ({zoom[0]:g}-1x a tile's ground)", flush=True)
     # photo.fov_start_deg: a curriculum from panorama sectors that wide down to the photos' own field of view
     fov_start = photo_cfg.get("fov_start_deg") if from_pano else None
+    # offset.shift_start: a curriculum from camera-centred tiles shifted that much to offset.augment_shift
+    shift_start = (
+        float(offset_cfg["shift_start"]) if centred and offset_cfg.get("shift_start") is not None else None
+    )
+    shift_end = float(augment["shift"])
     val_set = PairDataset(frame=val_frame, **common)
     t_load = time.perf_counter()
     if fresh is None:
@@ -487,10 +493,17 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             sampler = geo_sampler(train_set)
         train_set.set_epoch(epoch)
         if fov_start is not None:
-            augment["photo_sector"] = _photo_sector(
+            augment["photo_sector"] = _anneal(
                 fov_start,
                 float(augment["photo_fov"]),
                 float(photo_cfg.get("fov_anneal", 0.5)),
+                position(loop["elapsed_s"], epoch),
+            )
+        if shift_start is not None:
+            augment["shift"] = _anneal(
+                shift_start,
+                shift_end,
+                float(offset_cfg.get("shift_anneal", 0.5)),
                 position(loop["elapsed_s"], epoch),
             )
         if mine_every and epoch > 0 and epoch % mine_every == 0:
