@@ -20,7 +20,8 @@ Config keys shared by every model:
   ``ema``: publish a moving average of the weights with this decay per step);
 - ``offset`` (the `offset` track): ``pairs`` (``"centred"``: train on the same panoramas' camera-centred
   tiles), ``augment_shift`` (their random shift, a fraction of the side), ``shift_start``/``shift_anneal``
-  (curriculum: that shift at first, moving to ``augment_shift`` over that share of training; default 0.5),
+  (curriculum: that shift at first, moving to ``augment_shift`` over that share of training; ``dual-cpu``:
+  0 over the first half),
   ``gallery_centres`` (K: evaluate each gallery tile from K x K centres over its grid cell;
   docs/evaluation.md);
 - ``photo`` (the `photo` track): ``pairs`` (``"panorama"``: photos cut from the training panoramas at a random
@@ -67,8 +68,6 @@ OPTIONAL_KEYS = frozenset(
         "mixstyle.after",
         "train.augment_color",
         "train.augment_shift",
-        "offset.shift_start",
-        "offset.shift_anneal",
         "train.ema",
         "train.fresh_worlds",
         "train.precision",
