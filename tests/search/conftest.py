@@ -184,3 +184,18 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from .demo_fixture import build_demo_dir
 
     return build_demo_dir(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture()
+def demo_settings(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The environment pointing the settings at the module's demo folder (in-process backend)."""
+    from wherecnn.config import reset_settings_cache
+
+    from .demo_fixture import demo_env
+
+    for key, value in demo_env(demo_dir).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WHERECNN_API_URL", raising=False)
+    reset_settings_cache()
+    yield demo_dir
+    reset_settings_cache()

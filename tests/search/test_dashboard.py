@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .demo_fixture import demo_env
-
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
-
-
-@pytest.fixture()
-def demo_settings(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from wherecnn.config import reset_settings_cache
-
-    for key, value in demo_env(demo_dir).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("WHERECNN_API_URL", raising=False)
-    reset_settings_cache()
-    yield demo_dir
-    reset_settings_cache()
 
 
 def _app() -> object:

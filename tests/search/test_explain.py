@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from .demo_fixture import demo_env
-
 
 @pytest.fixture()
-def backend(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from wherecnn.config import get_settings, reset_settings_cache
+def backend(demo_settings: Path) -> Any:
+    from wherecnn.config import get_settings
     from wherecnn.search.client import LocalBackend
 
-    for key, value in demo_env(demo_dir).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("WHERECNN_API_URL", raising=False)
-    reset_settings_cache()
-    yield LocalBackend.from_settings(get_settings())
-    reset_settings_cache()
+    return LocalBackend.from_settings(get_settings())
 
 
 def _photo_bytes() -> bytes:
