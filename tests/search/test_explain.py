@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,9 @@ def backend(demo_settings: Path) -> Any:
 
 
 def _photo_bytes() -> bytes:
-    from PIL import Image
+    from .conftest import png_bytes, tile_image
 
-    rng = np.random.default_rng(5)
-    img = np.kron(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(tile_image(5))  # random colour blocks: a square 90-degree "photo"
 
 
 def _check_overlays(out: dict[str, Any], embedder: Any, heading: float) -> None:
