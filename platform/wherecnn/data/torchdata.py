@@ -41,6 +41,14 @@ CANVAS_LAYOUTS = ("canvas", "cylinder")  # ground layouts on a 360-degree canvas
 CANVAS_VFOV_DEG = 90.0  # the canvas's default span of elevation about the horizon (the synthetic panoramas')
 
 
+def image_fov(image: np.ndarray, fov_deg: float | None) -> float:
+    """A ground image's horizontal field of view: ``fov_deg`` when given, else 360 for a panorama (at least
+    twice as wide as high) and 90 for a photo."""
+    if fov_deg is not None:
+        return float(fov_deg)
+    return 360.0 if image.shape[1] >= 2 * image.shape[0] else 90.0
+
+
 def ground_view(
     image: np.ndarray,
     size: tuple[int, int],

@@ -221,7 +221,7 @@ class BaselineEmbedder:
 
     # -- raw descriptors
     def _prep_ground(self, images: Sequence[np.ndarray], headings: Any, fovs: Any) -> list[np.ndarray]:
-        from wherecnn.data.torchdata import ground_view
+        from wherecnn.data.torchdata import ground_view, image_fov
         from wherecnn.models.embedder import _per_image, _rgb
 
         n = len(images)
@@ -229,8 +229,7 @@ class BaselineEmbedder:
         out = []
         for im, h, f in zip(images, hs, fs, strict=True):
             im = _rgb(im)
-            fov = f if f is not None else (360.0 if im.shape[1] >= 2 * im.shape[0] else 90.0)
-            out.append(ground_view(im, self.ground_size, heading_deg=h, fov_deg=fov))
+            out.append(ground_view(im, self.ground_size, heading_deg=h, fov_deg=image_fov(im, f)))
         return out
 
     def _prep_aerial(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

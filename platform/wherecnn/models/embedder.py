@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wherecnn.data.torchdata import CANVAS_VFOV_DEG, ground_view, resize, to_tensor
+from wherecnn.data.torchdata import CANVAS_VFOV_DEG, ground_view, image_fov, resize, to_tensor
 from wherecnn.models import TwoBranchModel, build_model, model_from_config
 
 MODEL_FILE = "model.pt"
@@ -142,12 +142,11 @@ class Embedder:
         """One ground image as the model sees it (uint8 canvas, `ground_view` with the config's layout);
         ``fov_deg`` None as in `ground`."""
         im = _rgb(image)
-        fov = fov_deg if fov_deg is not None else (360.0 if im.shape[1] >= 2 * im.shape[0] else 90.0)
         return ground_view(
             im,
             self.ground_size,
             heading_deg=heading_deg,
-            fov_deg=fov,
+            fov_deg=image_fov(im, fov_deg),
             layout=self.ground_layout,
             canvas_vfov_deg=self.canvas_vfov_deg,
         )
