@@ -161,36 +161,6 @@ def test_offset_shift_curriculum_moves_the_shift_epoch_by_epoch(
     assert shifts and sorted(set(shifts)) == [0.0, 0.05] and shifts[0] == 0.0 and shifts[-1] == 0.05
 
 
-def test_offset_distractors_are_extra_negatives(
-    tiny_world: Path, fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """offset.distractors: every batch embeds that many more tiles, drawn from the fresh places' new
-    cities, and the loss gets them as negatives beside the batch's own tiles."""
-    from wherecnn.train import loop as loop_module
-
-    seen: list[tuple[int, int, int | None]] = []
-    make_loss = loop_module.make_loss
-
-    def recording(cfg: dict) -> object:
-        fn = make_loss(cfg)
-
-        def loss(g: torch.Tensor, a: torch.Tensor, model: object, negatives: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
-            seen.append((g.shape[0], a.shape[0], None if negatives is None else negatives.shape[0]))
-            return fn(g, a, model, negatives)
-
-        return loss
-
-    monkeypatch.setattr(loop_module, "make_loss", recording)
-    offset = {"pairs": "centred", "augment_shift": 0.05, "distractors": 4}
-    kw = dict(
-        epochs=1, track="offset", protocol="same-area", val_size=8, overrides={**TINY, "offset": offset}
-    )
-    train_func(_opts(tiny_world, tmp_path / "d", fresh_places=32, **kw))
-    assert seen and all(g == a == 16 and d == 4 for g, a, d in seen)
-    with pytest.raises(ValueError, match="distractors needs fresh places"):
-        train_func(_opts(fake_pairs, tmp_path / "e", **kw))
-
-
 def test_photo_track_can_train_on_photos_cut_from_panoramas(fake_pairs: Path, tmp_path: Path) -> None:
     for pairs, trained_on in (("panorama", "aligned"), ("track", "photo")):
         # with a field-of-view curriculum (from panoramas: epoch 1 of 2 cuts whole canvases, epoch 2 photos)

@@ -52,21 +52,6 @@ def test_infonce_is_symmetric_and_trains_the_temperature() -> None:
     assert scale.grad is not None and float(scale.grad) != 0.0
 
 
-def test_infonce_extra_negatives_join_the_ground_to_aerial_side() -> None:
-    g, a = _pair(noise=0.3)
-    scale = torch.tensor(math.log(1 / 0.07))
-    negatives = F.normalize(torch.randn(5, g.shape[1], generator=torch.Generator().manual_seed(3)), dim=1)
-    logits = g @ a.t() / 0.07
-    extended = torch.cat([logits, g @ negatives.t() / 0.07], 1)
-    labels = torch.arange(len(g))
-    expected = 0.5 * (F.cross_entropy(extended, labels) + F.cross_entropy(logits.t(), labels))
-    assert float(infonce_loss(g, a, scale, negatives=negatives)) == pytest.approx(float(expected), rel=1e-5)
-    # a negative just like a query's own tile makes that query's loss harder
-    assert float(infonce_loss(g, a, scale, negatives=a[:3])) > float(
-        infonce_loss(g, a, scale, negatives=-a[:3])
-    )
-
-
 def test_label_smoothing_keeps_loss_above_zero() -> None:
     e = torch.eye(8)
     scale = torch.tensor(math.log(100.0))

@@ -32,9 +32,7 @@ Config keys shared by every model:
   top-level ones for a model trained on that track (``dual-cpu``'s photo: ``strides`` for 16 bearing
   columns); `build_model(name, track=...)` applies it, and the checkpoint stores the result;
 - ``tta``: test-time views ``{"flip": bool, "phases": n}`` (`TwoBranchModel.test_views`): what `Embedder`
-  and so the index embed; training and its validation use the plain view. ``dual-cpu``: mirrored x 2 phases;
-- ``offset.distractors`` (n): each training batch embeds n more tiles centred anywhere in the fresh places'
-  new cities, as extra negatives (off in ``dual-cpu``).
+  and so the index embed; training and its validation use the plain view. ``dual-cpu``: mirrored x 2 phases.
 """
 
 from __future__ import annotations
@@ -74,7 +72,6 @@ OPTIONAL_KEYS = frozenset(
         "train.fresh_worlds",
         "train.precision",
         "loss.alpha",
-        "offset.distractors",
     }
 )
 

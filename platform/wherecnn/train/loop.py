@@ -32,8 +32,6 @@ from wherecnn.data.torchdata import (
     PairDataset,
     collate,
     load_pairs,
-    resize,
-    to_tensor,
     zoom_range,
 )
 from wherecnn.models import build_model, model_from_config
@@ -371,11 +369,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         float(offset_cfg["shift_start"]) if centred and offset_cfg.get("shift_start") is not None else None
     )
     shift_end = float(augment["shift"])
-    # offset.distractors: per batch, this many more tiles centred anywhere in the fresh places' new cities
-    # (streets, blocks, roofs: what a gallery seen from many centres holds), negatives for every panorama
-    n_distract = int(offset_cfg.get("distractors") or 0) if centred else 0
-    if n_distract and (fresh is None or (cfg.get("loss") or {}).get("name", "infonce") != "infonce"):
-        raise ValueError("offset.distractors needs fresh places (a synthetic world) and the InfoNCE loss")
     val_set = PairDataset(frame=val_frame, **common)
     t_load = time.perf_counter()
     if fresh is None:
@@ -396,10 +389,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             seed=opts.seed,
         )
 
-    # fresh places: epoch e trains on the places drawn for epochs e-fresh_epochs+1 .. e (each drawn once),
-    # and draws its distractor tiles from theirs
-    pool: dict[int, tuple[Any, list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]] = {}
-    distractors: list[np.ndarray] = []
+    # fresh places: epoch e trains on the places drawn for epochs e-fresh_epochs+1 .. e (each drawn once)
+    pool: dict[int, tuple[Any, list[tuple[np.ndarray, np.ndarray]]]] = {}
 
     def fresh_set(epoch: int) -> PairDataset:
         assert fresh is not None
@@ -410,13 +401,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             if e not in pool:
                 f, grounds, tiles = fresh.sample(n_fresh, epoch=e)
                 prepared = PairDataset(frame=f, images=list(zip(grounds, tiles, strict=True)), **common)
-                extra = fresh.distractors(n_fresh, epoch=e) if n_distract else []
-                pool[e] = (
-                    f,
-                    [prepared.raw(i) for i in range(len(f))],
-                    [resize(t, model.aerial_size) for t in extra],
-                )
-        distractors[:] = [t for e in wanted for t in pool[e][2]]
+                pool[e] = (f, [prepared.raw(i) for i in range(len(f))])
         frames = [pool[e][0] for e in wanted]
         images = [im for e in wanted for im in pool[e][1]]
         return PairDataset(
@@ -427,16 +412,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             seed=opts.seed,
             **common,
         )
-
-    def distractor_batch(step: int) -> torch.Tensor:
-        """``n_distract`` distractor tiles, each turned a random quarter and maybe mirrored."""
-        rng = np.random.default_rng((opts.seed, ctx.rank, 9176, step))
-        picks = rng.choice(len(distractors), size=min(n_distract, len(distractors)), replace=False)
-        tiles = []
-        for j in picks:
-            t = np.rot90(distractors[int(j)], int(rng.integers(4)))
-            tiles.append(t[:, ::-1] if rng.random() < 0.5 else t)
-        return to_tensor(np.stack(tiles), common["mean"], common["std"])
 
     if fresh is not None:  # the first pool is drawn before the clock starts, like decoding the manifest
         t_fresh = time.perf_counter()
@@ -557,23 +532,16 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                 group["lr"] = lr * _lr_factor(frac, loop["step"], int(train_cfg.get("warmup_steps", 0)))
             ground = batch["ground"].to(ctx.device, non_blocking=True)
             aerial = batch["aerial"].to(ctx.device, non_blocking=True)
-            n_pairs = ground.shape[0]
-            if n_distract:  # embedded with the batch's tiles, after them
-                aerial = torch.cat([aerial, distractor_batch(loop["step"]).to(ctx.device)])
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
                 g, a = net(ground, aerial)
-            if n_distract:
-                extra = gather_with_grad(a[n_pairs:].float())
-                loss = loss_fn(gather_with_grad(g.float()), gather_with_grad(a[:n_pairs].float()), net, extra)
-            else:
-                loss = loss_fn(gather_with_grad(g.float()), gather_with_grad(a.float()), net)
+            loss = loss_fn(gather_with_grad(g.float()), gather_with_grad(a.float()), net)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if average is not None:
                 average.update(model)
             loop["step"] += 1
-            n_pairs *= ctx.world
+            n_pairs = ground.shape[0] * ctx.world
             loop["pairs"] += n_pairs
             pairs_epoch += n_pairs
             losses.append(float(loss.detach()))

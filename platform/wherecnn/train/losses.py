@@ -47,34 +47,20 @@ def soft_margin_triplet_loss(ground: Tensor, aerial: Tensor, *, alpha: float = 1
 
 
 def infonce_loss(
-    ground: Tensor,
-    aerial: Tensor,
-    logit_scale: Tensor,
-    *,
-    label_smoothing: float = 0.0,
-    negatives: Tensor | None = None,
+    ground: Tensor, aerial: Tensor, logit_scale: Tensor, *, label_smoothing: float = 0.0
 ) -> Tensor:
-    """Symmetric InfoNCE (CLIP): cross-entropy over the batch both ways at temperature exp(-logit_scale).
-
-    ``negatives``: extra aerial embeddings that match no ground view, more wrong answers for every ground
-    view (the ground-to-aerial direction only)."""
+    """Symmetric InfoNCE (CLIP): cross-entropy over the batch both ways at temperature exp(-logit_scale)."""
     scale = logit_scale.float().clamp(max=4.6052).exp()  # temperature >= 0.01, as CLIP clamps
     logits = scale * ground.float() @ aerial.float().t()
-    to_aerial = (
-        logits
-        if negatives is None
-        else torch.cat([logits, scale * ground.float() @ negatives.float().t()], 1)
-    )
     labels = torch.arange(ground.shape[0], device=ground.device)
     return 0.5 * (
-        F.cross_entropy(to_aerial, labels, label_smoothing=label_smoothing)
+        F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         + F.cross_entropy(logits.t(), labels, label_smoothing=label_smoothing)
     )
 
 
 def make_loss(config: dict[str, Any]) -> Any:
-    """``fn(ground, aerial, model) -> loss`` for a model config's ``loss`` section; InfoNCE's also takes
-    ``negatives`` (extra aerial embeddings)."""
+    """``fn(ground, aerial, model) -> loss`` for a model config's ``loss`` section."""
     spec = dict(config.get("loss") or {"name": "infonce"})
     name = spec.get("name", "infonce")
     if name == "contrastive":
@@ -85,9 +71,7 @@ def make_loss(config: dict[str, Any]) -> Any:
         return lambda g, a, model: soft_margin_triplet_loss(g, a, alpha=alpha)
     if name == "infonce":
         smoothing = float(spec.get("label_smoothing", 0.0))
-        return lambda g, a, model, negatives=None: infonce_loss(
-            g, a, _logit_scale(model), label_smoothing=smoothing, negatives=negatives
-        )
+        return lambda g, a, model: infonce_loss(g, a, _logit_scale(model), label_smoothing=smoothing)
     raise ValueError(
         f"model config {config.get('name')!r}: unknown loss {name!r} (contrastive|triplet|infonce)"
     )

@@ -114,25 +114,6 @@ def test_style_spread_builds_new_worlds_in_random_styles(tiny_world: Path) -> No
         FreshPlaces(tiny_world, protocol="same-area", track="aligned", style_spread=0.5)
 
 
-def test_distractors_are_tiles_anywhere_in_the_epochs_new_cities(tiny_world: Path) -> None:
-    fp = FreshPlaces(tiny_world, protocol="same-area", track="aligned", seed=2, new_world_m=300)
-    with pytest.raises(ValueError, match="sample"):
-        fp.distractors(4, epoch=0)
-    _, _, tiles = fp.sample(6, epoch=0)
-    first = fp.distractors(10, epoch=0)
-    assert len(first) == 10 and all(t.shape == tiles[0].shape and t.dtype == np.uint8 for t in first)
-    assert all(np.array_equal(x, y) for x, y in zip(first, fp.distractors(10, epoch=0), strict=True))
-    assert len({t.tobytes() for t in first}) == 10  # centred at different places
-    with pytest.raises(ValueError, match="epoch 1"):
-        fp.distractors(4, epoch=1)
-    fp.sample(6, epoch=1)
-    assert not np.array_equal(fp.distractors(10, epoch=1)[0], first[0])
-    none = FreshPlaces(tiny_world, protocol="same-area", track="aligned", seed=2, new_worlds=0)
-    none.sample(6, epoch=0)
-    with pytest.raises(ValueError, match="new_worlds is 0"):
-        none.distractors(4, epoch=0)
-
-
 def test_a_world_without_its_spec_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="synthetic.json"):
         FreshPlaces(tmp_path, protocol="same-area", track="aligned")

@@ -136,7 +136,6 @@ class FreshPlaces:
         if style_spread is not None and style_spread < 1:
             raise ValueError(f"style_spread must be >= 1 (a scale factor), not {style_spread}")
         self.style_spread = style_spread
-        self._built: tuple[int, list[_CityState]] | None = None  # the new cities of the latest sample
 
     @property
     def city_names(self) -> list[str]:
@@ -150,9 +149,7 @@ class FreshPlaces:
         layouts, buildings and aerial lighting) -- what generalising to unseen places takes.
         """
         rng = np.random.default_rng([self.seed, 7919, int(epoch)])
-        built = [self._new_world(epoch, k, rng) for k in range(self.new_worlds)]
-        self._built = (int(epoch), built)
-        states = [*self.cities, *built]
+        states = [*self.cities, *(self._new_world(epoch, k, rng) for k in range(self.new_worlds))]
         n_area = int(round(n * self.area_share))
         counts = [*_spread(n_area, len(self.cities)), *_spread(n - n_area, self.new_worlds)]
         out: list[tuple[pd.DataFrame, list[np.ndarray], list[np.ndarray]]] = []
@@ -165,27 +162,6 @@ class FreshPlaces:
             [g for _, gs, _ in out for g in gs],
             [t for _, _, ts in out for t in ts],
         )
-
-    def distractors(self, n: int, *, epoch: int) -> list[np.ndarray]:
-        """``n`` tiles centred anywhere -- streets, blocks, roofs, as a gallery seen from many centres holds
-        them -- in the new cities `sample` built for ``epoch`` (never the data's cities, whose held-out
-        blocks they could show): negatives for the `offset` track's training. Deterministic in (seed, epoch).
-        """
-        if self._built is None or self._built[0] != int(epoch):
-            raise ValueError(
-                f"distractors of epoch {epoch} come from its new cities: sample(..., epoch) first"
-            )
-        worlds = self._built[1]
-        if not worlds:
-            raise ValueError("distractors come from the new cities fresh places build; new_worlds is 0")
-        rng = np.random.default_rng([self.seed, 104729, int(epoch)])
-        tw = round(float(self.spec["tile_m"]) / float(self.spec["aerial_res_m"]))
-        out = []
-        for cs, k in zip(worlds, _spread(int(n), len(worlds)), strict=True):
-            h, w = cs.aerial.shape[:2]
-            rows, cols = rng.integers(0, h - tw + 1, size=k), rng.integers(0, w - tw + 1, size=k)
-            out.extend(self._cut(cs, int(r), int(c)) for r, c in zip(rows, cols, strict=True))
-        return out
 
     def _new_world(self, epoch: int, k: int, rng: np.random.Generator) -> _CityState:
         from wherecnn.data.synthetic.generate import shade_aerial_for
