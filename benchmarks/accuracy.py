@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     protocol=protocol,
                     track=track,
                     gallery_centres=args.gallery_centres,
+                    hub_correction=args.hub_correction,
                 )
                 combo.append(
                     {
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "training": training,
                         "train_config": _card(ckpt),
                         "gallery_centres": ev.gallery_centres,
+                        "hub_correction": ev.hub.as_dict(),
                         "tta": emb.model.config.get("tta") or {},
                         "test_views": len(emb.model.test_views()),
                         "overall": ev.overall,
@@ -277,6 +279,13 @@ def main() -> None:
         default=None,
         help="offset: embed each gallery tile from K x K centres (as `wherecnn evaluate --gallery-centres`); "
         "default: each checkpoint config's.",
+    )
+    parser.add_argument(
+        "--hub-correction",
+        type=float,
+        default=None,
+        help="hub correction weight: each gallery view scored minus W times its hubness in the city's "
+        "gallery (as `wherecnn evaluate --hub-correction`; 0: off); default: each checkpoint config's.",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

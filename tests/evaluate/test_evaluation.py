@@ -70,3 +70,26 @@ def test_a_models_card_sets_its_gallery_centres(tiny_world: Path) -> None:
     assert run.to_json()["gallery_centres"] == 3
     plain = evaluate_embedder(MeanColour(), sets, name="m", protocol="same-area", track="offset")
     assert plain.gallery_centres == 1 and plain.cities[0].gallery_emb.ndim == 2
+
+
+def test_a_models_card_sets_its_hub_correction(fake_world: Path) -> None:
+    from wherecnn.evaluate.evaluation import evaluate_embedder
+    from wherecnn.evaluate.metrics import hub_scores, retrieval_metrics
+
+    class Carded(MeanColour):
+        card = {"config": {"hub_correction": {"weight": 0.5, "neighbours": 3}}}
+
+    sets = city_sets(fake_world, protocol="same-area", track="aligned")
+    kw = dict(name="m", protocol="same-area", track="aligned")
+    plain = evaluate_embedder(MeanColour(), sets, **kw)
+    hub = evaluate_embedder(Carded(), sets, **kw)
+    off = evaluate_embedder(Carded(), sets, hub_correction=0, **kw)
+    assert not plain.hub and not off.hub and (hub.hub.weight, hub.hub.neighbours) == (0.5, 3)
+    assert hub.to_json()["hub_correction"] == {"weight": 0.5, "neighbours": 3}
+    for cs, p, h in zip(sets, plain.cities, hub.cities, strict=True):
+        g = p.gallery_emb
+        # each tile scores its plain score minus half its hubness among the city's tiles
+        np.testing.assert_allclose(
+            h.query_emb @ h.gallery_emb.T, p.query_emb @ g.T - 0.5 * hub_scores(g, 3)[None], atol=1e-5
+        )
+        assert h.metrics["R@1"] == retrieval_metrics(h.query_emb, h.gallery_emb, cs.positives)["R@1"]

@@ -193,3 +193,24 @@ def test_city_info_and_tile_payload(engine: SearchEngine, tiny_index: TinyIndex)
     payload = engine.tile_payload("beta-g0000")
     assert payload is not None and payload["uri"] == tiny_index.tile("beta-g0000")["uri"]
     assert engine.tile_payload("does-not-exist") is None
+
+
+def test_hub_correction_scores_as_evaluation_does(tiny_index: TinyIndex) -> None:
+    """A model whose config sets a hub correction: every tile scores its cosine with the query minus the
+    weight times its hubness among its city's tiles, in the ranking and the heat map alike."""
+    from wherecnn.evaluate.metrics import hub_scores
+
+    from .conftest import PixelEmbedder
+
+    embedder = PixelEmbedder()
+    embedder.card = {"name": "pixel-test", "config": {"hub_correction": {"weight": 0.5, "neighbours": 5}}}
+    engine = SearchEngine(tiny_index.store, embedder, max_pixels=1_000_000)
+    image = tiny_index.pattern(99)  # no tile's own image: scores spread
+    vector = embedder.ground([image])[0]
+    for city in tiny_index.city_centres:
+        ids, vectors, _ = engine.city_vectors(city)
+        expected = vectors @ vector - 0.5 * hub_scores(vectors, 5)
+        ranked = engine.search(image, cities=[city], k=5).ranked
+        assert list(ranked["tile_id"]) == [ids[i] for i in np.argsort(-expected)[:5]]
+        np.testing.assert_allclose(ranked["score"], np.sort(expected)[::-1][:5], atol=1e-4)
+        assert np.nanmax(engine.heatmap(image, city).scores) == pytest.approx(expected.max(), abs=1e-4)

@@ -94,7 +94,16 @@ def evaluate(
         "--gallery-centres",
         min=1,
         help="Embed each gallery tile from KxK centres over its grid cell, score by the best (default: the "
-        "model's; offset-track models use 5).",
+        "model's; dual-cpu uses 7 on the offset track, else 1).",
+    ),
+    hub_correction: float | None = typer.Option(
+        None,
+        "--hub-correction",
+        min=0.0,
+        max=1.0,
+        help="Hub correction weight: each gallery view scored minus W times its mean similarity to its "
+        "nearest other tiles in the city, so generic views (hubs) rank lower (default: the model's config; "
+        "0 turns it off).",
     ),
     baseline_pairs: int = typer.Option(
         1500, "--baseline-pairs", min=3, help="Training pairs for each baseline's CCA."
@@ -139,6 +148,7 @@ def evaluate(
         max_gallery=max_gallery,
         max_queries=max_queries,
         gallery_centres=gallery_centres,
+        hub_correction=hub_correction,
         baseline_pairs=baseline_pairs,
         deep_weights=str(deep_weights) if deep_weights else None,
         device=device,

@@ -19,9 +19,11 @@ import pandas as pd
 from wherecnn.data.manifest import WINDOW_COLUMNS
 from wherecnn.evaluate.metrics import (
     DEFAULT_KS,
+    HubCorrection,
     RetrievalResult,
     balanced_pair_ap,
     evaluate_retrieval,
+    hub_corrected,
     localisation_error,
     summarize,
 )
@@ -77,6 +79,7 @@ class EvalRun:
     track: str
     cities: list[CityOutcome] = field(default_factory=list)
     gallery_centres: int = 1  # K: each gallery tile seen from K x K centres (`embed_gallery_views`)
+    hub: HubCorrection = field(default_factory=HubCorrection)  # scores minus weight x hubness
 
     @property
     def overall(self) -> dict[str, float]:
@@ -100,6 +103,7 @@ class EvalRun:
             "protocol": self.protocol,
             "track": self.track,
             "gallery_centres": self.gallery_centres,
+            "hub_correction": self.hub.as_dict(),
             "overall": self.overall,
             "cities": {c.city: c.metrics for c in self.cities},
             "pr_curve": self.pr_curve,
@@ -301,6 +305,7 @@ def evaluate_embedder(
     ks: Sequence[int] = DEFAULT_KS,
     on_city: Callable[[str], None] | None = None,
     gallery_centres: int | None = None,
+    hub_correction: float | None = None,
 ) -> EvalRun:
     """Embed each city's queries and gallery, then every metric (retrieval, verification, localisation).
 
@@ -308,16 +313,21 @@ def evaluate_embedder(
     and scores it by the best: for `offset`, where the camera is anywhere in its tile and a model trained
     on camera-centred tiles needs a view centred near it. None: the embedder's model card says
     (`model_gallery_centres`; 1 for embedders without one, such as the baselines).
+
+    The model card's ``hub_correction`` (`metrics.HubCorrection`; none for the baselines) scores every view
+    minus its weight times the view's hubness in the city's gallery (`metrics.hub_scores`);
+    ``hub_correction`` replaces its weight (0 turns it off).
     """
+    config = (getattr(embedder, "card", None) or {}).get("config") or {}
     if gallery_centres is None:
-        card = getattr(embedder, "card", None) or {}
-        gallery_centres = model_gallery_centres(card.get("config") or {}, track)
+        gallery_centres = model_gallery_centres(config, track)
     run = EvalRun(
         name=name,
         model_id=str(getattr(embedder, "model_id", name)),
         protocol=protocol,
         track=track,
         gallery_centres=gallery_centres,
+        hub=HubCorrection.from_config(config, hub_correction),
     )
     for cs in sets:
         if run.gallery_centres > 1 and not set(cs.gallery.columns) >= set(WINDOW_COLUMNS):
@@ -329,7 +339,8 @@ def evaluate_embedder(
             g = embed_gallery_views(embedder, cs.gallery, run.gallery_centres)
         else:
             g = embed_gallery(embedder, list(cs.gallery["uri"]))
-        q = embed_queries(embedder, cs.queries)
+        # one more coordinate carries the hub correction, so every metric and the report score alike
+        q, g = hub_corrected(embed_queries(embedder, cs.queries), g, run.hub)
         res = evaluate_retrieval(q, g, cs.positives, semi_positives=cs.semi_positives, topk=TOPK)
         metrics = summarize(res, ks)
         metrics["AP_balanced"], _ = balanced_pair_ap(q, g, cs.positives, seed=0)

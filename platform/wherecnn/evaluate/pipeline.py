@@ -33,6 +33,7 @@ class EvaluateOptions:
     )  # other learned models (e.g. where-cnn) -> checkpoint
     max_gallery: int | None = None
     gallery_centres: int | None = None  # None = the model's (offset.gallery_centres for `offset`)
+    hub_correction: float | None = None  # weight; None = the model's (config hub_correction; 0 without)
     max_queries: int | None = None
     baseline_pairs: int = 1500
     deep_weights: str | None = None
@@ -95,11 +96,20 @@ def evaluate_checkpoint(
         log(f"{protocol}/{track}: {len(sets)} cities, {n_q} queries, {n_g} gallery tiles")
         centres = opts.gallery_centres  # learned models: None = each model's own
         main = evaluate_embedder(
-            embedder, sets, name=name, protocol=protocol, track=track, gallery_centres=centres
+            embedder,
+            sets,
+            name=name,
+            protocol=protocol,
+            track=track,
+            gallery_centres=centres,
+            hub_correction=opts.hub_correction,
         )
         if main.gallery_centres > 1:
             k = main.gallery_centres
             log(f"  gallery: every tile from {k}x{k} centres over its grid cell")
+        if main.hub:
+            hub = main.hub
+            log(f"  hub correction: scores minus {hub.weight:g} x hubness ({hub.neighbours} neighbours)")
         log(f"  {name}: R@1 {main.overall['R@1']:.3f}  AP {main.overall['AP']:.4f}")
         baselines: list[EvalRun] = []
         for kind in opts.baselines:
@@ -119,14 +129,26 @@ def evaluate_checkpoint(
         compare = {}
         for label, emb in variants.items():
             compare[label] = evaluate_embedder(
-                emb, sets, name=f"init-{label}", protocol=protocol, track=track, gallery_centres=centres
+                emb,
+                sets,
+                name=f"init-{label}",
+                protocol=protocol,
+                track=track,
+                gallery_centres=centres,
+                hub_correction=opts.hub_correction,
             )
             o = compare[label].overall
             log(f"  init {label}: R@1 {o['R@1']:.3f} AP {o['AP']:.4f}")
         others = {}
         for label, emb in other_models.items():
             others[label] = evaluate_embedder(
-                emb, sets, name=label, protocol=protocol, track=track, gallery_centres=centres
+                emb,
+                sets,
+                name=label,
+                protocol=protocol,
+                track=track,
+                gallery_centres=centres,
+                hub_correction=opts.hub_correction,
             )
             o = others[label].overall
             log(f"  {label}: R@1 {o['R@1']:.3f} AP {o['AP']:.4f}")

@@ -32,7 +32,11 @@ Config keys shared by every model:
   top-level ones for a model trained on that track (``dual-cpu``'s photo: ``strides`` for 16 bearing
   columns); `build_model(name, track=...)` applies it, and the checkpoint stores the result;
 - ``tta``: test-time views ``{"flip": bool, "phases": n}`` (`TwoBranchModel.test_views`): what `Embedder`
-  and so the index embed; training and its validation use the plain view. ``dual-cpu``: mirrored x 2 phases.
+  and so the index embed; training and its validation use the plain view. ``dual-cpu``: mirrored x 2 phases;
+- ``hub_correction``: ``{"weight": w, "neighbours": k}``: evaluation and search score each gallery view
+  minus w times its mean similarity to its k most similar other tiles of the city (`evaluate.metrics.
+  hub_scores`), so generic views stop outranking particular ones; ``dual-cpu`` sets it on the offset track
+  (``offset.model``: w 0.5, k 200).
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ OPTIONAL_KEYS = frozenset(
         "train.fresh_worlds",
         "train.precision",
         "loss.alpha",
+        "hub_correction",
+        "hub_correction.weight",
+        "hub_correction.neighbours",
     }
 )
 

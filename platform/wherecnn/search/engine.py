@@ -14,12 +14,13 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from wherecnn.evaluate.metrics import HubCorrection, hub_scores
 from wherecnn.search.errors import EmptyIndexError, UnknownCityError
 from wherecnn.search.geoutil import distance_m, local_to_latlon, local_xy
 from wherecnn.search.query import GeoPrior, check_k, infer_fov, load_query
@@ -30,6 +31,8 @@ RANKED_COLUMNS = ["city", "rank", "lat", "lon", "score", "tile_id", "uri", "dist
 CONFIDENCE_TEMPERATURE = 0.05
 # Hits fetched per city for the confidence estimate, even when fewer are returned.
 CONFIDENCE_POOL = 20
+# With a hub correction: hits fetched per city by plain score, then ranked by the corrected one.
+HUB_POOL = 200
 DEFAULT_SEPARATION_M = 100.0
 
 
@@ -166,8 +169,13 @@ class SearchEngine:
         self._lock = threading.RLock()
         self._cities: list[str] | None = None
         self._city_vectors: dict[str, tuple[list[str], np.ndarray, list[dict[str, Any]]]] = {}
+        self._city_hubness: dict[str, dict[str, float]] = {}
         self._tile_index: dict[str, dict[str, Any]] | None = None
         self._version: str | None = None
+        # the model's hub correction (config hub_correction): each tile scores its cosine minus the weight
+        # times its hubness among its city's tiles, as `wherecnn evaluate` scores (metrics.hub_corrected)
+        card = getattr(embedder, "card", None) or {}
+        self.hub = HubCorrection.from_config(card.get("config") or {})
 
     @classmethod
     def from_settings(
@@ -199,6 +207,7 @@ class SearchEngine:
         if current != self._version:
             self._cities = None
             self._city_vectors.clear()
+            self._city_hubness.clear()
             self._tile_index = None
             self._version = current
 
@@ -214,6 +223,7 @@ class SearchEngine:
         with self._lock:
             self._cities = None
             self._city_vectors.clear()
+            self._city_hubness.clear()
             self._tile_index = None
 
     def resolve_cities(self, cities: Sequence[str] | str | None) -> list[str]:
@@ -244,6 +254,17 @@ class SearchEngine:
                 ids, vectors, payloads = self.store.all_vectors(city)
                 self._city_vectors[city] = (list(ids), np.asarray(vectors, dtype=np.float32), list(payloads))
             return self._city_vectors[city]
+
+    def city_hubness(self, city: str) -> dict[str, float]:
+        """Each tile's hubness among its city's tiles (`metrics.hub_scores`), by tile id; cached per index
+        version (the first search of a city with the hub correction reads all its vectors)."""
+        with self._lock:
+            self._follow_version()
+            if city not in self._city_hubness:
+                ids, vectors, _ = self.city_vectors(city)
+                scores = hub_scores(vectors, self.hub.neighbours) if len(ids) else np.zeros(0)
+                self._city_hubness[city] = dict(zip(ids, scores.tolist(), strict=True))
+            return self._city_hubness[city]
 
     def city_info(self) -> list[CityInfo]:
         infos = []
@@ -306,7 +327,14 @@ class SearchEngine:
         per_city: dict[str, list[Any]] = {}
         with self._lock:
             for city in chosen:
-                per_city[city] = list(self.store.query(vector, fetch, cities=[city], **filters))
+                if not self.hub:
+                    per_city[city] = list(self.store.query(vector, fetch, cities=[city], **filters))
+                    continue
+                # the store ranks by cosine: take a wider pool, then rank it by the corrected score
+                hubness = self.city_hubness(city)
+                pool = self.store.query(vector, max(fetch, HUB_POOL), cities=[city], **filters)
+                rescored = [replace(h, score=h.score - self.hub.weight * hubness[h.tile_id]) for h in pool]
+                per_city[city] = sorted(rescored, key=lambda h: -h.score)[:fetch]
         t3 = time.perf_counter()
         ranked = self._frame(per_city, k, true_lat=true_lat, true_lon=true_lon)
         best = self._best(per_city)
@@ -412,8 +440,11 @@ class SearchEngine:
             if _is_vector(image)
             else self.embed(self.prepare(image), heading_deg=heading_deg, fov_deg=fov_deg)
         )
-        _, vectors, payloads = self.city_vectors(city)
+        ids, vectors, payloads = self.city_vectors(city)
         scores = vectors @ np.asarray(vector, dtype=np.float32).reshape(-1)
+        if self.hub:
+            hubness = self.city_hubness(city)
+            scores = scores - self.hub.weight * np.array([hubness[t] for t in ids], dtype=np.float32)
         lats = np.array([_payload_location(p)[0] for p in payloads], dtype=float)
         lons = np.array([_payload_location(p)[1] for p in payloads], dtype=float)
         return rasterise(city, lats, lons, scores, cmap=cmap)
