@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +95,16 @@ def evaluate_checkpoint(
         n_q = sum(len(s.queries) for s in sets)
         n_g = sum(len(s.gallery) for s in sets)
         log(f"{protocol}/{track}: {len(sets)} cities, {n_q} queries, {n_g} gallery tiles")
-        centres = opts.gallery_centres  # learned models: None = each model's own
-        main = evaluate_embedder(
-            embedder,
-            sets,
-            name=name,
+        # learned models: each its own gallery centres and hub correction unless the options say
+        learned = partial(
+            evaluate_embedder,
+            sets=sets,
             protocol=protocol,
             track=track,
-            gallery_centres=centres,
+            gallery_centres=opts.gallery_centres,
             hub_correction=opts.hub_correction,
         )
+        main = learned(embedder, name=name)
         if main.gallery_centres > 1:
             k = main.gallery_centres
             log(f"  gallery: every tile from {k}x{k} centres over its grid cell")
@@ -128,28 +129,12 @@ def evaluate_checkpoint(
             baselines.append(run)
         compare = {}
         for label, emb in variants.items():
-            compare[label] = evaluate_embedder(
-                emb,
-                sets,
-                name=f"init-{label}",
-                protocol=protocol,
-                track=track,
-                gallery_centres=centres,
-                hub_correction=opts.hub_correction,
-            )
+            compare[label] = learned(emb, name=f"init-{label}")
             o = compare[label].overall
             log(f"  init {label}: R@1 {o['R@1']:.3f} AP {o['AP']:.4f}")
         others = {}
         for label, emb in other_models.items():
-            others[label] = evaluate_embedder(
-                emb,
-                sets,
-                name=label,
-                protocol=protocol,
-                track=track,
-                gallery_centres=centres,
-                hub_correction=opts.hub_correction,
-            )
+            others[label] = learned(emb, name=label)
             o = others[label].overall
             log(f"  {label}: R@1 {o['R@1']:.3f} AP {o['AP']:.4f}")
         sections.append(
