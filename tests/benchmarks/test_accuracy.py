@@ -33,9 +33,10 @@ def test_accuracy_table_trains_evaluates_and_replaces_its_rows(tiny_world: Path,
     assert abs(learned["AP_ratio_to_best_handcrafted"] - ratio) < 1e-9
     assert set(learned["targets"]) == {"R@1>=0.95", "AP_ratio>=5.0"}
     assert learned["targets"]["R@1>=0.95"] == (learned["overall"]["R@1"] >= 0.95)
+    assert learned["hub_correction"]["weight"] == 0.0  # dual-cpu sets it on the offset track only
 
-    # re-evaluating the same checkpoint with one view replaces the learned row, nothing is retrained
-    again = _run(tiny_world, tmp_path, "--reuse", "--tta", "{}", "--baselines", "")
+    # re-evaluating the same checkpoint (one view, a hub correction) replaces the learned row, no retraining
+    again = _run(tiny_world, tmp_path, "--reuse", "--tta", "{}", "--baselines", "", "--hub-correction", "0.5")
     assert again.returncode == 0, again.stderr[-3000:]
     rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
     assert [r["features"] for r in rows] == ["hog", "dual-cpu"]
@@ -43,4 +44,5 @@ def test_accuracy_table_trains_evaluates_and_replaces_its_rows(tiny_world: Path,
     assert rows[0]["settings"]["reuse"] is False
     assert rows[1]["settings"]["reuse"] is True
     assert rows[1]["test_views"] == 1 and rows[1]["training"] == {"reused": True}
+    assert rows[1]["hub_correction"] == {"weight": 0.5, "neighbours": 200}
     assert rows[1]["model_id"] == learned["model_id"] + "-tta1"
