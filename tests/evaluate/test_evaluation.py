@@ -58,18 +58,25 @@ def test_tiles_without_raster_windows_fall_back_to_one_view(fake_world: Path) ->
     assert run.cities[0].gallery_emb.ndim == 2 and run.gallery_centres == 1
 
 
-def test_a_models_card_sets_its_gallery_centres(tiny_world: Path) -> None:
+def test_a_models_card_sets_its_gallery_centres_and_view_pool(tiny_world: Path) -> None:
     from wherecnn.evaluate.evaluation import evaluate_embedder
+    from wherecnn.evaluate.metrics import retrieval_metrics
 
     class Carded(MeanColour):
-        card = {"config": {"offset": {"gallery_centres": 3}}}
+        card = {"config": {"offset": {"gallery_centres": 3, "view_pool": 9}}}
 
     sets = city_sets(tiny_world, protocol="same-area", track="offset", max_gallery=10, max_queries=4)[:1]
     run = evaluate_embedder(Carded(), sets, name="m", protocol="same-area", track="offset")
     assert run.gallery_centres == 3 and run.cities[0].gallery_emb.shape[1] == 9
-    assert run.to_json()["gallery_centres"] == 3
+    assert run.to_json()["gallery_centres"] == 3 and run.to_json()["view_pool"] == 9
+    # every view pooled: a tile scores as the mean of its views, i.e. against their mean vector
+    city = run.cities[0]
+    mean_views = retrieval_metrics(city.query_emb, city.gallery_emb.mean(1), sets[0].positives)
+    assert city.metrics["R@1"] == mean_views["R@1"] and city.metrics["R@5"] == mean_views["R@5"]
+    best = evaluate_embedder(Carded(), sets, name="m", protocol="same-area", track="offset", view_pool=1)
+    assert best.view_pool == 1
     plain = evaluate_embedder(MeanColour(), sets, name="m", protocol="same-area", track="offset")
-    assert plain.gallery_centres == 1 and plain.cities[0].gallery_emb.ndim == 2
+    assert plain.gallery_centres == 1 and plain.view_pool == 1 and plain.cities[0].gallery_emb.ndim == 2
 
 
 def test_a_models_card_sets_its_hub_correction(fake_world: Path) -> None:

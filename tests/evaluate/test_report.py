@@ -49,6 +49,10 @@ def test_evaluate_command_writes_the_report(fake_world: Path, tmp_path: Path) ->
             f"imagenet={ckpt}",
             "--model",
             f"where-cnn={ckpt}",
+            "--view-pool",
+            "2",
+            "--hub-correction",
+            "0.5",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -60,6 +64,9 @@ def test_evaluate_command_writes_the_report(fake_world: Path, tmp_path: Path) ->
     assert names == ["baseline-color-hist", "init-imagenet", "where-cnn", "dual-cpu"]
     main = same["runs"][-1]
     assert set(main["cities"]) == {"alpha", "beta"}
+    # the scoring options reach the learned models' runs (and are recorded), not the baselines'
+    assert main["view_pool"] == 2 and main["hub_correction"]["weight"] == 0.5
+    assert same["runs"][0]["view_pool"] == 1 and same["runs"][0]["hub_correction"]["weight"] == 0.0
     for key in ("R@1", "R@5", "R@10", "R@1%", "hit_rate", "AP", "AP_balanced", "median_m", "within_100m"):
         assert 0 <= main["overall"][key] <= (1 if key != "median_m" else 1e6), key
     init = {row["init"]: row for row in same["init_comparison"]}

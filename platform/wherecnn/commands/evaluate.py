@@ -94,7 +94,14 @@ def evaluate(
         "--gallery-centres",
         min=1,
         help="Embed each gallery tile from KxK centres over its grid cell, score by the best (default: the "
-        "model's; dual-cpu uses 7 on the offset track, else 1).",
+        "model's; dual-cpu uses 9 on the offset track, else 1).",
+    ),
+    view_pool: int | None = typer.Option(
+        None,
+        "--view-pool",
+        min=1,
+        help="Score a multi-centre gallery tile by the mean of its P best views (default: the model's; "
+        "dual-cpu uses 2 on the offset track; 1 = the best view).",
     ),
     hub_correction: float | None = typer.Option(
         None,
@@ -148,6 +155,7 @@ def evaluate(
         max_gallery=max_gallery,
         max_queries=max_queries,
         gallery_centres=gallery_centres,
+        view_pool=view_pool,
         hub_correction=hub_correction,
         baseline_pairs=baseline_pairs,
         deep_weights=str(deep_weights) if deep_weights else None,

@@ -79,6 +79,7 @@ class EvalRun:
     track: str
     cities: list[CityOutcome] = field(default_factory=list)
     gallery_centres: int = 1  # K: each gallery tile seen from K x K centres (`embed_gallery_views`)
+    view_pool: int = 1  # a multi-view tile scores as the mean of its view_pool best views (`pool_views`)
     hub: HubCorrection = field(default_factory=HubCorrection)  # scores minus weight x hubness
 
     @property
@@ -103,6 +104,7 @@ class EvalRun:
             "protocol": self.protocol,
             "track": self.track,
             "gallery_centres": self.gallery_centres,
+            "view_pool": self.view_pool,
             "hub_correction": self.hub.as_dict(),
             "overall": self.overall,
             "cities": {c.city: c.metrics for c in self.cities},
@@ -224,6 +226,11 @@ def model_gallery_centres(config: dict[str, Any], track: str) -> int:
     return int((config.get("offset") or {}).get("gallery_centres", 1)) if track == "offset" else 1
 
 
+def model_view_pool(config: dict[str, Any], track: str) -> int:
+    """How many best views a multi-view tile's score averages: offset.view_pool for `offset`, else 1."""
+    return int((config.get("offset") or {}).get("view_pool", 1)) if track == "offset" else 1
+
+
 def centre_shifts(gallery: pd.DataFrame, centres: int) -> list[tuple[int, int]]:
     """A centres x centres grid of (column, row) pixel shifts spanning one grid step around a tile's centre:
     the cell of ground where the tile is the nearest grid tile, so every camera in it is within half a
@@ -305,14 +312,16 @@ def evaluate_embedder(
     ks: Sequence[int] = DEFAULT_KS,
     on_city: Callable[[str], None] | None = None,
     gallery_centres: int | None = None,
+    view_pool: int | None = None,
     hub_correction: float | None = None,
 ) -> EvalRun:
     """Embed each city's queries and gallery, then every metric (retrieval, verification, localisation).
 
     ``gallery_centres`` K > 1 embeds every tile from K x K centres over its grid cell (`embed_gallery_views`)
-    and scores it by the best: for `offset`, where the camera is anywhere in its tile and a model trained
-    on camera-centred tiles needs a view centred near it. None: the embedder's model card says
-    (`model_gallery_centres`; 1 for embedders without one, such as the baselines).
+    and scores it by the best, or by the mean of its ``view_pool`` best views: for `offset`, where the camera
+    is anywhere in its tile and a model trained on camera-centred tiles needs a view centred near it. None:
+    the embedder's model card says (`model_gallery_centres`, `model_view_pool`; 1 for embedders without
+    one, such as the baselines).
 
     The model card's ``hub_correction`` (`metrics.HubCorrection`; none for the baselines) scores every view
     minus its weight times the view's hubness in the city's gallery (`metrics.hub_scores`);
@@ -327,6 +336,7 @@ def evaluate_embedder(
         protocol=protocol,
         track=track,
         gallery_centres=gallery_centres,
+        view_pool=model_view_pool(config, track) if view_pool is None else int(view_pool),
         hub=HubCorrection.from_config(config, hub_correction),
     )
     for cs in sets:
@@ -341,9 +351,12 @@ def evaluate_embedder(
             g = embed_gallery(embedder, list(cs.gallery["uri"]))
         # one more coordinate carries the hub correction, so every metric and the report score alike
         q, g = hub_corrected(embed_queries(embedder, cs.queries), g, run.hub)
-        res = evaluate_retrieval(q, g, cs.positives, semi_positives=cs.semi_positives, topk=TOPK)
+        pool = run.view_pool
+        res = evaluate_retrieval(
+            q, g, cs.positives, semi_positives=cs.semi_positives, topk=TOPK, view_pool=pool
+        )
         metrics = summarize(res, ks)
-        metrics["AP_balanced"], _ = balanced_pair_ap(q, g, cs.positives, seed=0)
+        metrics["AP_balanced"], _ = balanced_pair_ap(q, g, cs.positives, seed=0, view_pool=pool)
         top = cs.gallery.iloc[res.top1]
         metrics.update(
             localisation_error(

@@ -316,7 +316,7 @@ def plot_heatmap(section: Section, data_dir: Any, path: Path) -> bool:
         return False
     ci, qi = picks[0]
     cs, outcome = section.sets[ci], section.main.cities[ci]
-    scores = tile_scores(outcome.query_emb[qi][None], outcome.gallery_emb)[0]
+    scores = tile_scores(outcome.query_emb[qi][None], outcome.gallery_emb, section.main.view_pool)[0]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 7))
     to_xy = _background(ax, data_dir, cs)
