@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     protocol=protocol,
                     track=track,
                     gallery_centres=args.gallery_centres,
+                    view_pool=args.view_pool,
                     hub_correction=args.hub_correction,
                 )
                 combo.append(
@@ -156,6 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "training": training,
                         "train_config": _card(ckpt),
                         "gallery_centres": ev.gallery_centres,
+                        "view_pool": ev.view_pool,
                         "hub_correction": ev.hub.as_dict(),
                         "tta": emb.model.config.get("tta") or {},
                         "test_views": len(emb.model.test_views()),
@@ -164,6 +166,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     }
                 )
                 console.print(f"  {model}: R@1 {ev.overall['R@1']:.3f} AP {ev.overall['AP']:.4f}")
+                if args.save_embeddings:
+                    save_embeddings(args.save_embeddings / f"{model}-{track}-{protocol}", ev, sets)
             best_hand = max(
                 (r["overall"]["AP"] for r in combo if r["family"] == "hand-crafted"), default=None
             )
@@ -174,6 +178,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     r["targets"] = _check_targets(track, protocol, r)
             rows.extend(combo)
     return {"rows": rows}
+
+
+def save_embeddings(prefix: Path, ev: Any, sets: Any) -> None:
+    """Each city's embeddings as scored, for re-scoring offline: ``<prefix>-<city>.npz`` with ``query``
+    (Q, d), ``gallery`` (N, d) or (N, V, d), ``positives`` and ``semi_positives`` (gallery indices). With
+    the hub correction on, the last coordinate carries it (1 for a query, -weight x hubness for a view)."""
+    import numpy as np
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for outcome, cs in zip(ev.cities, sets, strict=True):
+        semis = np.empty(len(cs.queries), dtype=object)  # ragged: one array per query
+        for i in range(len(semis)):
+            semis[i] = np.asarray(cs.semi_positives[i] if cs.semi_positives else [], dtype=np.int64)
+        np.savez(
+            f"{prefix}-{outcome.city}.npz",
+            query=outcome.query_emb,
+            gallery=outcome.gallery_emb,
+            positives=cs.positives,
+            semi_positives=semis,
+        )
 
 
 def _check_targets(track: str, protocol: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -281,11 +305,25 @@ def main() -> None:
         "default: each checkpoint config's.",
     )
     parser.add_argument(
+        "--view-pool",
+        type=int,
+        default=None,
+        help="offset: score a tile by the mean of its P best views (as `wherecnn evaluate --view-pool`); "
+        "default: each checkpoint config's.",
+    )
+    parser.add_argument(
         "--hub-correction",
         type=float,
         default=None,
         help="hub correction weight: each gallery view scored minus W times its hubness in the city's "
         "gallery (as `wherecnn evaluate --hub-correction`; 0: off); default: each checkpoint config's.",
+    )
+    parser.add_argument(
+        "--save-embeddings",
+        type=Path,
+        default=None,
+        help="Also write each learned model's per-city query and gallery embeddings (as scored) to "
+        "DIR/<model>-<track>-<protocol>-<city>.npz, for re-scoring offline.",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

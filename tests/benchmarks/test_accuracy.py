@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy.py"
 
 
@@ -36,7 +38,20 @@ def test_accuracy_table_trains_evaluates_and_replaces_its_rows(tiny_world: Path,
     assert learned["hub_correction"]["weight"] == 0.0  # dual-cpu sets it on the offset track only
 
     # re-evaluating the same checkpoint (one view, a hub correction) replaces the learned row, no retraining
-    again = _run(tiny_world, tmp_path, "--reuse", "--tta", "{}", "--baselines", "", "--hub-correction", "0.5")
+    emb = tmp_path / "emb"
+    again = _run(
+        tiny_world,
+        tmp_path,
+        "--reuse",
+        "--tta",
+        "{}",
+        "--baselines",
+        "",
+        "--hub-correction",
+        "0.5",
+        "--save-embeddings",
+        str(emb),
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
     assert [r["features"] for r in rows] == ["hog", "dual-cpu"]
@@ -46,3 +61,15 @@ def test_accuracy_table_trains_evaluates_and_replaces_its_rows(tiny_world: Path,
     assert rows[1]["test_views"] == 1 and rows[1]["training"] == {"reused": True}
     assert rows[1]["hub_correction"] == {"weight": 0.5, "neighbours": 200}
     assert rows[1]["model_id"] == learned["model_id"] + "-tta1"
+    assert learned["view_pool"] == 1 and learned["gallery_centres"] == 1
+
+    # the saved embeddings re-score to the row's numbers (the hub correction's coordinate included)
+    from wherecnn.evaluate.metrics import retrieval_metrics
+
+    for city, metrics in rows[1]["cities"].items():
+        z = np.load(emb / f"dual-cpu-aligned-same-area-{city}.npz", allow_pickle=True)
+        assert (
+            z["query"].shape[1] == z["gallery"].shape[-1] == 129
+        )  # 128 values (one test view) + the hub coordinate
+        assert len(z["semi_positives"]) == len(z["query"])
+        assert retrieval_metrics(z["query"], z["gallery"], z["positives"])["R@1"] == metrics["R@1"]
