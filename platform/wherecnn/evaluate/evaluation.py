@@ -220,15 +220,20 @@ def embed_gallery(embedder: EmbedderLike, uris: Sequence[str], batch: int = 256)
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 1), np.float32)
 
 
+def _offset_gallery_setting(config: dict[str, Any], track: str, key: str) -> int:
+    """A model config's ``offset.<key>`` for the `offset` track (1 when unset), else 1."""
+    return int((config.get("offset") or {}).get(key, 1)) if track == "offset" else 1
+
+
 def model_gallery_centres(config: dict[str, Any], track: str) -> int:
     """How many centres per axis a model's gallery needs for a track: its config's offset.gallery_centres
     for `offset` (a model trained on camera-centred tiles), else 1."""
-    return int((config.get("offset") or {}).get("gallery_centres", 1)) if track == "offset" else 1
+    return _offset_gallery_setting(config, track, "gallery_centres")
 
 
 def model_view_pool(config: dict[str, Any], track: str) -> int:
     """How many best views a multi-view tile's score averages: offset.view_pool for `offset`, else 1."""
-    return int((config.get("offset") or {}).get("view_pool", 1)) if track == "offset" else 1
+    return _offset_gallery_setting(config, track, "view_pool")
 
 
 def centre_shifts(gallery: pd.DataFrame, centres: int) -> list[tuple[int, int]]:
