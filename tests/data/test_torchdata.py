@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from wherecnn.data.torchdata import (
     MEAN_RGB,
     GeoBatchSampler,
@@ -15,10 +16,12 @@ from wherecnn.data.torchdata import (
     PairDataset,
     augment_pair,
     cylinder_view,
+    cylinder_views,
     default_loader,
     ground_view,
     load_pairs,
     photo_from_canvas,
+    photos_from_canvases,
     resize,
     sector_of_canvas,
     zoom_tile,
@@ -224,6 +227,45 @@ def test_a_cylinder_photo_fills_only_the_elevations_it_sees() -> None:
         cylinder_view(photo, (64, 256), heading_deg=0.0, fov_deg=180.0)
     with pytest.raises(ValueError, match="ground_layout"):
         ground_view(photo, (64, 256), heading_deg=0.0, fov_deg=60.0, layout="sphere")
+
+
+def test_batched_photo_cuts_equal_one_at_a_time() -> None:
+    """The photo track cuts a whole batch at once; each photo comes out as if cut alone (any heading,
+    across the seam at north), on the cylinder and on the plain canvas."""
+    rng = np.random.default_rng(2)
+    canvases = rng.integers(0, 256, (6, 32, 128, 3)).astype(np.uint8)
+    headings = np.array([0.0, 3.7, 179.9, 200.5, 358.2, 90.0])
+    for layout in ("cylinder", "canvas"):
+        together = photos_from_canvases(canvases, headings, 90.0, layout)
+        for c, h, out in zip(canvases, headings, together, strict=True):
+            assert np.array_equal(out, photo_from_canvas(c, h, 90.0, layout))
+    photos = rng.integers(0, 256, (4, 48, 96, 3)).astype(np.uint8)  # wider than the canvas's share: shrunk
+    views = cylinder_views(photos, (32, 128), headings_deg=headings[:4], fov_deg=75.0)
+    for p, h, out in zip(photos, headings[:4], views, strict=True):
+        assert np.array_equal(out, cylinder_view(p, (32, 128), heading_deg=h, fov_deg=75.0))
+
+
+@pytest.mark.parametrize(
+    "augment",
+    [
+        {"rotation": "quarter", "flip": True, "shift": 0.1, "color": 0.2},
+        {"rotation": "any", "flip": True, "scale": [0.8, 1.0]},
+        {"rotation": "quarter", "flip": True, "photo_fov": 90.0},
+        {"rotation": "none", "flip": False, "photo_fov": 90.0, "photo_sector": 200.0},
+    ],
+)
+def test_a_batch_equals_its_samples_prepared_alone(fake_pairs: Path, augment: dict) -> None:
+    ds = PairDataset(
+        fake_pairs, track="aligned", ground_size=(32, 128), aerial_size=(32, 32), augment=augment, seed=4
+    )
+    ds.set_epoch(3)
+    idx = [7, 0, 12, 5, 30]
+    batch = ds.batch(idx)
+    assert batch["index"].tolist() == idx
+    for row, i in enumerate(idx):
+        alone = ds[i]
+        assert torch.equal(batch["ground"][row], alone["ground"])
+        assert torch.equal(batch["aerial"][row], alone["aerial"])
 
 
 def test_a_sector_keeps_the_columns_it_faces() -> None:

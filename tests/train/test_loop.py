@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -147,10 +148,10 @@ def test_offset_shift_curriculum_moves_the_shift_epoch_by_epoch(
     shifts: list[float] = []
 
     class Spy(PairDataset):
-        def __getitem__(self, i: int) -> dict:
+        def batch(self, indices: Sequence[int]) -> dict:
             if self.augment:
                 shifts.append(float(self.augment["shift"]))
-            return super().__getitem__(i)
+            return super().batch(indices)
 
     monkeypatch.setattr("wherecnn.train.loop.PairDataset", Spy)
     offset = {"pairs": "centred", "augment_shift": 0.05, "shift_start": 0.0, "shift_anneal": 0.5}

@@ -30,7 +30,6 @@ from wherecnn.data.torchdata import (
     GeoBatchSampler,
     MinedBatchSampler,
     PairDataset,
-    collate,
     load_pairs,
     zoom_range,
 )
@@ -234,7 +233,7 @@ def _batches(dataset: PairDataset, sampler: Any, rank: int, world: int) -> Itera
         if per == 0:
             continue
         mine = batch[rank * per : (rank + 1) * per]
-        yield collate([dataset[i] for i in mine])
+        yield dataset.batch(mine)
 
 
 def _validate(model: Any, val: PairDataset, device: torch.device) -> dict[str, float]:

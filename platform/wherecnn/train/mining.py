@@ -15,7 +15,7 @@ def embed_dataset(
     model: Any, dataset: PairDataset, device: torch.device, batch_size: int = 128, bf16: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ground, aerial) embeddings of every pair in eval mode (train mode restored after): the ground view
-    each sample shows this epoch (`PairDataset.query_view`: the photo cut for it, when the photo track cuts
+    each sample shows this epoch (`PairDataset.query_views`: the photo cut for it, when the photo track cuts
     photos from panoramas), otherwise un-augmented. ``bf16``: under bf16 autocast (mining in mixed-precision
     training: ranking neighbours needs no more)."""
     inner = getattr(model, "module", model)
@@ -26,11 +26,8 @@ def embed_dataset(
         for start in range(0, len(dataset), batch_size):
             idx = range(start, min(len(dataset), start + batch_size))
             raws = [dataset.raw(i) for i in idx]
-            g = to_tensor(
-                np.stack([dataset.query_view(i, r[0]) for i, r in zip(idx, raws, strict=True)]),
-                dataset.mean,
-                dataset.std,
-            ).to(device)
+            views = dataset.query_views(idx, np.stack([r[0] for r in raws]))
+            g = to_tensor(views, dataset.mean, dataset.std).to(device)
             a = to_tensor(np.stack([r[1] for r in raws]), dataset.mean, dataset.std).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 gs.append(inner.embed_ground(g).float().cpu().numpy())

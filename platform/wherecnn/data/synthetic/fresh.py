@@ -24,6 +24,8 @@ styles, not the new places: in the training styles only (``style_spread`` off) p
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,9 @@ class FreshPlaces:
         new_world_m: float = 700.0,
         area_share: float = 1 / 3,
         style_spread: float | None = None,
+        workers: int | None = None,
     ) -> None:
+        """``workers``: threads for the JPEG round trips and tile cuts (default: the cores, up to 8)."""
         from wherecnn.data.manifest import read_captures, split_column
         from wherecnn.data.synthetic.render import GroundRenderer
         from wherecnn.data.synthetic.world import City, build_world
@@ -89,6 +93,7 @@ class FreshPlaces:
             )
         self.spec = json.loads(spec_path.read_text())
         self.track, self.seed = track, int(seed)
+        self.workers = workers or min(8, os.cpu_count() or 1)
         extent = float(self.spec["extent_m"])
         caps = pd.DataFrame(read_captures(self.data_dir).drop(columns="geometry"))
         caps["open"] = (split_column(caps, protocol) == "train").to_numpy()
@@ -213,20 +218,24 @@ class FreshPlaces:
         headings = np.round(rng.uniform(0, 360, len(xy)), 2)
         pano_size = tuple(int(v) for v in self.spec["pano_size"])
         photo = self.track == "photo"
-        grounds: list[np.ndarray] = []
+        views: list[np.ndarray] = []
         for b0 in range(0, len(xy), 32):
             sl = slice(b0, b0 + 32)
-            views = cs.renderer.panorama(xy[sl, 0], xy[sl, 1], suns[sl], size=pano_size)
+            chunk = cs.renderer.panorama(xy[sl, 0], xy[sl, 1], suns[sl], size=pano_size)
             if photo:
-                views = photos_from_panoramas(
-                    views,
+                chunk = photos_from_panoramas(
+                    chunk,
                     headings[sl],
                     size=int(self.spec["photo_px"]),
                     fov_deg=float(self.spec["photo_fov_deg"]),
                 )
-            grounds.extend(decode_image(jpeg_bytes(v)) for v in views)  # as written and read
+            views.extend(chunk)
         tile_ids, semis, windows = self._tiles(cs, xy)
-        tiles = [self._cut(cs, r, c) for r, c in windows]
+        # the JPEG round trips (as written and read) and tile cuts, a third of the time, on every core: PIL
+        # releases the GIL (the renderer above uses them through torch already)
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            grounds = list(pool.map(lambda v: decode_image(jpeg_bytes(v)), views))
+            tiles = list(pool.map(lambda w: self._cut(cs, *w), windows))
         lat, lon = from_utm(easting=cs.west + xy[:, 0], northing=cs.south + xy[:, 1], crs=cs.crs)
         ids = [f"{prefix}-{i:05d}" for i in range(len(xy))]
         frame = pd.DataFrame(
