@@ -159,15 +159,17 @@ def cylinder_views(
 def to_tensor(
     images: np.ndarray | Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """uint8 NHWC (or one HWC) -> normalised float NCHW (or CHW)."""
+    """uint8 NHWC (or one HWC) -> normalised float NCHW (or CHW): converted, transposed and normalised in
+    place in one buffer (a batch's inputs every training step)."""
     arr = np.ascontiguousarray(np.asarray(images))
-    if not arr.flags.writeable:
+    if not arr.flags.writeable:  # torch warns on read-only arrays, even when it only reads them
         arr = arr.copy()
-    t = torch.from_numpy(arr).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32)
-    s = torch.tensor(std, dtype=torch.float32)
-    t = (t - m) / s
-    return t.permute(0, 3, 1, 2).contiguous() if t.ndim == 4 else t.permute(2, 0, 1).contiguous()
+    single = arr.ndim == 3
+    src = torch.from_numpy(arr[None] if single else arr).permute(0, 3, 1, 2)  # a view: nothing copied yet
+    t = torch.empty(src.shape, dtype=torch.float32).copy_(src).div_(255.0)
+    t.sub_(torch.tensor(mean, dtype=torch.float32)[:, None, None])
+    t.div_(torch.tensor(std, dtype=torch.float32)[:, None, None])
+    return t[0] if single else t
 
 
 # ---------------------------------------------------------------- augmentation
