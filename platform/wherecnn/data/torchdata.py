@@ -144,16 +144,18 @@ def cylinder_views(
     y0 = np.clip(np.floor(y), 0, ph - 2).astype(np.int64)
     fx = np.clip(x - x0, 0.0, 1.0)[..., None]
     fy = np.clip(y - y0, 0.0, 1.0)[..., None]
-    img = photos.astype(np.float32).reshape(-1, 3)
-    at = (np.arange(b)[:, None, None] * ph + y0) * pw + x0  # flat pixel index of (y0, x0)
-    top = img[at] * (1 - fx) + img[at + 1] * fx
-    bottom = img[at + pw] * (1 - fx) + img[at + pw + 1] * fx
-    sampled = np.rint(top * (1 - fy) + bottom * fy).clip(0, 255).astype(np.uint8)
-    canvas = np.empty((b, h, w, 3), dtype=np.uint8)
-    canvas[:] = MEAN_RGB
-    filled = np.where(inside[..., None], sampled, canvas[:, :, : cols.shape[1]])
-    np.put_along_axis(canvas, np.broadcast_to(cols[:, None, :, None], filled.shape), filled, axis=2)
-    return canvas
+    # the bilinear blend in torch (both cores; the same float64 arithmetic as numpy's, so the same bytes)
+    img = torch.from_numpy(np.ascontiguousarray(photos)).reshape(-1, 3).float()
+    at = torch.from_numpy((np.arange(b)[:, None, None] * ph + y0) * pw + x0)  # flat index of (y0, x0)
+    fx_t, fy_t = torch.from_numpy(fx), torch.from_numpy(fy)
+    top = img[at] * (1 - fx_t) + img[at + 1] * fx_t
+    bottom = img[at + pw] * (1 - fx_t) + img[at + pw + 1] * fx_t
+    sampled = torch.round(top * (1 - fy_t) + bottom * fy_t).clamp_(0, 255).to(torch.uint8)
+    blank = torch.tensor(MEAN_RGB, dtype=torch.uint8)
+    filled = torch.where(torch.from_numpy(inside)[..., None], sampled, blank)
+    canvas = blank.expand(b, h, w, 3).contiguous()
+    canvas.scatter_(2, torch.from_numpy(cols)[:, None, :, None].expand(filled.shape), filled)
+    return canvas.numpy()
 
 
 def to_tensor(
