@@ -298,21 +298,34 @@ def test_fresh_places_train_and_resume_the_same_pool(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_track_section_sets_its_own_fresh_pool(tiny_world: Path, tmp_path: Path) -> None:
+    """dual-cpu's offset and photo sections render fewer places an epoch and keep each longer."""
+    pool = {"fresh_places": 32, "fresh_epochs": 2}
+    for track in ("offset", "aligned"):
+        overrides = {**TINY, "train": {"warmup_steps": 0, "fresh_places": 48}, "offset": pool}
+        kw = dict(track=track, protocol="same-area", val_size=8, epochs=1, overrides=overrides)
+        train_func(_opts(tiny_world, tmp_path / track, **kw))
+        card = json.loads((tmp_path / track / "model_card.json").read_text())
+        expected = (32, 2) if track == "offset" else (48, 3)  # aligned keeps the train section's
+        assert (card["data"]["fresh_places"], card["data"]["fresh_epochs"]) == expected
+
+
 def test_fresh_places_default_from_the_model_config_on_synthetic_worlds(
     tiny_world: Path, fake_pairs: Path, tmp_path: Path
 ) -> None:
-    """The config's train.fresh_places and style_spread apply on a synthetic world; the options win."""
-    cfg = {"fresh_places": 2500, "style_spread": 1.5}
+    """The config's train.fresh_places, fresh_epochs and style_spread apply on a synthetic world; the
+    options win."""
+    cfg = {"fresh_places": 2500, "fresh_epochs": 6, "style_spread": 1.5}
 
-    def settings(data: Path, **kw: object) -> tuple[int, float | None]:
+    def settings(data: Path, **kw: object) -> tuple[int, int, float | None]:
         return _fresh_settings(TrainOptions(data=str(data), out=str(tmp_path), epochs=1, **kw), cfg)  # type: ignore[arg-type]
 
-    assert settings(tiny_world) == (2500, 1.5)
-    assert settings(fake_pairs) == (0, None)  # no synthetic.json: nothing to render new places from
-    assert settings(tiny_world, fresh_places=0) == (0, None)
-    assert settings(tiny_world, fresh_places=64, style_spread=0) == (64, None)
-    assert settings(fake_pairs, fresh_places=64) == (64, 1.5)  # asked for: FreshPlaces says what is missing
-    assert _fresh_settings(TrainOptions(data=str(tiny_world), out="x", epochs=1), {}) == (0, None)
+    assert settings(tiny_world) == (2500, 6, 1.5)
+    assert settings(fake_pairs) == (0, 6, None)  # no synthetic.json: nothing to render new places from
+    assert settings(tiny_world, fresh_places=0) == (0, 6, None)
+    assert settings(tiny_world, fresh_places=64, fresh_epochs=2, style_spread=0) == (64, 2, None)
+    assert settings(fake_pairs, fresh_places=64) == (64, 6, 1.5)  # asked for: FreshPlaces says what lacks
+    assert _fresh_settings(TrainOptions(data=str(tiny_world), out="x", epochs=1), {}) == (0, 3, None)
     with pytest.raises(ValueError, match="needs fresh_places"):
         TrainOptions(data=str(tiny_world), out="x", epochs=1, fresh_places=0, style_spread=1.5)
 

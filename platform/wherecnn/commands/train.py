@@ -57,11 +57,16 @@ def train(
         min=0,
         help="Synthetic worlds: render this many new training places per epoch (in the protocol's "
         "training area, and in new cities) instead of reusing the manifest's pairs. Default: the model "
-        "config's train.fresh_places on a world made by `wherecnn synth` (dual-cpu: 2500), else 0; 0 turns "
-        "it off.",
+        "config's fresh_places (its track section's, else train's) on a world made by `wherecnn synth` "
+        "(dual-cpu: 2500; 1250 on offset and photo), else 0; 0 turns it off.",
     ),
-    fresh_epochs: int = typer.Option(
-        3, "--fresh-epochs", min=1, help="Epochs each fresh place is trained on."
+    fresh_epochs: int | None = typer.Option(
+        None,
+        "--fresh-epochs",
+        min=1,
+        help="Epochs each fresh place is trained on (the pool holds that many epochs' places). Default: "
+        "the model config's fresh_epochs (its track section's, else train's; dual-cpu: 6 on offset and "
+        "photo), else 3.",
     ),
     style_spread: float | None = typer.Option(
         None,

@@ -73,6 +73,7 @@ OPTIONAL_KEYS = frozenset(
         "train.augment_color",
         "train.augment_shift",
         "train.ema",
+        "train.fresh_epochs",
         "train.fresh_worlds",
         "train.precision",
         "loss.alpha",

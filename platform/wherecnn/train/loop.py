@@ -60,9 +60,12 @@ class TrainOptions:
     val_size: int = 256
     max_pairs: int | None = None  # train on a subset (tests, quick looks)
     # synthetic worlds: render this many new places per epoch instead of the manifest's pairs (None: the
-    # model config's train.fresh_places on a world made by `wherecnn synth`, else 0; 0 turns it off)
+    # model config's fresh_places, its track section's else train's, on a world made by `wherecnn synth`,
+    # else 0; 0 turns it off)
     fresh_places: int | None = None
-    fresh_epochs: int = 3  # ... and train on each for this many epochs (the pool holds the latest batches)
+    # ... and train on each for this many epochs, the pool holding the latest ones (None: the model config's
+    # fresh_epochs, its track section's else train's, else 3)
+    fresh_epochs: int | None = None
     # fresh places: new worlds in random styles scaled around the training ones (None: the model config's
     # train.style_spread; 0 turns it off)
     style_spread: float | None = None
@@ -73,7 +76,7 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.minutes is None):
             raise ValueError("give exactly one of epochs or minutes")
-        if (self.fresh_places or 0) < 0 or self.fresh_epochs < 1:
+        if (self.fresh_places or 0) < 0 or (self.fresh_epochs is not None and self.fresh_epochs < 1):
             raise ValueError("fresh_places must be >= 0 and fresh_epochs >= 1")
         if self.style_spread and self.fresh_places == 0:
             raise ValueError("style_spread styles fresh places' new worlds: it needs fresh_places")
@@ -126,17 +129,22 @@ class _Ctx:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _fresh_settings(opts: TrainOptions, train_cfg: dict[str, Any]) -> tuple[int, float | None]:
-    """(fresh places per epoch, style spread): the options', else the model config's ``train.fresh_places``
-    and ``train.style_spread`` where the data is a synthetic world (its ``synthetic.json``), else none."""
+def _fresh_settings(opts: TrainOptions, train_cfg: dict[str, Any]) -> tuple[int, int, float | None]:
+    """(fresh places per epoch, epochs each is trained on, style spread): the options', else the model
+    config's ``fresh_places``, ``fresh_epochs`` (default 3) and ``style_spread`` from ``train_cfg`` (its
+    ``train`` section with the track section's keys over it), where the data is a synthetic world (its
+    ``synthetic.json``); no fresh places elsewhere."""
     from wherecnn.data.synthetic.generate import SPEC_FILE
 
     synthetic = "://" not in opts.data and (Path(opts.data) / SPEC_FILE).exists()
     n = opts.fresh_places
     if n is None:
         n = int(train_cfg.get("fresh_places", 0) or 0) if synthetic else 0
+    epochs = opts.fresh_epochs if opts.fresh_epochs is not None else int(train_cfg.get("fresh_epochs", 3))
+    if epochs < 1:
+        raise ValueError(f"fresh_epochs must be >= 1, not {epochs}")
     spread = opts.style_spread if opts.style_spread is not None else train_cfg.get("style_spread")
-    return n, (float(spread) if n and spread else None)
+    return n, epochs, (float(spread) if n and spread else None)
 
 
 def _anneal(start: float, end: float, anneal: float, progress: float) -> float:
@@ -308,8 +316,15 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             "capture_id"
         )
     frame, val_frame = _split_val(frame.reset_index(drop=True), val_rows, opts.val_size, opts.seed)
+    # the track's own section (offset, photo) replaces train.augment_* and the fresh places' pool on that
+    # track, e.g. dual-cpu's zoom is off on both; offset's shift moves camera-centred tiles, so it applies
+    # only to those
+    track_cfg = {"offset": offset_cfg, "photo": photo_cfg}.get(opts.track, {})
     fresh = None
-    n_fresh, spread = _fresh_settings(opts, train_cfg)
+    pool_keys = ("fresh_places", "fresh_epochs")
+    n_fresh, fresh_epochs, spread = _fresh_settings(
+        opts, train_cfg | {k: track_cfg[k] for k in pool_keys if k in track_cfg}
+    )
     if n_fresh:
         from wherecnn.data.synthetic.fresh import FreshPlaces
 
@@ -336,9 +351,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         mean=cfg.get("mean", (0.485, 0.456, 0.406)),
         std=cfg.get("std", (0.229, 0.224, 0.225)),
     )
-    # the track's own section (offset, photo) replaces train.augment_* on that track, e.g. dual-cpu's zoom
-    # is off on both; offset's shift moves camera-centred tiles, so it applies only to those
-    track_cfg = {"offset": offset_cfg, "photo": photo_cfg}.get(opts.track, {})
 
     def setting(key: str, default: Any) -> Any:
         if key == "augment_shift" and not centred:
@@ -393,7 +405,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
     def fresh_set(epoch: int) -> PairDataset:
         assert fresh is not None
-        wanted = range(max(0, epoch - opts.fresh_epochs + 1), epoch + 1)
+        wanted = range(max(0, epoch - fresh_epochs + 1), epoch + 1)
         for e in [e for e in pool if e not in wanted]:
             del pool[e]
         for e in wanted:
@@ -450,7 +462,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             "train_pairs": len(train_set),
             "val_pairs": len(val_frame),
             "fresh_places": n_fresh,
-            "fresh_epochs": opts.fresh_epochs if fresh is not None else None,
+            "fresh_epochs": fresh_epochs if fresh is not None else None,
             "style_spread": spread,
         },
         "train": {
