@@ -547,7 +547,7 @@ class PairDataset(Dataset):
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """Samples ``indices`` as one batch of model inputs: ``ground`` and ``aerial`` (normalised NCHW) and
         their ``index``. Each sample comes out as `__getitem__` makes it alone (seeded by seed, epoch and
-        index), but the photo cuts and the normalisation run once for the batch: 1.7-1.9x faster than one
+        index), but the photo cuts and the normalisation run once for the batch: 1.7-2.3x faster than one
         sample at a time (`benchmarks/train_data.py`), which took up to a third of a step on two cores."""
         raws = [self.raw(i) for i in indices]
         grounds = np.stack([g for g, _ in raws])

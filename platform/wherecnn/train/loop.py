@@ -132,8 +132,8 @@ class _Ctx:
 def _fresh_settings(opts: TrainOptions, train_cfg: dict[str, Any]) -> tuple[int, int, float | None]:
     """(fresh places per epoch, epochs each is trained on, style spread): the options', else the model
     config's ``fresh_places``, ``fresh_epochs`` (default 3) and ``style_spread`` from ``train_cfg`` (its
-    ``train`` section with the track section's keys over it), where the data is a synthetic world (its
-    ``synthetic.json``); no fresh places elsewhere."""
+    ``train`` section, with the track section's keys over it in training), where the data is a synthetic
+    world (its ``synthetic.json``); no fresh places elsewhere."""
     from wherecnn.data.synthetic.generate import SPEC_FILE
 
     synthetic = "://" not in opts.data and (Path(opts.data) / SPEC_FILE).exists()
@@ -320,11 +320,9 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     # track, e.g. dual-cpu's zoom is off on both; offset's shift moves camera-centred tiles, so it applies
     # only to those
     track_cfg = {"offset": offset_cfg, "photo": photo_cfg}.get(opts.track, {})
+    on_track = train_cfg | track_cfg  # the train section with the track section's keys over it
     fresh = None
-    pool_keys = ("fresh_places", "fresh_epochs")
-    n_fresh, fresh_epochs, spread = _fresh_settings(
-        opts, train_cfg | {k: track_cfg[k] for k in pool_keys if k in track_cfg}
-    )
+    n_fresh, fresh_epochs, spread = _fresh_settings(opts, on_track)
     if n_fresh:
         from wherecnn.data.synthetic.fresh import FreshPlaces
 
@@ -355,7 +353,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     def setting(key: str, default: Any) -> Any:
         if key == "augment_shift" and not centred:
             return train_cfg.get(key, default)
-        return track_cfg[key] if key in track_cfg else train_cfg.get(key, default)
+        return on_track.get(key, default)
 
     augment = {
         "rotation": setting("augment_rotation", "quarter"),
