@@ -148,10 +148,10 @@ def test_offset_shift_curriculum_moves_the_shift_epoch_by_epoch(
     shifts: list[float] = []
 
     class Spy(PairDataset):
-        def batch(self, indices: Sequence[int]) -> dict:
-            if self.augment:
+        def batch(self, indices: Sequence[int], augment: bool = True) -> dict:
+            if augment and self.augment:
                 shifts.append(float(self.augment["shift"]))
-            return super().batch(indices)
+            return super().batch(indices, augment)
 
     monkeypatch.setattr("wherecnn.train.loop.PairDataset", Spy)
     offset = {"pairs": "centred", "augment_shift": 0.05, "shift_start": 0.0, "shift_anneal": 0.5}

@@ -544,15 +544,17 @@ class PairDataset(Dataset):
         item = self.batch([i])
         return {"ground": item["ground"][0], "aerial": item["aerial"][0], "index": int(i)}
 
-    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def batch(self, indices: Sequence[int], augment: bool = True) -> dict[str, torch.Tensor]:
         """Samples ``indices`` as one batch of model inputs: ``ground`` and ``aerial`` (normalised NCHW) and
         their ``index``. Each sample comes out as `__getitem__` makes it alone (seeded by seed, epoch and
         index), but the photo cuts and the normalisation run once for the batch: 1.7-2.3x faster than one
-        sample at a time (`benchmarks/train_data.py`), which took up to a third of a step on two cores."""
+        sample at a time (`benchmarks/train_data.py`), which took up to a third of a step on two cores.
+        ``augment=False``: the `query_views` and the tiles before the pairs' augmentation (what hard-negative
+        mining embeds)."""
         raws = [self.raw(i) for i in indices]
-        grounds = np.stack([g for g, _ in raws])
+        grounds = self.query_views(indices, np.stack([g for g, _ in raws]))
         aerials = [a for _, a in raws]
-        if self.augment:
+        if augment and self.augment:
             rngs = [np.random.default_rng((self.seed, self.epoch, int(i))) for i in indices]
             if self.zoom is not None:
                 lo, hi = self.zoom
@@ -575,7 +577,7 @@ class PairDataset(Dataset):
                     color=float(self.augment.get("color", 0.0)),
                     shift=float(self.augment.get("shift", 0.0)),
                 )
-                for g, a, rng in zip(self.query_views(indices, grounds), aerials, rngs, strict=True)
+                for g, a, rng in zip(grounds, aerials, rngs, strict=True)
             ]
             grounds = np.stack([g for g, _ in pairs])
             aerials = [a for _, a in pairs]

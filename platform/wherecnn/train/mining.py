@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wherecnn.data.torchdata import PairDataset, to_tensor
+from wherecnn.data.torchdata import PairDataset
 
 
 @torch.inference_mode()
@@ -24,11 +24,8 @@ def embed_dataset(
     gs, aes = [], []
     try:
         for start in range(0, len(dataset), batch_size):
-            idx = range(start, min(len(dataset), start + batch_size))
-            raws = [dataset.raw(i) for i in idx]
-            views = dataset.query_views(idx, np.stack([r[0] for r in raws]))
-            g = to_tensor(views, dataset.mean, dataset.std).to(device)
-            a = to_tensor(np.stack([r[1] for r in raws]), dataset.mean, dataset.std).to(device)
+            batch = dataset.batch(range(start, min(len(dataset), start + batch_size)), augment=False)
+            g, a = batch["ground"].to(device), batch["aerial"].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 gs.append(inner.embed_ground(g).float().cpu().numpy())
                 aes.append(inner.embed_aerial(a).float().cpu().numpy())
