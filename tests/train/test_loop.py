@@ -76,20 +76,20 @@ def test_same_seed_same_weights_on_cpu(fake_pairs: Path, tmp_path: Path) -> None
     assert "train_state" not in torch.load(tmp_path / "a" / "optimizer.pt", weights_only=False)  # no average
 
 
-def _run_dying_after_two_checkpoints(opts: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run ``opts`` and let it die (KeyboardInterrupt) right after its second epoch's checkpoint."""
+def _run_dying_after(opts: dict, monkeypatch: pytest.MonkeyPatch, checkpoints: int = 2) -> None:
+    """Run ``opts`` and let it die (KeyboardInterrupt) right after that many epochs' checkpoints."""
     import wherecnn.train.loop as loop_module
 
     saved, calls = loop_module.save_checkpoint, []
 
-    def crash_after_two(*args: object, **kwargs: object) -> object:
+    def crash(*args: object, **kwargs: object) -> object:
         out = saved(*args, **kwargs)
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == checkpoints:
             raise KeyboardInterrupt
         return out
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", crash_after_two)
+    monkeypatch.setattr(loop_module, "save_checkpoint", crash)
     with pytest.raises(KeyboardInterrupt):
         train_func(opts)
     monkeypatch.setattr(loop_module, "save_checkpoint", saved)
@@ -106,7 +106,7 @@ def test_weight_average_is_what_the_checkpoint_publishes_and_a_resumed_run_match
     assert not torch.equal(published["ground_head.column.weight"], trained["ground_head.column.weight"])
 
     # a run that dies after epoch 2's checkpoint, resumed, ends with the same average and trained weights
-    _run_dying_after_two_checkpoints(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=ema), monkeypatch)
+    _run_dying_after(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=ema), monkeypatch)
     train_func(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=ema, resume=True))
     for name in ("model.pt", "optimizer.pt"):
         key = "state_dict" if name == "model.pt" else "train_state"
@@ -284,16 +284,18 @@ def test_bad_inputs_fail_clearly(fake_pairs: Path, tmp_path: Path) -> None:
 def test_fresh_places_train_and_resume_the_same_pool(
     tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """New places per epoch: a resumed run rebuilds the same pool and ends where a straight run does."""
-    kw = dict(fresh_places=32, fresh_epochs=2, protocol="same-area", val_size=8, epochs=3)
+    """New places per epoch: a resumed run rebuilds the same pool -- and the neighbour table mined at epoch
+    2, carried over to epoch 3's pool -- and ends where a straight run does."""
+    mining = {**TINY, "train": {"warmup_steps": 0, "mine_every": 2, "mine_k": 8}}
+    kw = dict(fresh_places=32, fresh_epochs=2, protocol="same-area", val_size=8, epochs=4, overrides=mining)
     straight = train_func(_opts(tiny_world, tmp_path / "a", **kw))
     assert straight["train_pairs"] == 64 and straight["fresh_places_per_epoch"] == 32
     card = json.loads((tmp_path / "a" / "model_card.json").read_text())
     assert card["data"]["fresh_places"] == 32 and card["data"]["fresh_epochs"] == 2
 
-    _run_dying_after_two_checkpoints(_opts(tiny_world, tmp_path / "b", **kw), monkeypatch)
+    _run_dying_after(_opts(tiny_world, tmp_path / "b", **kw), monkeypatch, checkpoints=3)
     resumed = train_func(_opts(tiny_world, tmp_path / "b", resume=True, **kw))
-    assert resumed["epochs"] == 3 and resumed["train_pairs"] == 64
+    assert resumed["epochs"] == 4 and resumed["train_pairs"] == 64
     a, b = (torch.load(tmp_path / x / "model.pt", weights_only=False)["state_dict"] for x in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -37,7 +37,7 @@ from wherecnn.models import build_model, model_from_config
 from wherecnn.models.base import TwoBranchModel
 from wherecnn.train.checkpoint import load_checkpoint, manifest_digest, save_checkpoint
 from wherecnn.train.losses import gather_with_grad, make_loss
-from wherecnn.train.mining import embed_dataset, neighbour_table
+from wherecnn.train.mining import carry_neighbours, embed_dataset, neighbour_table
 
 
 @dataclass
@@ -383,6 +383,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     if fresh is None:
         train_set = PairDataset(frame=frame, augment=augment, seed=opts.seed, **common)
         train_set.preload(progress=rank0 and opts.progress, label="decoding train")
+        pool_keys = [(0, i) for i in range(len(train_set))]  # one key per sample; the manifest's never change
     val_set.preload(progress=rank0 and opts.progress, label="decoding val")
     load_s = time.perf_counter() - t_load
 
@@ -401,7 +402,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     # fresh places: epoch e trains on the places drawn for epochs e-fresh_epochs+1 .. e (each drawn once)
     pool: dict[int, tuple[Any, list[tuple[np.ndarray, np.ndarray]]]] = {}
 
-    def fresh_set(epoch: int) -> PairDataset:
+    def fresh_set(epoch: int) -> tuple[PairDataset, list[tuple[int, int]]]:
+        """The pool epoch ``epoch`` trains on, and a key per sample: (the epoch it was drawn for, index)."""
         assert fresh is not None
         wanted = range(max(0, epoch - fresh_epochs + 1), epoch + 1)
         for e in [e for e in pool if e not in wanted]:
@@ -413,7 +415,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                 pool[e] = (f, [prepared.raw(i) for i in range(len(f))])
         frames = [pool[e][0] for e in wanted]
         images = [im for e in wanted for im in pool[e][1]]
-        return PairDataset(
+        dataset = PairDataset(
             frame=pd.concat(frames, ignore_index=True),
             images=images,
             prepared=True,
@@ -421,10 +423,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             seed=opts.seed,
             **common,
         )
+        return dataset, [(e, i) for e in wanted for i in range(len(pool[e][0]))]
 
     if fresh is not None:  # the first pool is drawn before the clock starts, like decoding the manifest
         t_fresh = time.perf_counter()
-        train_set = fresh_set(int(resumed["loop"]["epoch"]) if resumed is not None else 0)
+        train_set, pool_keys = fresh_set(int(resumed["loop"]["epoch"]) if resumed is not None else 0)
         load_s += time.perf_counter() - t_fresh
     sampler: Any = geo_sampler(train_set)
 
@@ -476,7 +479,20 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         },
     }
     mine_every = int(train_cfg.get("mine_every", 0) or 0)
+    mined: np.ndarray | None = None  # the latest neighbour table, its rows following pool_keys
 
+    def mined_sampler(table: np.ndarray, dataset: PairDataset) -> MinedBatchSampler:
+        return MinedBatchSampler(
+            table,
+            dataset.tile_keys(),
+            batch_size=batch_size,
+            per_anchor=int(train_cfg.get("neighbours_per_group", 8)) - 1,
+            seed=opts.seed,
+        )
+
+    if loop.get("mined") is not None:  # resumed: the table the last epoch trained with, as a straight run has
+        mined = carry_neighbours(loop["mined"]["table"], loop["mined"]["keys"], pool_keys)
+        sampler = mined_sampler(mined, train_set)
     if resumed is not None and rank0:
         print(f"resuming from epoch {loop['epoch']} (step {loop['step']}) of {opts.out}", flush=True)
     progress = _Progress(
@@ -498,8 +514,13 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         if opts.epochs is not None and epoch >= opts.epochs:
             break
         if fresh is not None and epoch > start_epoch:
-            train_set = fresh_set(epoch)
-            sampler = geo_sampler(train_set)
+            train_set, keys = fresh_set(epoch)
+            if mined is None:
+                sampler = geo_sampler(train_set)
+            else:  # between minings, the latest table carried over to the pool's new places
+                mined = carry_neighbours(mined, pool_keys, keys)
+                sampler = mined_sampler(mined, train_set)
+            pool_keys = keys
         train_set.set_epoch(epoch)
         if fov_start is not None:
             augment["photo_sector"] = _anneal(
@@ -518,13 +539,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         if mine_every and epoch > 0 and epoch % mine_every == 0:
             # after set_epoch: photos cut from panoramas are mined as this epoch cuts them
             g, a = embed_dataset(model, train_set, ctx.device, bf16=amp)
-            sampler = MinedBatchSampler(
-                neighbour_table(g, a, k=int(train_cfg.get("mine_k", 32))),
-                train_set.tile_keys(),
-                batch_size=batch_size,
-                per_anchor=int(train_cfg.get("neighbours_per_group", 8)) - 1,
-                seed=opts.seed,
-            )
+            mined = neighbour_table(g, a, k=int(train_cfg.get("mine_k", 32)))
+            sampler = mined_sampler(mined, train_set)
         sampler.set_epoch(epoch)
         model.train()
         losses: list[float] = []
@@ -575,6 +591,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         # ---- end of epoch (or of the budget): validate, checkpoint, report
         loop["epoch"] = epoch + 1
         loop["elapsed_s"] = time.perf_counter() - t_start
+        loop["mined"] = None if mined is None else {"table": mined, "keys": pool_keys}
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": loop["step"],

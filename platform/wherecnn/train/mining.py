@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,4 +47,17 @@ def neighbour_table(ground: np.ndarray, aerial: np.ndarray, k: int = 32) -> np.n
         part = np.argpartition(-sim, k, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1)
         out[s : s + 1024] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def carry_neighbours(table: np.ndarray, old: Sequence[Hashable], new: Sequence[Hashable]) -> np.ndarray:
+    """A neighbour table mined on samples ``old`` (one key per row), re-indexed for the samples ``new``: each
+    sample keeps its row and its neighbours their places; a neighbour no longer there becomes -1, and a new
+    sample's row is all -1 (no mined neighbours until the next mining). A fresh pool drops its oldest places
+    and adds new ones every epoch, so the table mined every few epochs can still group the batches between."""
+    where = {key: i for i, key in enumerate(new)}
+    moved = np.array([where.get(key, -1) for key in old] + [-1], dtype=np.int64)
+    out = np.full((len(new), table.shape[1]), -1, dtype=np.int64)
+    kept = moved[:-1] >= 0
+    out[moved[:-1][kept]] = moved[table[kept]]  # -1 (gone before) indexes the trailing -1
     return out
