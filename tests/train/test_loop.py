@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from wherecnn.data.torchdata import PairDataset
+from wherecnn.data.torchdata import MinedBatchSampler, PairDataset
 from wherecnn.models.embedder import Embedder
 from wherecnn.train.checkpoint import load_checkpoint
 from wherecnn.train.loop import (
@@ -298,6 +299,35 @@ def test_fresh_places_train_and_resume_the_same_pool(
     assert resumed["epochs"] == 4 and resumed["train_pairs"] == 64
     a, b = (torch.load(tmp_path / x / "model.pt", weights_only=False)["state_dict"] for x in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fresh_pools_keep_mined_batches_between_minings(
+    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mined every 2 epochs on a pool that renews a share every epoch: the epoch between minings still
+    trains on mined batches, the table carried over to it -- the new places without mined neighbours."""
+    import wherecnn.train.loop as loop_module
+
+    tables: dict[int, np.ndarray] = {}
+
+    class Recording(MinedBatchSampler):
+        def set_epoch(self, epoch: int) -> None:
+            tables[epoch] = self.neighbours
+            super().set_epoch(epoch)
+
+    monkeypatch.setattr(loop_module, "MinedBatchSampler", Recording)
+    overrides = {**TINY, "train": {"mine_every": 2, "mine_k": 8, "neighbours_per_group": 4}}
+    kw = dict(
+        fresh_places=32, fresh_epochs=2, protocol="same-area", val_size=8, epochs=4, overrides=overrides
+    )
+    train_func(_opts(tiny_world, tmp_path / "m", **kw))
+    assert sorted(tables) == [2, 3]  # epochs 0-1 group by GPS, then every epoch is mined
+    mined, carried = tables[2], tables[3]
+    assert mined.shape == carried.shape == (64, 8) and (mined >= 0).all()
+    assert (carried[32:] == -1).all()  # epoch 3's new places: mined at epoch 4
+    # epoch 2's places (rows 32-63 then, 0-31 now) keep their neighbours among them, which moved up too
+    kept = mined[32:]
+    assert (carried[:32] == np.where(kept >= 32, kept - 32, -1)).all()
 
 
 def test_a_track_section_sets_its_own_fresh_pool(tiny_world: Path, tmp_path: Path) -> None:

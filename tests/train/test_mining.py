@@ -7,22 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from wherecnn.data.torchdata import MinedBatchSampler, PairDataset, load_pairs
+from wherecnn.data.torchdata import PairDataset, load_pairs
 from wherecnn.models import build_model
-from wherecnn.train import loop
 from wherecnn.train.loop import TrainOptions, train_func
 from wherecnn.train.mining import carry_neighbours, embed_dataset, neighbour_table
-
-TINY = {  # a small dual-cpu: seconds on 2 cores
-    "ground_size": [32, 128],
-    "aerial_size": [32, 32],
-    "channels": [8, 16, 16, 32, 32, 32],
-    "strides": [2, 2, 2, 1, 2, 1],
-    "head_channels": 8,
-    "embed_dim": 32,
-}
 
 
 def test_neighbour_table_lists_most_similar_other_samples() -> None:
@@ -51,7 +40,15 @@ def test_a_carried_table_follows_its_samples_into_the_next_pool() -> None:
 
 
 def test_training_with_mined_batches_runs(fake_pairs: Path, tmp_path: Path) -> None:
-    tiny = {**TINY, "train": {"mine_every": 1, "mine_k": 8, "neighbours_per_group": 4}}
+    tiny = {
+        "ground_size": [32, 128],
+        "aerial_size": [32, 32],
+        "channels": [8, 16, 16, 32, 32, 32],
+        "strides": [2, 2, 2, 1, 2, 1],
+        "head_channels": 8,
+        "embed_dim": 32,
+        "train": {"mine_every": 1, "mine_k": 8, "neighbours_per_group": 4},
+    }
     opts = TrainOptions(
         data=str(fake_pairs),
         out=str(tmp_path / "m"),
@@ -65,42 +62,6 @@ def test_training_with_mined_batches_runs(fake_pairs: Path, tmp_path: Path) -> N
     assert summary["epochs"] == 2
     card = json.loads((tmp_path / "m" / "model_card.json").read_text())
     assert card["config"]["train"]["mine_every"] == 1
-
-
-def test_fresh_pools_keep_mined_batches_between_minings(
-    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Mined every 2 epochs on a pool that renews a share every epoch: the epoch between minings still
-    trains on mined batches, the table carried over to it -- the new places without mined neighbours."""
-    tables: dict[int, np.ndarray] = {}
-
-    class Recording(MinedBatchSampler):
-        def set_epoch(self, epoch: int) -> None:
-            tables[epoch] = self.neighbours
-            super().set_epoch(epoch)
-
-    monkeypatch.setattr(loop, "MinedBatchSampler", Recording)
-    overrides = {**TINY, "train": {"mine_every": 2, "mine_k": 8, "neighbours_per_group": 4}}
-    opts = TrainOptions(
-        data=str(tiny_world),
-        out=str(tmp_path / "m"),
-        protocol="same-area",
-        epochs=4,
-        batch_size=16,
-        val_size=8,
-        fresh_places=32,
-        fresh_epochs=2,
-        overrides=overrides,
-        progress=False,
-    )
-    train_func(asdict(opts))
-    assert sorted(tables) == [2, 3]  # epochs 0-1 group by GPS, then every epoch is mined
-    mined, carried = tables[2], tables[3]
-    assert mined.shape == carried.shape == (64, 8) and (mined >= 0).all()
-    assert (carried[32:] == -1).all()  # epoch 3's new places: mined at epoch 4
-    # epoch 2's places (rows 32-63 then, 0-31 now) keep their neighbours among them, which moved up too
-    kept = mined[32:]
-    assert (carried[:32] == np.where(kept >= 32, kept - 32, -1)).all()
 
 
 def test_mining_embeddings_under_bf16_rank_like_fp32(fake_pairs: Path) -> None:
