@@ -324,7 +324,7 @@ def test_fresh_pools_keep_mined_batches_between_minings(
     assert sorted(tables) == [2, 3]  # epochs 0-1 group by GPS, then every epoch is mined
     mined, carried = tables[2], tables[3]
     assert mined.shape == carried.shape == (64, 8) and (mined >= 0).all()
-    assert (carried[32:] == -1).all()  # epoch 3's new places: mined at epoch 4
+    assert (carried[32:] == -1).all()  # epoch 3's new places: no neighbours until the next mining
     # epoch 2's places (rows 32-63 then, 0-31 now) keep their neighbours among them, which moved up too
     kept = mined[32:]
     assert (carried[:32] == np.where(kept >= 32, kept - 32, -1)).all()
