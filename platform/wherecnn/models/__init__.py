@@ -75,6 +75,7 @@ OPTIONAL_KEYS = frozenset(
         "train.ema",
         "train.fresh_epochs",
         "train.fresh_worlds",
+        "train.fresh_area_share",
         "train.precision",
         "loss.alpha",
         "hub_correction",

@@ -334,6 +334,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             seed=opts.seed,
             style_spread=spread,
             new_worlds=train_cfg.get("fresh_worlds"),  # None: as many as the training cities
+            area_share=on_track.get("fresh_area_share"),  # None: a third in the training area
         )
         if n_fresh < batch_size:
             raise ValueError(f"fresh_places {n_fresh} < batch {batch_size}")

@@ -117,6 +117,17 @@ def test_style_spread_builds_new_worlds_in_random_styles(tiny_world: Path) -> No
         FreshPlaces(tiny_world, protocol="same-area", track="aligned", style_spread=0.5)
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_area_share_splits_places_between_the_data_and_new_worlds(tiny_world: Path, share: float) -> None:
+    fp = FreshPlaces(
+        tiny_world, protocol="same-area", track="aligned", seed=2, new_world_m=300, area_share=share
+    )
+    frame, _, _ = fp.sample(12, epoch=0)
+    assert frame["city"].isin(fp.city_names).mean() == share
+    with pytest.raises(ValueError, match="area_share"):
+        FreshPlaces(tiny_world, protocol="same-area", track="aligned", area_share=1.5)
+
+
 def test_a_world_without_its_spec_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="synthetic.json"):
         FreshPlaces(tmp_path, protocol="same-area", track="aligned")

@@ -77,11 +77,13 @@ class FreshPlaces:
         cities: list[str] | None = None,
         new_worlds: int | None = None,
         new_world_m: float = 700.0,
-        area_share: float = 1 / 3,
+        area_share: float | None = None,
         style_spread: float | None = None,
         workers: int | None = None,
     ) -> None:
-        """``workers``: threads for the JPEG round trips and tile cuts (default: the cores, up to 8)."""
+        """``area_share``: the share of places drawn in the data's own training area (default 1/3; the rest
+        come from ``new_worlds`` new cities); ``workers``: threads for the JPEG round trips and tile cuts
+        (default: the cores, up to 8)."""
         from wherecnn.data.manifest import read_captures, split_column
         from wherecnn.data.synthetic.render import GroundRenderer
         from wherecnn.data.synthetic.world import City, build_world
@@ -142,7 +144,10 @@ class FreshPlaces:
         if not self.cities:
             raise ValueError(f"{data_dir}: no training area for fresh places under protocol {protocol!r}")
         self.new_worlds = len(self.styles) if new_worlds is None else int(new_worlds)
-        self.new_world_m, self.area_share = float(new_world_m), float(area_share) if self.new_worlds else 1.0
+        share = 1 / 3 if area_share is None else float(area_share)
+        if not 0 <= share <= 1:
+            raise ValueError(f"area_share must be in [0, 1], not {area_share}")
+        self.new_world_m, self.area_share = float(new_world_m), share if self.new_worlds else 1.0
         if style_spread is not None and style_spread < 1:
             raise ValueError(f"style_spread must be >= 1 (a scale factor), not {style_spread}")
         self.style_spread = style_spread
