@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     protocol=protocol,
                     track=track,
                     gallery_centres=args.gallery_centres,
+                    gallery_scales=args.gallery_scales,
                     view_pool=args.view_pool,
                     hub_correction=args.hub_correction,
                 )
@@ -157,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "training": training,
                         "train_config": _card(ckpt),
                         "gallery_centres": ev.gallery_centres,
+                        "gallery_scales": list(ev.gallery_scales),
                         "view_pool": ev.view_pool,
                         "hub_correction": ev.hub.as_dict(),
                         "tta": emb.model.config.get("tta") or {},
@@ -303,6 +305,13 @@ def main() -> None:
         default=None,
         help="offset: embed each gallery tile from K x K centres (as `wherecnn evaluate --gallery-centres`); "
         "default: each checkpoint config's.",
+    )
+    parser.add_argument(
+        "--gallery-scales",
+        type=lambda text: [float(v) for v in text.split(",")],
+        default=None,
+        help="offset: also cut those views at these ground scales, e.g. 1,0.85 (as `wherecnn evaluate "
+        "--gallery-scales`); default: each checkpoint config's.",
     )
     parser.add_argument(
         "--view-pool",

@@ -47,6 +47,27 @@ def test_gallery_views_are_the_tiles_seen_from_other_centres(tiny_world: Path) -
     assert np.abs(views[:, 0] - plain).max() > 5 * np.abs(centre - plain).max()  # a corner view moved
 
 
+def test_gallery_views_at_other_ground_scales_follow_the_tiles_own(tiny_world: Path) -> None:
+    """Scale-major views: the first K² as at the tile's own scale; a smaller scale shows the centre's
+    ground magnified (the same as cutting that smaller window around the same centre)."""
+    cs = city_sets(tiny_world, protocol="same-area", track="offset")[0]
+    gallery = cs.gallery.iloc[:6].reset_index(drop=True)
+    own = embed_gallery_views(MeanColour(), gallery, 3)
+    both = embed_gallery_views(MeanColour(), gallery, 3, scales=(1.0, 0.5))
+    assert both.shape == (6, 18, 12) and np.array_equal(both[:, :9], own)
+    half = gallery.assign(
+        col_off=gallery["col_off"] + gallery["width"] // 4,
+        row_off=gallery["row_off"] + gallery["height"] // 4,
+        width=gallery["width"] // 2,
+        height=gallery["height"] // 2,
+    )
+    assert centre_shifts(half, 3) == centre_shifts(gallery, 3)  # the same centres, on the same grid
+    assert np.array_equal(both[:, 9:], embed_gallery_views(MeanColour(), half, 3))
+    assert np.abs(both[:, 13] - own[:, 4]).max() > 0.01  # the centre view magnified
+    with pytest.raises(ValueError, match="positive"):
+        embed_gallery_views(MeanColour(), gallery, 3, scales=(1.0, 0.0))
+
+
 def test_tiles_without_raster_windows_fall_back_to_one_view(fake_world: Path) -> None:
     from wherecnn.evaluate.evaluation import evaluate_embedder
 
@@ -65,6 +86,9 @@ def test_a_models_card_sets_its_gallery_centres_and_view_pool(tiny_world: Path) 
     class Carded(MeanColour):
         card = {"config": {"offset": {"gallery_centres": 3, "view_pool": 9}}}
 
+    class TwoScales(MeanColour):
+        card = {"config": {"offset": {"gallery_centres": 3, "gallery_scales": [1.0, 0.8], "view_pool": 2}}}
+
     sets = city_sets(tiny_world, protocol="same-area", track="offset", max_gallery=10, max_queries=4)[:1]
     run = evaluate_embedder(Carded(), sets, name="m", protocol="same-area", track="offset")
     assert run.gallery_centres == 3 and run.cities[0].gallery_emb.shape[1] == 9
@@ -77,6 +101,13 @@ def test_a_models_card_sets_its_gallery_centres_and_view_pool(tiny_world: Path) 
     assert best.view_pool == 1
     plain = evaluate_embedder(MeanColour(), sets, name="m", protocol="same-area", track="offset")
     assert plain.gallery_centres == 1 and plain.view_pool == 1 and plain.cities[0].gallery_emb.ndim == 2
+    scaled = evaluate_embedder(TwoScales(), sets, name="m", protocol="same-area", track="offset")
+    assert scaled.gallery_scales == (1.0, 0.8) and scaled.cities[0].gallery_emb.shape[1] == 18
+    assert scaled.to_json()["gallery_scales"] == [1.0, 0.8]
+    one = evaluate_embedder(
+        TwoScales(), sets, name="m", protocol="same-area", track="offset", gallery_scales=[1]
+    )
+    assert one.gallery_scales == (1.0,) and one.cities[0].gallery_emb.shape[1] == 9
 
 
 def test_a_models_card_sets_its_hub_correction(fake_world: Path) -> None:

@@ -39,6 +39,18 @@ def _parse_compare(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _parse_scales(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        scales = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        scales = []
+    if not scales or min(scales) <= 0:
+        raise typer.BadParameter(f"--gallery-scales {text!r}: expected positive numbers, e.g. 1,0.85")
+    return scales
+
+
 def _parse_tta(value: str | None) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -95,6 +107,12 @@ def evaluate(
         min=1,
         help="Embed each gallery tile from KxK centres over its grid cell, score by the best (default: the "
         "model's; dual-cpu uses 9 on the offset track, else 1).",
+    ),
+    gallery_scales: str | None = typer.Option(
+        None,
+        "--gallery-scales",
+        help="Also cut those views at these ground scales, comma-separated (1 = the tile's side; e.g. "
+        "'1,0.85'), all scored alike (default: the model's; dual-cpu uses 1,0.85 on the offset track).",
     ),
     view_pool: int | None = typer.Option(
         None,
@@ -155,6 +173,7 @@ def evaluate(
         max_gallery=max_gallery,
         max_queries=max_queries,
         gallery_centres=gallery_centres,
+        gallery_scales=_parse_scales(gallery_scales),
         view_pool=view_pool,
         hub_correction=hub_correction,
         baseline_pairs=baseline_pairs,

@@ -79,6 +79,7 @@ class EvalRun:
     track: str
     cities: list[CityOutcome] = field(default_factory=list)
     gallery_centres: int = 1  # K: each gallery tile seen from K x K centres (`embed_gallery_views`)
+    gallery_scales: tuple[float, ...] = (1.0,)  # ... at each of these ground scales (1: the tile's side)
     view_pool: int = 1  # a multi-view tile scores as the mean of its view_pool best views (`pool_views`)
     hub: HubCorrection = field(default_factory=HubCorrection)  # scores minus weight x hubness
 
@@ -104,6 +105,7 @@ class EvalRun:
             "protocol": self.protocol,
             "track": self.track,
             "gallery_centres": self.gallery_centres,
+            "gallery_scales": list(self.gallery_scales),
             "view_pool": self.view_pool,
             "hub_correction": self.hub.as_dict(),
             "overall": self.overall,
@@ -231,6 +233,20 @@ def model_gallery_centres(config: dict[str, Any], track: str) -> int:
     return _offset_gallery_setting(config, track, "gallery_centres")
 
 
+def model_gallery_scales(config: dict[str, Any], track: str) -> tuple[float, ...]:
+    """The ground scales a model's multi-view gallery is cut at: offset.gallery_scales for `offset`, else
+    (1.0,) (each view shows its tile's side of ground)."""
+    scales = (config.get("offset") or {}).get("gallery_scales") if track == "offset" else None
+    return _check_scales(scales or (1.0,))
+
+
+def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(s) for s in scales)
+    if not out or min(out) <= 0:
+        raise ValueError(f"gallery scales must be positive, got {list(scales)}")
+    return out
+
+
 def model_view_pool(config: dict[str, Any], track: str) -> int:
     """How many best views a multi-view tile's score averages: offset.view_pool for `offset`, else 1."""
     return _offset_gallery_setting(config, track, "view_pool")
@@ -250,10 +266,16 @@ def centre_shifts(gallery: pd.DataFrame, centres: int) -> list[tuple[int, int]]:
 
 
 def embed_gallery_views(
-    embedder: EmbedderLike, gallery: pd.DataFrame, centres: int, batch: int = 64
+    embedder: EmbedderLike,
+    gallery: pd.DataFrame,
+    centres: int,
+    batch: int = 64,
+    scales: Sequence[float] = (1.0,),
 ) -> np.ndarray:
-    """(N, centres², d): each tile re-cut from its source raster around centres x centres points of its grid
-    cell (`centre_shifts`), for queries taken anywhere in the tile; a tile scores as its best view."""
+    """(N, len(scales) x centres², d): each tile re-cut from its source raster around centres x centres
+    points of its grid cell (`centre_shifts`), for queries taken anywhere in the tile, showing ``scales``
+    times the tile's side of ground (resampled to the tile's pixels; scale-major order); a tile scores as
+    its best view (or the mean of its best few, `metrics.pool_views`)."""
     from wherecnn.data.formats.geotiff import Window, shifted_views
     from wherecnn.storage import load_image
 
@@ -265,19 +287,22 @@ def embed_gallery_views(
     shifts = centre_shifts(gallery, centres)
     px = int(load_image(str(gallery["uri"].iloc[0])).shape[0])
     out: np.ndarray | None = None
-    for source, rows in gallery.groupby("source_uri", sort=False):
-        idx = rows.index.to_numpy()
-        windows = [
-            Window(str(r.tile_id), int(r.col_off), int(r.row_off), int(r.width), int(r.height))
-            for r in rows.itertuples()
-        ]
-        for a in range(0, len(windows), batch):
-            views = shifted_views(str(source), windows[a : a + batch], shifts, px)
-            n, v = views.shape[:2]
-            emb = embedder.aerial(list(views.reshape(n * v, *views.shape[2:]))).astype(np.float32)
-            if out is None:
-                out = np.zeros((len(gallery), v, emb.shape[1]), dtype=np.float32)
-            out[idx[a : a + n]] = emb.reshape(n, v, -1)
+    per_scale = len(shifts)
+    for k, scale in enumerate(_check_scales(scales)):
+        for source, rows in gallery.groupby("source_uri", sort=False):
+            idx = rows.index.to_numpy()
+            windows = []
+            for r in rows.itertuples():
+                w, h = round(int(r.width) * scale), round(int(r.height) * scale)
+                c0, r0 = int(r.col_off) - (w - int(r.width)) // 2, int(r.row_off) - (h - int(r.height)) // 2
+                windows.append(Window(str(r.tile_id), c0, r0, w, h))
+            for a in range(0, len(windows), batch):
+                views = shifted_views(str(source), windows[a : a + batch], shifts, px)
+                n, v = views.shape[:2]
+                emb = embedder.aerial(list(views.reshape(n * v, *views.shape[2:]))).astype(np.float32)
+                if out is None:
+                    out = np.zeros((len(gallery), len(scales) * per_scale, emb.shape[1]), dtype=np.float32)
+                out[idx[a : a + n], k * per_scale : (k + 1) * per_scale] = emb.reshape(n, v, -1)
     assert out is not None
     return out
 
@@ -317,6 +342,7 @@ def evaluate_embedder(
     ks: Sequence[int] = DEFAULT_KS,
     on_city: Callable[[str], None] | None = None,
     gallery_centres: int | None = None,
+    gallery_scales: Sequence[float] | None = None,
     view_pool: int | None = None,
     hub_correction: float | None = None,
 ) -> EvalRun:
@@ -324,9 +350,10 @@ def evaluate_embedder(
 
     ``gallery_centres`` K > 1 embeds every tile from K x K centres over its grid cell (`embed_gallery_views`)
     and scores it by the best, or by the mean of its ``view_pool`` best views: for `offset`, where the camera
-    is anywhere in its tile and a model trained on camera-centred tiles needs a view centred near it. None:
-    the embedder's model card says (`model_gallery_centres`, `model_view_pool`; 1 for embedders without
-    one, such as the baselines).
+    is anywhere in its tile and a model trained on camera-centred tiles needs a view centred near it.
+    ``gallery_scales`` cuts those views at each of these ground scales too (views of every scale pooled
+    alike). None: the embedder's model card says (`model_gallery_centres`, `model_gallery_scales`,
+    `model_view_pool`; one view for embedders without one, such as the baselines).
 
     The model card's ``hub_correction`` (`metrics.HubCorrection`; none for the baselines) scores every view
     minus its weight times the view's hubness in the city's gallery (`metrics.hub_scores`);
@@ -341,17 +368,21 @@ def evaluate_embedder(
         protocol=protocol,
         track=track,
         gallery_centres=gallery_centres,
+        gallery_scales=(
+            model_gallery_scales(config, track) if gallery_scales is None else _check_scales(gallery_scales)
+        ),
         view_pool=model_view_pool(config, track) if view_pool is None else int(view_pool),
         hub=HubCorrection.from_config(config, hub_correction),
     )
     for cs in sets:
-        if run.gallery_centres > 1 and not set(cs.gallery.columns) >= set(WINDOW_COLUMNS):
+        multi = run.gallery_centres > 1 or run.gallery_scales != (1.0,)
+        if multi and not set(cs.gallery.columns) >= set(WINDOW_COLUMNS):
             warnings.warn(
                 f"{cs.city}: the tiles manifest has no raster windows; one view per tile", stacklevel=2
             )
-            run.gallery_centres = 1
-        if run.gallery_centres > 1:
-            g = embed_gallery_views(embedder, cs.gallery, run.gallery_centres)
+            run.gallery_centres, run.gallery_scales, multi = 1, (1.0,), False
+        if multi:
+            g = embed_gallery_views(embedder, cs.gallery, run.gallery_centres, scales=run.gallery_scales)
         else:
             g = embed_gallery(embedder, list(cs.gallery["uri"]))
         # one more coordinate carries the hub correction, so every metric and the report score alike

@@ -34,6 +34,7 @@ class EvaluateOptions:
     )  # other learned models (e.g. where-cnn) -> checkpoint
     max_gallery: int | None = None
     gallery_centres: int | None = None  # None = the model's (offset.gallery_centres for `offset`)
+    gallery_scales: Sequence[float] | None = None  # None = the model's (offset.gallery_scales; else 1)
     view_pool: int | None = None  # None = the model's (offset.view_pool for `offset`)
     hub_correction: float | None = None  # weight; None = the model's (config hub_correction; 0 without)
     max_queries: int | None = None
@@ -103,14 +104,16 @@ def evaluate_checkpoint(
             protocol=protocol,
             track=track,
             gallery_centres=opts.gallery_centres,
+            gallery_scales=opts.gallery_scales,
             view_pool=opts.view_pool,
             hub_correction=opts.hub_correction,
         )
         main = learned(embedder, name=name)
-        if main.gallery_centres > 1:
+        if main.gallery_centres > 1 or main.gallery_scales != (1.0,):
             k = main.gallery_centres
+            scales = "" if main.gallery_scales == (1.0,) else f" at {main.gallery_scales} x its side"
             pooled = f", scored by the mean of its {main.view_pool} best" if main.view_pool > 1 else ""
-            log(f"  gallery: every tile from {k}x{k} centres over its grid cell{pooled}")
+            log(f"  gallery: every tile from {k}x{k} centres over its grid cell{scales}{pooled}")
         if main.hub:
             hub = main.hub
             log(f"  hub correction: scores minus {hub.weight:g} x hubness ({hub.neighbours} neighbours)")

@@ -23,7 +23,8 @@ Config keys shared by every model:
   (curriculum: that shift at first, moving to ``augment_shift`` over that share of training; ``dual-cpu``:
   0 over the first half),
   ``gallery_centres`` (K: evaluate each gallery tile from K x K centres over its grid cell;
-  docs/evaluation.md), ``view_pool`` (P: such a tile scores as the mean of its P best views; 1: the best);
+  docs/evaluation.md), ``gallery_scales`` (those views cut at each of these ground scales as well, 1 being
+  the tile's side), ``view_pool`` (P: such a tile scores as the mean of its P best views; 1: the best);
 - ``photo`` (the `photo` track): ``pairs`` (``"panorama"``: photos cut from the training panoramas at a random
   heading each time), ``fov_deg``, ``fov_start_deg``/``fov_anneal`` (curriculum: panorama sectors that
   wide at first, narrowing to ``fov_deg`` over that share of training; ``dual-cpu``: 360 over the first half);
