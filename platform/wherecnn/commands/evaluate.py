@@ -112,7 +112,7 @@ def evaluate(
         None,
         "--gallery-scales",
         help="Also cut those views at these ground scales, comma-separated (1 = the tile's side; e.g. "
-        "'1,0.85'), all scored alike (default: the model's; dual-cpu uses 1,0.85 on the offset track).",
+        "'1,0.85'), all scored alike (default: the model's offset.gallery_scales, else 1).",
     ),
     view_pool: int | None = typer.Option(
         None,

@@ -77,6 +77,7 @@ OPTIONAL_KEYS = frozenset(
         "train.fresh_epochs",
         "train.fresh_worlds",
         "train.fresh_area_share",
+        "offset.gallery_scales",
         "train.precision",
         "loss.alpha",
         "hub_correction",
