@@ -25,16 +25,9 @@ from wherecnn.train.loop import (
     train_func,
 )
 
-# a small dual-cpu keeps these tests to seconds on 2 cores
-TINY = {
-    "ground_size": [32, 128],
-    "aerial_size": [32, 32],
-    "channels": [8, 16, 16, 32, 32, 32],
-    "strides": [2, 2, 2, 1, 2, 1],
-    "head_channels": 8,
-    "embed_dim": 32,
-    "train": {"warmup_steps": 0},
-}
+from .tiny import TINY_DUAL_CPU
+
+TINY = {**TINY_DUAL_CPU, "train": {"warmup_steps": 0}}
 
 
 def _opts(data: Path, out: Path, **kw: object) -> dict:

@@ -13,6 +13,8 @@ from wherecnn.models import build_model
 from wherecnn.train.loop import TrainOptions, train_func
 from wherecnn.train.mining import carry_neighbours, embed_dataset, neighbour_table
 
+from .tiny import TINY_DUAL_CPU
+
 
 def test_neighbour_table_lists_most_similar_other_samples() -> None:
     rng = np.random.default_rng(0)
@@ -40,15 +42,7 @@ def test_a_carried_table_follows_its_samples_into_the_next_pool() -> None:
 
 
 def test_training_with_mined_batches_runs(fake_pairs: Path, tmp_path: Path) -> None:
-    tiny = {
-        "ground_size": [32, 128],
-        "aerial_size": [32, 32],
-        "channels": [8, 16, 16, 32, 32, 32],
-        "strides": [2, 2, 2, 1, 2, 1],
-        "head_channels": 8,
-        "embed_dim": 32,
-        "train": {"mine_every": 1, "mine_k": 8, "neighbours_per_group": 4},
-    }
+    tiny = {**TINY_DUAL_CPU, "train": {"mine_every": 1, "mine_k": 8, "neighbours_per_group": 4}}
     opts = TrainOptions(
         data=str(fake_pairs),
         out=str(tmp_path / "m"),

@@ -9,14 +9,7 @@ import pytest
 from wherecnn.models.embedder import Embedder
 from wherecnn.train.loop import TrainOptions, run_training
 
-TINY = {
-    "ground_size": [32, 128],
-    "aerial_size": [32, 32],
-    "channels": [8, 16, 16, 32, 32, 32],
-    "strides": [2, 2, 2, 1, 2, 1],
-    "head_channels": 8,
-    "embed_dim": 32,
-}
+from .tiny import TINY_DUAL_CPU
 
 
 @pytest.mark.slow
@@ -37,7 +30,7 @@ def test_ray_train_two_workers(fake_pairs: Path, tmp_path: Path, monkeypatch: py
                 workers=2,
                 batch_size=16,
                 val_size=16,
-                overrides=TINY,
+                overrides=TINY_DUAL_CPU,
                 progress=False,
             )
         )
