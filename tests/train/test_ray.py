@@ -45,4 +45,6 @@ def test_ray_train_two_workers(fake_pairs: Path, tmp_path: Path, monkeypatch: py
     assert [e["epoch"] for e in epochs if e["kind"] == "epoch"] == [1, 2]
     # Ray also kept its own checkpoints under storage_path
     assert list((tmp_path / "ckpt-ray").rglob("model.pt"))
-    assert Embedder.from_checkpoint(str(out), device="cpu").embed_dim == 32
+    # the checkpoint carries the tiny model: 32 values per test-time view (the config's tta)
+    emb = Embedder.from_checkpoint(str(out), device="cpu")
+    assert emb.model.embed_dim == 32 and emb.embed_dim == 32 * len(emb.model.test_views())
