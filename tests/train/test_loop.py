@@ -108,29 +108,6 @@ def test_weight_average_is_what_the_checkpoint_publishes_and_a_resumed_run_match
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_memory_negatives_change_training_and_a_resumed_run_matches(
-    fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    xbm = {**TINY, "train": {"warmup_steps": 0, "memory": 40, "memory_start": 0.3}}
-    train_func(_opts(fake_pairs, tmp_path / "plain", epochs=3))
-    train_func(_opts(fake_pairs, tmp_path / "a", epochs=3, overrides=xbm))
-    state = torch.load(tmp_path / "a" / "optimizer.pt", weights_only=False)["loop"]["memory"]
-    assert state["ground"].shape == (40, 32) and state["keys"].shape[0] == 40  # the last 40 pairs'
-    a, plain = (
-        torch.load(tmp_path / x / "model.pt", weights_only=False)["state_dict"] for x in ["a", "plain"]
-    )
-    assert not all(torch.equal(a[k], plain[k]) for k in a)
-
-    # a run that dies after epoch 2's checkpoint resumes with its memory: the same weights at the end
-    _run_dying_after(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=xbm), monkeypatch)
-    train_func(_opts(fake_pairs, tmp_path / "b", epochs=3, overrides=xbm, resume=True))
-    b = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="needs the infonce loss"):
-        triplet = {**xbm, "loss": {"name": "triplet"}}
-        train_func(_opts(fake_pairs, tmp_path / "c", epochs=1, overrides=triplet))
-
-
 def test_budget_mode_stops_and_photo_track_trains(fake_pairs: Path, tmp_path: Path) -> None:
     summary = train_func(
         _opts(fake_pairs, tmp_path / "p", epochs=None, minutes=0.05, track="photo", protocol="cross-area")

@@ -8,14 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from wherecnn.train.losses import (
-    EmbeddingMemory,
     contrastive_loss,
     gather_with_grad,
     infonce_loss,
-    infonce_with_memory,
     make_loss,
     soft_margin_triplet_loss,
-    tile_codes,
 )
 
 
@@ -78,46 +75,3 @@ def test_make_loss_reads_the_config() -> None:
 def test_gather_without_a_process_group_is_identity() -> None:
     x = torch.randn(3, 4)
     assert gather_with_grad(x) is x
-
-
-def test_memory_adds_negatives_and_never_a_rows_own_tile() -> None:
-    g, a = _pair(n=8, noise=0.3)
-    scale = torch.tensor(math.log(1 / 0.07))
-    keys = tile_codes([frozenset([f"t{i}"]) for i in range(8)])
-    # the batch itself in memory under its tile ids: row i gets every other row's copy as a second negative
-    memory = EmbeddingMemory(16)
-    memory.push(g, a, keys)
-    logits = scale.exp() * g @ a.t()
-    own = torch.eye(8, dtype=torch.bool)
-    labels = torch.arange(8)
-    expected = 0.5 * sum(
-        F.cross_entropy(torch.cat([x, x.masked_fill(own, float("-inf"))], dim=1), labels)
-        for x in (logits, logits.t())
-    )
-    assert float(infonce_with_memory(g, a, scale, memory, keys)) == pytest.approx(float(expected), rel=1e-5)
-    # one entry, a copy of pair 0 under another tile: a near-duplicate of row 0's positive, a hard negative
-    # for every row -- unless the rows share that tile (a semi-positive), when it is left out of all of them
-    memory = EmbeddingMemory(16)
-    memory.push(g[:1], a[:1], tile_codes([frozenset(["u"])]))
-    shared = tile_codes([frozenset([f"t{i}", "u"]) for i in range(8)])
-    for smoothing in (0.0, 0.1):
-        plain = float(infonce_loss(g, a, scale, label_smoothing=smoothing))
-        hard = infonce_with_memory(g, a, scale, memory, keys, label_smoothing=smoothing)
-        left_out = infonce_with_memory(g, a, scale, memory, shared, label_smoothing=smoothing)
-        assert float(hard) > plain + 0.05
-        assert float(left_out) == pytest.approx(plain, rel=1e-5)
-
-
-def test_memory_keeps_the_newest_entries_and_round_trips() -> None:
-    memory = EmbeddingMemory(5)
-    for step in range(3):
-        x = torch.full((2, 4), float(step))
-        memory.push(x, x + 10, tile_codes([frozenset([f"{step}a"]), frozenset([f"{step}b", f"{step}c"])]))
-    assert len(memory) == 5 and memory.ground[:, 0].tolist() == [0, 1, 1, 2, 2]
-    assert memory.keys.shape == (5, 2) and int(memory.keys[1, 1]) == -1  # padded to the widest
-    again = EmbeddingMemory(5)
-    again.load(memory.state(), torch.device("cpu"))
-    assert torch.equal(again.aerial, memory.aerial) and torch.equal(again.keys, memory.keys)
-    assert tile_codes([frozenset(["x"])])[0, 0] == tile_codes([frozenset(["x"])])[0, 0] >= 0
-    with pytest.raises(ValueError, match="memory size"):
-        EmbeddingMemory(0)

@@ -17,8 +17,7 @@ Config keys shared by every model:
 - ``weights`` (local state-dict file) / ``weights_enum`` (torchvision enum, only if already cached);
 - ``loss`` (``contrastive`` | ``triplet`` | ``infonce`` and their parameters) and ``train`` (batch size, lr,
   optimizer, warmup, augmentation, hard-negative sampling, ``mine_every`` for Sample4Geo-style mining,
-  ``ema``: publish a moving average of the weights with this decay per step; ``memory``: keep the last that
-  many pairs' embeddings as extra InfoNCE negatives, XBM-style, from ``memory_start``, a share of training);
+  ``ema``: publish a moving average of the weights with this decay per step);
 - ``offset`` (the `offset` track): ``pairs`` (``"centred"``: train on the same panoramas' camera-centred
   tiles), ``augment_shift`` (their random shift, a fraction of the side), ``shift_start``/``shift_anneal``
   (curriculum: that shift at first, moving to ``augment_shift`` over that share of training; ``dual-cpu``:
@@ -78,8 +77,6 @@ OPTIONAL_KEYS = frozenset(
         "train.fresh_epochs",
         "train.fresh_worlds",
         "train.fresh_area_share",
-        "train.memory",
-        "train.memory_start",
         "offset.gallery_scales",
         "train.precision",
         "loss.alpha",

@@ -36,7 +36,7 @@ from wherecnn.data.torchdata import (
 from wherecnn.models import build_model, model_from_config
 from wherecnn.models.base import TwoBranchModel
 from wherecnn.train.checkpoint import load_checkpoint, manifest_digest, save_checkpoint
-from wherecnn.train.losses import EmbeddingMemory, gather_with_grad, make_loss, tile_codes
+from wherecnn.train.losses import gather_with_grad, make_loss
 from wherecnn.train.mining import carry_neighbours, embed_dataset, neighbour_table
 
 
@@ -234,16 +234,14 @@ def _split_val(frame: Any, val_frame: Any, size: int, seed: int) -> tuple[Any, A
     return frame[~held].reset_index(drop=True), frame[held].reset_index(drop=True)
 
 
-def _batches(
-    dataset: PairDataset, sampler: Any, rank: int, world: int
-) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """Global batches from the sampler: the samples all ranks train on together, and this rank's
-    contiguous share of them, loaded."""
+def _batches(dataset: PairDataset, sampler: Any, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Global batches from the sampler; each rank takes its contiguous share."""
     for batch in sampler:
         per = len(batch) // world
         if per == 0:
             continue
-        yield list(batch[: per * world]), dataset.batch(batch[rank * per : (rank + 1) * per])
+        mine = batch[rank * per : (rank + 1) * per]
+        yield dataset.batch(mine)
 
 
 def _validate(model: Any, val: PairDataset, device: torch.device) -> dict[str, float]:
@@ -446,12 +444,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         net = ray.train.torch.prepare_model(model, move_to_device=False)
     optimizer = _optimizer(model, train_cfg, lr)
     loss_fn = make_loss(cfg)
-    # train.memory: cross-batch memory of the last that many pairs' embeddings as extra negatives, used
-    # from train.memory_start (a share of training) on
-    memory = EmbeddingMemory(int(train_cfg["memory"])) if train_cfg.get("memory") else None
-    memory_start = float(train_cfg.get("memory_start", 0.0))
-    if memory is not None and (cfg.get("loss") or {}).get("name", "infonce") != "infonce":
-        raise ValueError(f"model config {cfg['name']!r}: train.memory needs the infonce loss")
     amp = mixed_precision(ctx.device, str(train_cfg.get("precision", "auto")))
     total_steps = len(sampler) * (opts.epochs or 0)  # progress bar only: fresh pools grow for a few epochs
     history: list[dict[str, Any]] = []
@@ -499,8 +491,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             seed=opts.seed,
         )
 
-    if memory is not None and loop.get("memory") is not None:
-        memory.load(loop["memory"], ctx.device)
     if loop.get("mined") is not None:  # resumed: the table the last epoch trained with, as a straight run has
         mined = carry_neighbours(loop["mined"]["table"], loop["mined"]["keys"], pool_keys)
         sampler = mined_sampler(mined, train_set)
@@ -553,12 +543,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             mined = neighbour_table(g, a, k=int(train_cfg.get("mine_k", 32)))
             sampler = mined_sampler(mined, train_set)
         sampler.set_epoch(epoch)
-        codes = tile_codes(train_set.tile_keys()).to(ctx.device) if memory is not None else None
         model.train()
         losses: list[float] = []
         t_epoch, pairs_epoch = time.perf_counter(), 0
         n_batches = max(1, len(sampler))
-        for i_batch, (members, batch) in enumerate(_batches(train_set, sampler, ctx.rank, ctx.world)):
+        for i_batch, batch in enumerate(_batches(train_set, sampler, ctx.rank, ctx.world)):
             elapsed = time.perf_counter() - t_start
             out_of_time = budget_s is not None and elapsed >= budget_s
             if ctx.agree(out_of_time):
@@ -571,13 +560,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             aerial = batch["aerial"].to(ctx.device, non_blocking=True)
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
                 g, a = net(ground, aerial)
-            g, a = gather_with_grad(g.float()), gather_with_grad(a.float())
-            if memory is None:
-                loss = loss_fn(g, a, net)
-            else:
-                keys = codes[members]
-                loss = loss_fn(g, a, net, memory=memory if frac >= memory_start else None, keys=keys)
-                memory.push(g, a, keys)
+            loss = loss_fn(gather_with_grad(g.float()), gather_with_grad(a.float()), net)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -610,7 +593,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         loop["epoch"] = epoch + 1
         loop["elapsed_s"] = time.perf_counter() - t_start
         loop["mined"] = None if mined is None else {"table": mined, "keys": pool_keys}
-        loop["memory"] = None if memory is None else memory.state()
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": loop["step"],
