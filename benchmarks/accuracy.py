@@ -57,6 +57,15 @@ def _override(item: str) -> dict[str, Any]:
         return {key: value}
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    from wherecnn.evaluate.evaluation import parse_scales
+
+    try:
+        return parse_scales(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def train_model(args: argparse.Namespace, model: str, track: str, protocol: str, out: Path) -> dict[str, Any]:
     from wherecnn.train.loop import TrainOptions, run_training
 
@@ -308,7 +317,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--gallery-scales",
-        type=lambda text: [float(v) for v in text.split(",")],
+        type=_scales,
         default=None,
         help="offset: also cut those views at these ground scales, e.g. 1,0.85 (as `wherecnn evaluate "
         "--gallery-scales`); default: each checkpoint config's.",

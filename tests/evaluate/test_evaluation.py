@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from wherecnn.evaluate.evaluation import centre_shifts, city_sets, embed_gallery, embed_gallery_views
+from wherecnn.evaluate.evaluation import (
+    centre_shifts,
+    city_sets,
+    embed_gallery,
+    embed_gallery_views,
+    parse_scales,
+)
 
 
 class MeanColour:
@@ -66,6 +72,11 @@ def test_gallery_views_at_other_ground_scales_follow_the_tiles_own(tiny_world: P
     assert np.abs(both[:, 13] - own[:, 4]).max() > 0.01  # the centre view magnified
     with pytest.raises(ValueError, match="positive"):
         embed_gallery_views(MeanColour(), gallery, 3, scales=(1.0, 0.0))
+    # the flags' form (`wherecnn evaluate` and benchmarks/accuracy.py --gallery-scales)
+    assert parse_scales("1, 0.85,") == (1.0, 0.85)
+    for bad in ("1,a", "0.85,-1", ""):
+        with pytest.raises(ValueError, match="positive"):
+            parse_scales(bad)
 
 
 def test_tiles_without_raster_windows_fall_back_to_one_view(fake_world: Path) -> None:

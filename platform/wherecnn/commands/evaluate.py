@@ -39,16 +39,17 @@ def _parse_compare(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def _parse_scales(text: str | None) -> list[float] | None:
+def _parse_scales(text: str | None) -> tuple[float, ...] | None:
+    from wherecnn.evaluate.evaluation import parse_scales
+
     if text is None:
         return None
     try:
-        scales = [float(v) for v in text.split(",") if v.strip()]
+        return parse_scales(text)
     except ValueError:
-        scales = []
-    if not scales or min(scales) <= 0:
-        raise typer.BadParameter(f"--gallery-scales {text!r}: expected positive numbers, e.g. 1,0.85")
-    return scales
+        raise typer.BadParameter(
+            f"--gallery-scales {text!r}: expected positive numbers, e.g. 1,0.85"
+        ) from None
 
 
 def _parse_tta(value: str | None) -> dict[str, Any] | None:

@@ -84,6 +84,11 @@ class EvalRun:
     hub: HubCorrection = field(default_factory=HubCorrection)  # scores minus weight x hubness
 
     @property
+    def multi_view(self) -> bool:
+        """Whether each gallery tile is embedded as several views (`embed_gallery_views`)."""
+        return self.gallery_centres > 1 or self.gallery_scales != (1.0,)
+
+    @property
     def overall(self) -> dict[str, float]:
         if not self.cities:
             return {}
@@ -247,6 +252,15 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return out
 
 
+def parse_scales(text: str) -> tuple[float, ...]:
+    """Gallery scales from a comma-separated flag (``"1,0.85"``), checked as a config's are."""
+    try:
+        scales = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ValueError(f"gallery scales must be positive numbers, e.g. 1,0.85, got {text!r}") from exc
+    return _check_scales(scales)
+
+
 def model_view_pool(config: dict[str, Any], track: str) -> int:
     """How many best views a multi-view tile's score averages: offset.view_pool for `offset`, else 1."""
     return _offset_gallery_setting(config, track, "view_pool")
@@ -375,13 +389,12 @@ def evaluate_embedder(
         hub=HubCorrection.from_config(config, hub_correction),
     )
     for cs in sets:
-        multi = run.gallery_centres > 1 or run.gallery_scales != (1.0,)
-        if multi and not set(cs.gallery.columns) >= set(WINDOW_COLUMNS):
+        if run.multi_view and not set(cs.gallery.columns) >= set(WINDOW_COLUMNS):
             warnings.warn(
                 f"{cs.city}: the tiles manifest has no raster windows; one view per tile", stacklevel=2
             )
-            run.gallery_centres, run.gallery_scales, multi = 1, (1.0,), False
-        if multi:
+            run.gallery_centres, run.gallery_scales = 1, (1.0,)
+        if run.multi_view:
             g = embed_gallery_views(embedder, cs.gallery, run.gallery_centres, scales=run.gallery_scales)
         else:
             g = embed_gallery(embedder, list(cs.gallery["uri"]))

@@ -109,7 +109,7 @@ def evaluate_checkpoint(
             hub_correction=opts.hub_correction,
         )
         main = learned(embedder, name=name)
-        if main.gallery_centres > 1 or main.gallery_scales != (1.0,):
+        if main.multi_view:
             k = main.gallery_centres
             scales = "" if main.gallery_scales == (1.0,) else f" at {main.gallery_scales} x its side"
             pooled = f", scored by the mean of its {main.view_pool} best" if main.view_pool > 1 else ""
