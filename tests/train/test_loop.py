@@ -323,16 +323,17 @@ def test_fresh_pools_keep_mined_batches_between_minings(
     assert (carried[:32] == np.where(kept >= 32, kept - 32, -1)).all()
 
 
-def test_a_track_section_sets_its_own_fresh_pool(tiny_world: Path, tmp_path: Path) -> None:
-    """dual-cpu's offset and photo sections render fewer places an epoch and keep each longer."""
-    pool = {"fresh_places": 32, "fresh_epochs": 2}
+def test_a_track_section_sets_its_own_fresh_pool_and_lr(tiny_world: Path, tmp_path: Path) -> None:
+    """dual-cpu's offset and photo sections render fewer places an epoch and keep each longer, and its
+    offset section trains at a higher learning rate."""
+    section = {"fresh_places": 32, "fresh_epochs": 2, "lr": 0.002}
     for track in ("offset", "aligned"):
-        overrides = {**TINY, "train": {"warmup_steps": 0, "fresh_places": 48}, "offset": pool}
-        kw = dict(track=track, protocol="same-area", val_size=8, epochs=1, overrides=overrides)
+        overrides = {**TINY, "train": {"warmup_steps": 0, "fresh_places": 48, "lr": 0.001}, "offset": section}
+        kw = dict(track=track, protocol="same-area", val_size=8, epochs=1, overrides=overrides, lr=None)
         train_func(_opts(tiny_world, tmp_path / track, **kw))
         card = json.loads((tmp_path / track / "model_card.json").read_text())
-        expected = (32, 2) if track == "offset" else (48, 3)  # aligned keeps the train section's
-        assert (card["data"]["fresh_places"], card["data"]["fresh_epochs"]) == expected
+        got = (card["data"]["fresh_places"], card["data"]["fresh_epochs"], card["train"]["lr"])
+        assert got == ((32, 2, 0.002) if track == "offset" else (48, 3, 0.001))  # aligned: train's
 
 
 def test_fresh_places_default_from_the_model_config_on_synthetic_worlds(

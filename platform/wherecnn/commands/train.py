@@ -46,7 +46,12 @@ def train(
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=2, help="Global batch (default: model config)."
     ),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: model config)."),
+    lr: float | None = typer.Option(
+        None,
+        "--lr",
+        help="Peak learning rate (default: the model config's lr, its track section's else train's; "
+        "dual-cpu: 2e-3 on offset, 1e-3 elsewhere).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed: same seed, same run on CPU."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (local loop)."),
     val_size: int = typer.Option(256, "--val-size", min=0, help="Held-out pairs for the in-loop Recall@1."),

@@ -29,9 +29,11 @@ Config keys shared by every model:
   heading each time), ``fov_deg``, ``fov_start_deg``/``fov_anneal`` (curriculum: panorama sectors that
   wide at first, narrowing to ``fov_deg`` over that share of training; ``dual-cpu``: 360 over the first half);
 - in either track section, an ``augment_*`` key replaces ``train.augment_*`` on that track (``dual-cpu``:
-  ``augment_scale`` null, no zoom on offset and photo), and ``model`` holds config settings that replace the
-  top-level ones for a model trained on that track (``dual-cpu``'s photo: ``strides`` for 16 bearing
-  columns); `build_model(name, track=...)` applies it, and the checkpoint stores the result;
+  ``augment_scale`` null, no zoom on offset and photo), as do ``fresh_places``/``fresh_epochs`` (the fresh
+  places' pool) and ``lr`` (``dual-cpu``: 2e-3 on offset, 1e-3 elsewhere), and ``model`` holds config
+  settings that replace the top-level ones for a model trained on that track (``dual-cpu``'s photo:
+  ``strides`` for 16 bearing columns); `build_model(name, track=...)` applies it, and the checkpoint stores
+  the result;
 - ``tta``: test-time views ``{"flip": bool, "phases": n}`` (`TwoBranchModel.test_views`): what `Embedder`
   and so the index embed; training and its validation use the plain view. ``dual-cpu``: mirrored x 2 phases;
 - ``hub_correction``: ``{"weight": w, "neighbours": k}``: evaluation and search score each gallery view

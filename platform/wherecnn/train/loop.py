@@ -286,7 +286,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     batch_size = int(opts.batch_size or train_cfg.get("batch_size", 64))
     if batch_size % ctx.world:
         raise ValueError(f"batch size {batch_size} must be divisible by the number of workers {ctx.world}")
-    lr = float(opts.lr or train_cfg.get("lr", 1e-3))
 
     # ---- data
     # `offset` with config offset.pairs "centred": train on the same panoramas' camera-centred tiles (a
@@ -321,6 +320,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     # only to those
     track_cfg = {"offset": offset_cfg, "photo": photo_cfg}.get(opts.track, {})
     on_track = train_cfg | track_cfg  # the train section with the track section's keys over it
+    lr = float(opts.lr or on_track.get("lr", 1e-3))  # dual-cpu: 2e-3 on offset, 1e-3 elsewhere
     fresh = None
     n_fresh, fresh_epochs, spread = _fresh_settings(opts, on_track)
     if n_fresh:
