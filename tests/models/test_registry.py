@@ -66,6 +66,8 @@ def test_misspelt_overrides_are_refused() -> None:
         "offset.pair",
     ]
     assert {"train.augment_color", "loss.temperature", "photo.fov_deg", "weights", "hidden"} <= config_keys()
+    # a track section takes the train settings training reads from it, on either track
+    assert {"photo.lr", "offset.lr", "photo.fresh_area_share", "photo.augment_color"} <= config_keys()
     with pytest.raises(ValueError, match="unknown model config key.*train.agument_scale.*known:"):
         build_model("dual-cpu", **{"train.agument_scale": [0.8, 1.2]})
 

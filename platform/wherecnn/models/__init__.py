@@ -130,7 +130,9 @@ def config_keys() -> frozenset[str]:
             if isinstance(value, dict):
                 keys.update(f"{key}.{sub}" for sub in value)
     augment = [k.split(".", 1)[1] for k in keys if k.startswith("train.augment_")]
-    keys.update(f"{track}.{sub}" for track in ("offset", "photo") for sub in [*augment, "model"])
+    # what training reads from a track section over train's (`train.loop`), and the section's model settings
+    on_track = [*augment, "lr", "fresh_places", "fresh_epochs", "fresh_area_share", "model"]
+    keys.update(f"{track}.{sub}" for track in ("offset", "photo") for sub in on_track)
     return frozenset(keys)
 
 
