@@ -12,9 +12,18 @@ PORT ?= 8501
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test test-slow test-e2e lint fmt dashboard serve bench clean
+.PHONY: install browser demo test test-slow test-e2e lint fmt dashboard serve bench clean
 
 install: $(STAMP)
+
+# The browser test drives Debian's Chromium (never a downloaded browser build). Installed here when missing
+# and we may (root with apt-get); otherwise that one test is skipped and says how to get it.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && echo "installing Chromium for the browser test (apt-get install chromium)" \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: no $(CHROMIUM) and no root apt-get: the browser test will be skipped (apt-get install -y chromium)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,11 +41,11 @@ dashboard: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/wherecnn serve --demo-dir $(DEMO_DIR)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check platform services dashboards tests benchmarks
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
