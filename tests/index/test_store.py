@@ -291,3 +291,31 @@ def test_edge_one_handle_per_version_dir(tmp_path: Path) -> None:
     a.close()
     assert b.count() == 4
     b.close()
+
+
+def test_multivector_points_score_their_best_view_and_record_what_they_hold(
+    factory: Callable[..., VectorStore],
+) -> None:
+    rng = np.random.default_rng(3)
+    views = rng.normal(size=(6, 4, DIM)).astype(np.float32)
+    views /= np.linalg.norm(views, axis=-1, keepdims=True)
+    points = [TilePoint(p.tile_id, v, p.payload) for p, v in zip(make_points(6), views, strict=True)]
+    store = factory()
+    store.begin_version("mv", dim=DIM, views=4)
+    store.describe({"model_id": "test-model", "dim": DIM, "retrieval": {"index_views": 2}})
+    store.upsert(points)
+    store.switch()
+    for p, v in zip(points, views, strict=True):
+        query = v[2] + 0.05 * rng.normal(size=DIM).astype(np.float32)
+        cities = p.payload["city"]
+        brute = max(
+            (q for q in points if q.payload["city"] == cities),
+            key=lambda q: float((np.asarray(q.vector) @ query).max() / np.linalg.norm(query)),
+        )
+        hit = store.query(query, k=1, cities=cities)[0]
+        assert hit.tile_id == brute.tile_id == p.tile_id  # MaxSim: the best view of each point
+        assert hit.score == pytest.approx(float((v @ query).max() / np.linalg.norm(query)), abs=1e-4)
+    ids, vectors, _ = store.all_vectors("alpha")
+    assert vectors.shape == (3, 4, DIM) and store.retrieve([ids[0]])[0].vector.shape == (4, DIM)
+    assert store.count() == 6
+    assert store.live_about() == {"model_id": "test-model", "dim": DIM, "retrieval": {"index_views": 2}}

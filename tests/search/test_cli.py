@@ -34,10 +34,15 @@ def test_search_json(demo_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 6 and {r["city"] for r in rows} == {"alpha", "beta"}
-    assert all(set(r) == {"city", "rank", "lat", "lon", "score", "tile_id"} for r in rows)
+    assert all(set(r) == {"city", "rank", "lat", "lon", "score", "tile_id", "position_source"} for r in rows)
     alpha = [r for r in rows if r["city"] == "alpha"]
     assert [r["rank"] for r in alpha] == [1, 2, 3]
-    assert [r["score"] for r in alpha] == sorted((r["score"] for r in alpha), reverse=True)
+    # refined answers (placed in metres) first, each kind by score
+    sources = [r["position_source"] for r in alpha]
+    assert sources == sorted(sources, key=lambda p: p != "refined")
+    for kind in set(sources):
+        scores = [r["score"] for r in alpha if r["position_source"] == kind]
+        assert scores == sorted(scores, reverse=True)
 
 
 def test_search_table_city_and_errors(demo_dir: Path, tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ def test_geojson_and_csv(engine: SearchEngine, tiny_index: TinyIndex) -> None:
     assert first["geometry"]["coordinates"] == [first["properties"]["lon"], first["properties"]["lat"]]
     assert gj["best"]["tile_id"] == "beta-g0505"
     csv = result.to_csv().splitlines()
-    assert csv[0] == "city,rank,lat,lon,score,tile_id,uri,distance_m" and len(csv) == 5
+    assert csv[0] == "city,rank,lat,lon,score,tile_id,uri,distance_m,position_source" and len(csv) == 5
 
 
 def test_heatmap_on_the_city_grid(engine: SearchEngine, tiny_index: TinyIndex) -> None:
@@ -214,3 +214,31 @@ def test_hub_correction_scores_as_evaluation_does(tiny_index: TinyIndex) -> None
         assert list(ranked["tile_id"]) == [ids[i] for i in np.argsort(-expected)[:5]]
         np.testing.assert_allclose(ranked["score"], np.sort(expected)[::-1][:5], atol=1e-4)
         assert np.nanmax(engine.heatmap(image, city).scores) == pytest.approx(expected.max(), abs=1e-4)
+
+
+def test_the_engine_refuses_a_checkpoint_the_index_was_not_built_with(tiny_index: TinyIndex) -> None:
+    from wherecnn.index.store import TilePoint, open_store
+    from wherecnn.retrieval.settings import RetrievalSettings
+    from wherecnn.search import SearchEngine
+    from wherecnn.search.errors import IndexMismatchError
+
+    embedder = tiny_index.embedder
+    store = open_store(":memory:")
+    try:
+        store.begin_version("built-elsewhere", dim=embedder.embed_dim)
+        recorded = RetrievalSettings(candidates=2, refine_keep=1)
+        store.describe(
+            {"model_id": "another-model", "dim": embedder.embed_dim, "retrieval": recorded.as_dict()}
+        )
+        t = tiny_index.tiles[0]
+        store.upsert([TilePoint(t["tile_id"], embedder.aerial([t["image"]])[0], {"city": t["city"]})])
+        store.switch()
+        with pytest.raises(IndexMismatchError, match="another-model"):
+            SearchEngine(store, embedder)
+        store.describe(
+            {"model_id": embedder.model_id, "dim": embedder.embed_dim, "retrieval": recorded.as_dict()},
+            store.live_version(),
+        )
+        assert SearchEngine(store, embedder).retrieval == recorded  # the settings the version recorded
+    finally:
+        store.close()

@@ -21,6 +21,25 @@ def _console():  # type: ignore[no-untyped-def]
     return Console(stderr=True)
 
 
+def _retrieval(text: str | None):  # type: ignore[no-untyped-def]
+    """`--retrieval` JSON as `RetrievalSettings` (unknown keys and bad values refused with their name)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from wherecnn.retrieval.settings import RetrievalSettings
+
+    if not text:
+        return None
+    try:
+        return RetrievalSettings.from_dict(json.loads(text))
+    except (json.JSONDecodeError, ValidationError, TypeError) as exc:
+        raise typer.BadParameter(
+            str(exc).splitlines()[0] if isinstance(exc, json.JSONDecodeError) else str(exc),
+            param_hint="--retrieval",
+        ) from None
+
+
 def register(app: typer.Typer) -> None:
     index_app = typer.Typer(
         help="Embed aerial tiles into the vector store (a new version, switched atomically when complete). "
@@ -56,6 +75,16 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Option(
             None, "--run-dir", help="Run folder (rejects.jsonl, summary.json); default under work_dir."
         ),
+        retrieval: str = typer.Option(
+            None,
+            "--retrieval",
+            help="Retrieval settings the version records, as JSON (e.g. "
+            '\'{"index_views": 2, "candidates": 8}\'); unset keys keep their defaults '
+            "(`wherecnn.retrieval.settings`).",
+        ),
+        kind: str = typer.Option(
+            None, "--kind", help="Index only the manifest rows of this kind (e.g. grid: the search gallery)."
+        ),
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return
@@ -66,10 +95,18 @@ def register(app: typer.Typer) -> None:
 
         settings = get_settings(store=store, checkpoint=checkpoint, device=device)
         console = _console()
+        frame = None
+        if kind:
+            from wherecnn.index.pipeline import read_tile_manifest
+
+            frame = read_tile_manifest(tiles, settings)
+            if "kind" not in frame.columns or not (frame["kind"].astype(str) == kind).any():
+                raise typer.BadParameter(f"the manifest has no rows of kind {kind!r}", param_hint="--kind")
+            frame = frame[frame["kind"].astype(str) == kind].reset_index(drop=True)
         summary = run_index(
             tiles, settings.checkpoint, settings.store, workers=workers, batch_size=batch_size,
             use_ray=not no_ray, device=settings.device, threads=threads, tile_size=tile_size, run_dir=run_dir,
-            settings=settings, console=console,
+            settings=settings, console=console, frame=frame, retrieval=_retrieval(retrieval),
         )  # fmt: skip
         print_summary(summary, console)
         if summary.skipped_total:
@@ -92,12 +129,15 @@ def register(app: typer.Typer) -> None:
             infos = vs.versions()
         table = Table(title=f"versions of {settings.store}")
         table.add_column("version", no_wrap=True)
-        for col in ("live", "status", "points", "created", "previous"):
+        for col in ("live", "status", "points", "created", "previous", "model"):
             table.add_column(col, overflow="fold")
         for i in infos:
             created = dt.datetime.fromtimestamp(i.created, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
             points = "" if i.points is None else str(i.points)
-            table.add_row(i.version, "*" if i.live else "", i.status, points, created, i.previous or "")
+            model = str(i.about.get("model_id", ""))
+            table.add_row(
+                i.version, "*" if i.live else "", i.status, points, created, i.previous or "", model
+            )
         _console().print(table)
 
     @index_app.command("rollback")

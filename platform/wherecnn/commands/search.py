@@ -110,7 +110,7 @@ def search(
     if geojson is not None:
         geojson.write_text(json.dumps(result.to_geojson(), indent=1))
     if as_json:
-        keys = ("city", "rank", "lat", "lon", "score", "tile_id")
+        keys = ("city", "rank", "lat", "lon", "score", "tile_id", "position_source")
         print(json.dumps([{key: row[key] for key in keys} for row in result.records()], indent=1))
         return
     table = Table(title=f"Ranked locations for {image.name}", header_style="bold")

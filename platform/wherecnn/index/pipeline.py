@@ -34,6 +34,8 @@ import pandas as pd
 
 from wherecnn.config import Settings, get_settings
 from wherecnn.index.store import StoreError, TilePoint, VectorStore, open_store, store_kind
+from wherecnn.retrieval.settings import RetrievalSettings
+from wherecnn.retrieval.views import TileWindow, cell_shifts, cut_views, with_windows
 
 REQUIRED = ("tile_id", "city", "lat", "lon", "uri")
 REASONS = ("missing", "unreadable", "wrong_size", "bad_row")
@@ -110,6 +112,8 @@ def read_tile_manifest(tiles: str, settings: Settings | None = None) -> pd.DataF
     frame = frame.drop(columns=[c for c in ("geometry",) if c in frame.columns and _has_bounds(frame)])
     base = _base(uri)
     frame["uri"] = [resolve_uri(u, base) for u in frame["uri"]]
+    if "source_uri" in frame.columns:
+        frame["source_uri"] = [resolve_uri(u, base) for u in frame["source_uri"]]
     frame["tile_id"] = frame["tile_id"].astype(str)
     dupes = frame["tile_id"][frame["tile_id"].duplicated()].unique()
     if len(dupes):
@@ -212,6 +216,9 @@ def tile_payload(row: dict[str, Any], model_id: str) -> dict[str, Any]:
     for extra in ("kind", "split"):
         if isinstance(row.get(extra), str):
             payload[extra] = row[extra]
+    window = TileWindow.from_row(row)
+    if window is not None:
+        payload["window"] = window.as_payload()
     return payload
 
 
@@ -330,6 +337,30 @@ def load_batch(
     return good, images, rejects
 
 
+def embed_tiles(
+    embedder: Any, rows: Sequence[dict[str, Any]], images: Sequence[np.ndarray], index_views: int = 1
+) -> np.ndarray:
+    """The one batch function of both runners: each good tile's stored vectors.
+
+    ``index_views`` 1: [N, d], the tile as cut. K > 1: [N, K*K, d], the tile's cell seen from K x K
+    centres (cut from its source raster, `retrieval.views`), stored as one multivector point that scores its
+    best view; a tile without a raster window repeats its own vector."""
+    if index_views <= 1 or not rows:
+        return np.asarray(embedder.aerial(list(images)), dtype=np.float32)
+    views = index_views * index_views
+    windows = [TileWindow.from_row(dict(r)) for r in rows]
+    out = np.zeros((len(rows), views, int(embedder.embed_dim)), dtype=np.float32)
+    plain = [i for i, w in enumerate(windows) if w is None]
+    if plain:
+        out[plain] = np.asarray(embedder.aerial([images[i] for i in plain]), dtype=np.float32)[:, None, :]
+    cut = [(i, w) for i, w in enumerate(windows) if w is not None]
+    if cut:
+        ims = cut_views([w for _, w in cut], [cell_shifts(w.cell_px, index_views) for _, w in cut])
+        emb = np.asarray(embedder.aerial([im for v in ims for im in v]), dtype=np.float32)
+        out[[i for i, _ in cut]] = emb.reshape(len(cut), views, -1)
+    return out
+
+
 def points_for(rows: Sequence[dict[str, Any]], vectors: np.ndarray, model_id: str) -> list[TilePoint]:
     return [
         TilePoint(str(r["tile_id"]), v, tile_payload(r, model_id)) for r, v in zip(rows, vectors, strict=True)
@@ -349,6 +380,7 @@ def _run_plain(
     tile_size: int | None,
     settings: Settings,
     progress: Progress,
+    index_views: int = 1,
 ) -> list[dict[str, Any]]:
     rejects: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -356,7 +388,8 @@ def _run_plain(
             good, images, bad = load_batch(chunk, tile_size=tile_size, settings=settings, pool=pool)
             if good:
                 store.upsert(
-                    points_for(good, embedder.aerial(images), embedder.model_id), batch_size=batch_size
+                    points_for(good, embed_tiles(embedder, good, images, index_views), embedder.model_id),
+                    batch_size=batch_size,
                 )
             rejects.extend(bad)
             progress.add(len(good), len(bad))
@@ -396,7 +429,7 @@ def _ray_load(
 class _EmbedActor:
     """Ray actor: one model per actor (loaded once), embeds the good rows of each batch."""
 
-    def __init__(self, checkpoint: str, device: str, threads: int) -> None:
+    def __init__(self, checkpoint: str, device: str, threads: int, index_views: int = 1) -> None:
         # OpenMP's worker threads spin between torch ops by default; beside the loader and writer tasks on
         # the same cores that spinning steals their CPU. Passive waiting must be set before torch loads it.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -404,14 +437,20 @@ class _EmbedActor:
 
         torch.set_num_threads(max(1, threads))
         self.embedder = load_embedder(checkpoint, device)
+        self.index_views = index_views
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         good = np.asarray(batch["reject"]) == ""
         n = len(good)
-        vectors = np.zeros((n, self.embedder.embed_dim), dtype=np.float32)
+        views = self.index_views**2
+        shape = (n, views, self.embedder.embed_dim) if views > 1 else (n, self.embedder.embed_dim)
+        vectors = np.zeros(shape, dtype=np.float32)
         if good.any():
-            images = [np.asarray(batch["image"][i]) for i in np.flatnonzero(good)]
-            vectors[good] = self.embedder.aerial(images)
+            idx = np.flatnonzero(good)
+            images = [np.asarray(batch["image"][i]) for i in idx]
+            columns = [c for c in batch if c not in ("image", "reject", "detail")]
+            rows = [{c: batch[c][i] for c in columns} for i in idx]
+            vectors[good] = embed_tiles(self.embedder, rows, images, self.index_views)
         out = {k: v for k, v in batch.items() if k != "image"}
         out["vector"] = vectors
         out["model"] = np.asarray([self.embedder.model_id] * n, dtype=object)
@@ -517,6 +556,7 @@ def _run_ray(
     tile_size: int | None,
     settings: Settings,
     progress: Progress,
+    index_views: int = 1,
 ) -> list[dict[str, Any]]:
     """Embed ``todo`` (manifest rows, URIs absolute) through Ray Data; returns the rejects.
 
@@ -555,7 +595,7 @@ def _run_ray(
         _EmbedActor,
         batch_format="numpy",
         batch_size=batch_size,
-        fn_constructor_args=(checkpoint, "cuda" if gpu else "cpu", threads),
+        fn_constructor_args=(checkpoint, "cuda" if gpu else "cpu", threads, index_views),
         compute=ActorPoolStrategy(size=max(1, workers)),
         num_gpus=1 if gpu else 0,
         num_cpus=0 if gpu else actor_cpus,
@@ -638,19 +678,29 @@ def run_index(
     frame: pd.DataFrame | None = None,
     console: Any = None,
     show_progress: bool = True,
+    retrieval: RetrievalSettings | None = None,
 ) -> IndexSummary:
     """Embed a tile manifest into a new store version (resuming a killed run of the same job), switch to it.
 
-    ``switch=False`` leaves the built version for the caller (reindex validates first).
+    ``switch=False`` leaves the built version for the caller (reindex validates first). The version records
+    what it holds (`VersionInfo.about`): the model id, the embedding size and the ``retrieval`` settings
+    (default `RetrievalSettings()`), which search reads back; each point's payload carries its tile's raster
+    window for the fine stage (`retrieval.views.TileWindow`) where the manifest has one.
     """
     from rich.console import Console
 
     settings = settings or get_settings()
     console = console or Console(stderr=True)
     frame = frame if frame is not None else read_tile_manifest(tiles, settings)
+    frame = with_windows(frame)
+    retrieval = retrieval or RetrievalSettings()
+    if not (frame["cell_px"] > 0).any():  # no raster windows: the tiles as cut, one view each
+        retrieval = retrieval.model_copy(update={"index_views": 1})
     embedder = load_embedder(checkpoint, device)
     model_id = str(embedder.model_id)
-    tag = tag or job_tag(manifest_digest(frame), model_id)
+    about = {"model_id": model_id, "dim": int(embedder.embed_dim), "retrieval": retrieval.as_dict()}
+    index_model = model_id if retrieval.index_views == 1 else f"{model_id}|views{retrieval.index_views}"
+    tag = tag or job_tag(manifest_digest(frame), index_model)
     run_path = Path(run_dir) if run_dir else Path(settings.work_dir) / "runs" / f"index-{tag}"
     run_path.mkdir(parents=True, exist_ok=True)
     summary = IndexSummary(
@@ -670,7 +720,8 @@ def run_index(
             )
             _write_summary(run_path, summary)
             return summary
-        version = vs.begin_version(tag, dim=int(embedder.embed_dim))
+        version = vs.begin_version(tag, dim=int(embedder.embed_dim), views=retrieval.index_views**2)
+        vs.describe(about)
         summary.version = version
         present = vs.tile_ids()
         todo = frame[~frame["tile_id"].isin(present)]
@@ -695,7 +746,7 @@ def run_index(
                     rejects = _run_ray(
                         todo, uri, tag, checkpoint=checkpoint, device=device,
                         batch_size=batch_size, workers=workers, threads=n_threads, tile_size=tile_size,
-                        settings=settings, progress=progress,
+                        settings=settings, progress=progress, index_views=retrieval.index_views,
                     )  # fmt: skip
                 finally:
                     if started:
@@ -710,7 +761,7 @@ def run_index(
                     torch.set_num_threads(threads)
                 rejects = _run_plain(
                     todo, vs, embedder, batch_size=batch_size, workers=max(workers, 4), tile_size=tile_size,
-                    settings=settings, progress=progress,
+                    settings=settings, progress=progress, index_views=retrieval.index_views,
                 )  # fmt: skip
         summary.seconds = time.perf_counter() - start
         summary.embedded = progress.embedded

@@ -1,9 +1,11 @@
 """The search engine: a ground image in, ranked locations per city out (and a city-scale heat map).
 
-One engine wraps one vector store and one embedder. Per-city top-K come from one store query per city with
-the cities and the geo prior pushed down as filters, so results are exact for what the store holds. The best
-guess carries a confidence from the score margin between the best hit and the best *different* place (hits
-closer than one tile to the best are the same place seen by overlapping tiles, not a rival).
+One engine wraps one vector store and one embedder; the ranking is `wherecnn.retrieval.path.Retriever`'s
+(coarse per-city store queries with the cities and the geo prior as filters, then the fine stage that places
+the camera in metres inside the best tiles), with the settings the live index version recorded. The engine
+refuses a checkpoint other than the one the index was built with. The best guess carries a confidence from
+the score margin between the best answer and the best *different* place (answers closer than one tile to
+the best are the same place seen by overlapping tiles, not a rival).
 """
 
 from __future__ import annotations
@@ -14,25 +16,25 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from wherecnn.evaluate.metrics import HubCorrection, hub_scores
-from wherecnn.search.errors import EmptyIndexError, UnknownCityError
+from wherecnn.retrieval.path import POSITION_REFINED, Candidate, Retriever, payload_location
+from wherecnn.retrieval.settings import RetrievalSettings
+from wherecnn.search.errors import EmptyIndexError, IndexMismatchError, UnknownCityError
 from wherecnn.search.geoutil import distance_m, local_to_latlon, local_xy
 from wherecnn.search.query import GeoPrior, check_k, infer_fov, load_query
 
-RANKED_COLUMNS = ["city", "rank", "lat", "lon", "score", "tile_id", "uri", "distance_m"]
+RANKED_COLUMNS = ["city", "rank", "lat", "lon", "score", "tile_id", "uri", "distance_m", "position_source"]
 # Margin → confidence: tanh(margin / (2T)); T is the contrastive temperature the models settle near,
 # so a margin of one temperature unit means the best place is e:1 likelier than its rival (confidence ≈ 0.46).
 CONFIDENCE_TEMPERATURE = 0.05
 # Hits fetched per city for the confidence estimate, even when fewer are returned.
 CONFIDENCE_POOL = 20
-# With a hub correction: hits fetched per city by plain score, then ranked by the corrected one.
-HUB_POOL = 200
 DEFAULT_SEPARATION_M = 100.0
 
 
@@ -56,6 +58,7 @@ class BestGuess:
     city: str
     tile_id: str
     margin: float
+    position_source: str = "tile_centre"  # "refined": placed in metres by the fine stage
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,7 @@ class BestGuess:
             "city": self.city,
             "tile_id": self.tile_id,
             "margin": self.margin,
+            "position_source": self.position_source,
         }
 
 
@@ -161,11 +165,15 @@ class SearchEngine:
         *,
         max_pixels: int | None = 40_000_000,
         separation_m: float = DEFAULT_SEPARATION_M,
+        retrieval: RetrievalSettings | None = None,
+        exact: bool = False,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.max_pixels = max_pixels
         self.separation_m = separation_m
+        self._retrieval_override = retrieval
+        self.retrieval = retrieval or RetrievalSettings()
         self._lock = threading.RLock()
         self._cities: list[str] | None = None
         self._city_vectors: dict[str, tuple[list[str], np.ndarray, list[dict[str, Any]]]] = {}
@@ -176,6 +184,14 @@ class SearchEngine:
         # times its hubness among its city's tiles, as `wherecnn evaluate` scores (metrics.hub_corrected)
         card = getattr(embedder, "card", None) or {}
         self.hub = HubCorrection.from_config(card.get("config") or {})
+        self.retriever = Retriever(
+            store,
+            embedder.aerial,
+            self.retrieval,
+            hub_weight=self.hub.weight,
+            exact=exact,
+        )
+        self._follow_version()
 
     @classmethod
     def from_settings(
@@ -210,6 +226,28 @@ class SearchEngine:
             self._city_hubness.clear()
             self._tile_index = None
             self._version = current
+            self._adopt_index()
+
+    def _adopt_index(self) -> None:
+        """Check the live version was built with this engine's model; take its retrieval settings."""
+        describe = getattr(self.store, "live_about", None)
+        about = describe() if describe is not None and self._version is not None else {}
+        model = about.get("model_id")
+        mine = getattr(self.embedder, "model_id", None)
+        if model is not None and mine is not None and model != mine:
+            raise IndexMismatchError(
+                "checkpoint",
+                f"the index ({self._version}) was built with model {model!r}, the checkpoint is {mine!r}: "
+                "search with the checkpoint the index was built with, or rebuild it with `wherecnn index`",
+            )
+        dim = about.get("dim")
+        if dim is not None and int(dim) != int(self.embedder.embed_dim):
+            raise IndexMismatchError(
+                "checkpoint",
+                f"the index holds {dim}-value vectors, the checkpoint makes {self.embedder.embed_dim}",
+            )
+        self.retrieval = self._retrieval_override or RetrievalSettings.from_dict(about.get("retrieval"))
+        self.retriever.settings = self.retrieval
 
     def cities(self) -> list[str]:
         with self._lock:
@@ -263,6 +301,8 @@ class SearchEngine:
             if city not in self._city_hubness:
                 ids, vectors, _ = self.city_vectors(city)
                 scores = hub_scores(vectors, self.hub.neighbours) if len(ids) else np.zeros(0)
+                if scores.ndim == 2:  # a tile stored as several views: their mean hubness
+                    scores = scores.mean(axis=1)
                 self._city_hubness[city] = dict(zip(ids, scores.tolist(), strict=True))
             return self._city_hubness[city]
 
@@ -323,18 +363,11 @@ class SearchEngine:
         vector = self.embed(img, heading_deg=heading_deg, fov_deg=fov_deg)
         t2 = time.perf_counter()
         filters = prior.store_filters() if prior is not None else {}
-        fetch = max(k, CONFIDENCE_POOL)
-        per_city: dict[str, list[Any]] = {}
         with self._lock:
-            for city in chosen:
-                if not self.hub:
-                    per_city[city] = list(self.store.query(vector, fetch, cities=[city], **filters))
-                    continue
-                # the store ranks by cosine: take a wider pool, then rank it by the corrected score
-                hubness = self.city_hubness(city)
-                pool = self.store.query(vector, max(fetch, HUB_POOL), cities=[city], **filters)
-                rescored = [replace(h, score=h.score - self.hub.weight * hubness[h.tile_id]) for h in pool]
-                per_city[city] = sorted(rescored, key=lambda h: -h.score)[:fetch]
+            self._follow_version()
+            per_city = self.retriever.retrieve(
+                vector, chosen, k, filters=filters, fetch=CONFIDENCE_POOL, hubness=self.city_hubness
+            )
         t3 = time.perf_counter()
         ranked = self._frame(per_city, k, true_lat=true_lat, true_lon=true_lon)
         best = self._best(per_city)
@@ -354,30 +387,32 @@ class SearchEngine:
             "width": int(img.shape[1]),
             "fov_deg": infer_fov(img, fov_deg),
             "model": getattr(self.embedder, "model_id", None),
+            "position_source": best.position_source if best else None,
+            "retrieval": self.retrieval.as_dict(),
         }
         if true_lat is not None and true_lon is not None:
             query.update(true_lat=float(true_lat), true_lon=float(true_lon))
         return SearchResult(ranked=ranked, best=best, timings=timings, query=query)
 
     def _frame(
-        self, per_city: dict[str, list[Any]], k: int, *, true_lat: float | None, true_lon: float | None
+        self, per_city: dict[str, list[Candidate]], k: int, *, true_lat: float | None, true_lon: float | None
     ) -> Any:
         import geopandas as gpd
 
         rows = []
-        for city, hits in per_city.items():
-            for rank, hit in enumerate(sorted(hits, key=lambda h: -h.score)[:k], start=1):
-                lat, lon = _hit_location(hit)
+        for city, cands in per_city.items():
+            for rank, c in enumerate(cands[:k], start=1):
                 rows.append(
                     {
                         "city": city,
                         "rank": rank,
-                        "lat": lat,
-                        "lon": lon,
-                        "score": float(hit.score),
-                        "tile_id": str(hit.tile_id),
-                        "uri": str(hit.payload.get("uri", "")),
+                        "lat": c.lat,
+                        "lon": c.lon,
+                        "score": float(c.score),
+                        "tile_id": c.tile_id,
+                        "uri": str(c.payload.get("uri", "")),
                         "distance_m": math.nan,
+                        "position_source": c.position_source,
                     }
                 )
         frame = pd.DataFrame(rows, columns=RANKED_COLUMNS)
@@ -392,34 +427,33 @@ class SearchEngine:
             frame, geometry=gpd.points_from_xy(frame["lon"], frame["lat"]), crs="EPSG:4326"
         )
 
-    def _best(self, per_city: dict[str, list[Any]]) -> BestGuess | None:
-        pool = sorted(
-            ((city, h) for city, hits in per_city.items() for h in hits), key=lambda ch: -ch[1].score
-        )
+    def _best(self, per_city: dict[str, list[Candidate]]) -> BestGuess | None:
+        """The best answer over all cities; refined answers rank ahead (their scores are their best views'),
+        and the rival is the best different place of the same kind of score."""
+        every = [c for cands in per_city.values() for c in cands]
+        refined = [c for c in every if c.position_source == POSITION_REFINED]
+        pool = sorted(refined if len(refined) > 1 else every, key=lambda c: -c.score)
         if not pool:
             return None
-        city, top = pool[0]
-        lat, lon = _hit_location(top)
+        top = pool[0]
         rival = None
-        for _, hit in pool[1:]:
-            hlat, hlon = _hit_location(hit)
-            if float(distance_m(lat1=lat, lon1=lon, lat2=hlat, lon2=hlon)) > self.separation_m:
-                rival = hit
+        for c in pool[1:]:
+            if float(distance_m(lat1=top.lat, lon1=top.lon, lat2=c.lat, lon2=c.lon)) > self.separation_m:
+                rival = c
                 break
-        # No rival place among the fetched hits: the weakest fetched hit bounds the rival's score from above.
-        rival_score = (
-            rival.score if rival is not None else (pool[-1][1].score if len(pool) > 1 else top.score)
-        )
+        # No rival place among the answers: the weakest bounds the rival's score from above.
+        rival_score = rival.score if rival is not None else (pool[-1].score if len(pool) > 1 else top.score)
         margin = max(0.0, float(top.score) - float(rival_score))
         confidence = math.tanh(margin / (2 * CONFIDENCE_TEMPERATURE))
         return BestGuess(
-            lat=lat,
-            lon=lon,
+            lat=top.lat,
+            lon=top.lon,
             score=float(top.score),
             confidence=confidence,
-            city=city,
-            tile_id=str(top.tile_id),
+            city=top.city,
+            tile_id=top.tile_id,
             margin=margin,
+            position_source=top.position_source,
         )
 
     # ---- heat map -------------------------------------------------------------------------------------
@@ -442,11 +476,13 @@ class SearchEngine:
         )
         ids, vectors, payloads = self.city_vectors(city)
         scores = vectors @ np.asarray(vector, dtype=np.float32).reshape(-1)
+        if scores.ndim == 2:  # a tile stored as several views scores its best, as the index ranks it
+            scores = scores.max(axis=1)
         if self.hub:
             hubness = self.city_hubness(city)
             scores = scores - self.hub.weight * np.array([hubness[t] for t in ids], dtype=np.float32)
-        lats = np.array([_payload_location(p)[0] for p in payloads], dtype=float)
-        lons = np.array([_payload_location(p)[1] for p in payloads], dtype=float)
+        lats = np.array([payload_location(p)[0] for p in payloads], dtype=float)
+        lons = np.array([payload_location(p)[1] for p in payloads], dtype=float)
         return rasterise(city, lats, lons, scores, cmap=cmap)
 
     def embed_for_heatmap(
@@ -516,17 +552,6 @@ def _is_vector(obj: Any) -> bool:
     return isinstance(obj, np.ndarray) and obj.ndim == 1 and obj.dtype.kind == "f"
 
 
-def _payload_location(payload: dict[str, Any]) -> tuple[float, float]:
-    loc = payload.get("location") or {}
-    return float(loc.get("lat", payload.get("lat", math.nan))), float(
-        loc.get("lon", payload.get("lon", math.nan))
-    )
-
-
-def _hit_location(hit: Any) -> tuple[float, float]:
-    return _payload_location(hit.payload)
-
-
 def _payload_bounds(payloads: Sequence[dict[str, Any]]) -> Bounds | None:
     if not payloads:
         return None
@@ -538,7 +563,7 @@ def _payload_bounds(payloads: Sequence[dict[str, Any]]) -> Bounds | None:
             max(b["max_lat"] for b in boxes),
             max(b["max_lon"] for b in boxes),
         )
-    locs = [_payload_location(p) for p in payloads]
+    locs = [payload_location(p) for p in payloads]
     return Bounds(
         min(a for a, _ in locs), min(o for _, o in locs), max(a for a, _ in locs), max(o for _, o in locs)
     )

@@ -43,3 +43,10 @@ class EmptyIndexError(SearchInputError):
 
     status = 503
     code = "empty_index"
+
+
+class IndexMismatchError(SearchInputError):
+    """The checkpoint is not the model the index was built with: its vectors would not compare."""
+
+    status = 503
+    code = "index_mismatch"

@@ -86,8 +86,16 @@ class TilePoint:
             )
         return payload
 
-    def vector_list(self) -> list[float]:
-        return np.asarray(self.vector, dtype=np.float32).reshape(-1).tolist()  # type: ignore[no-any-return]
+    def vector_list(self) -> list[float] | list[list[float]]:
+        """The vector as lists: [d] floats, or [views][d] for a tile stored as several views (multivector)."""
+        arr = np.asarray(self.vector, dtype=np.float32)
+        return (arr if arr.ndim == 2 else arr.reshape(-1)).tolist()  # type: ignore[no-any-return]
+
+    @property
+    def views(self) -> int:
+        """How many vectors the point holds (a multivector's rows; 1 for a plain vector)."""
+        arr = np.asarray(self.vector)
+        return int(arr.shape[0]) if arr.ndim == 2 else 1
 
 
 @dataclass(frozen=True)
@@ -109,9 +117,11 @@ class VersionInfo:
     switched_at: float | None = None
     points: int | None = None
     live: bool = False
+    # what the version holds, written by `wherecnn index`: model_id, dim, retrieval (its settings)
+    about: dict[str, Any] = field(default_factory=dict)
 
     def to_meta(self) -> dict[str, Any]:
-        return {
+        meta = {
             "version": self.version,
             "status": self.status,
             "tag": self.tag,
@@ -119,6 +129,7 @@ class VersionInfo:
             "previous": self.previous,
             "switched_at": self.switched_at,
         }
+        return {**meta, "about": self.about} if self.about else meta
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> VersionInfo:
@@ -129,6 +140,7 @@ class VersionInfo:
             created=float(meta.get("created") or 0.0),
             previous=meta.get("previous"),
             switched_at=meta.get("switched_at"),
+            about=dict(meta.get("about") or {}),
         )
 
 
@@ -178,7 +190,7 @@ class VectorStore(ABC):
 
     @abstractmethod
     def all_vectors(self, city: str) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
-        """Every tile of a city (IDs, vectors [N, d], payloads), sorted by tile_id, for heat maps."""
+        """Every tile of a city (IDs, vectors [N, d] or [N, views, d], payloads), sorted by tile_id."""
 
     @abstractmethod
     def tile_ids(self, cities: Sequence[str] | str | None = None) -> set[str]:
@@ -190,10 +202,14 @@ class VectorStore(ABC):
 
     # --- versions ---------------------------------------------------------------------------------------
     @abstractmethod
-    def begin_version(self, tag: str | None = None, *, resume: bool = True, dim: int | None = None) -> str:
+    def begin_version(
+        self, tag: str | None = None, *, resume: bool = True, dim: int | None = None, views: int = 1
+    ) -> str:
         """Start (or, same tag and `resume`: continue) building a new version; it becomes the target.
 
-        With `dim` the empty version is created at once, so other processes can attach to it by tag.
+        With `dim` the empty version is created at once, so other processes can attach to it by tag. With
+        ``views`` > 1 each point holds that many vectors and scores its best one (Qdrant multivectors with
+        MaxSim: a tile seen from several centres ranks by the view that matches best).
         """
 
     @abstractmethod
@@ -220,6 +236,15 @@ class VectorStore(ABC):
         """Delete one version that is not live."""
 
     @abstractmethod
+    def describe(self, about: dict[str, Any], version: str | None = None) -> None:
+        """Record what a version holds (`VersionInfo.about`); default: the version being built."""
+
+    def live_about(self) -> dict[str, Any]:
+        """What the live version holds (empty for an index built before versions recorded it)."""
+        live = self.live_version()
+        return next((dict(i.about) for i in self.versions() if i.version == live), {})
+
+    @abstractmethod
     def detach(self) -> None:
         """Stop targeting the version being built (kept for resume or prune); reads go to the live one."""
 
@@ -240,6 +265,12 @@ class VectorStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def stacked(vectors: Sequence[Any], n: int) -> np.ndarray:
+    """Stored vectors as one float32 array: [N, d], or [N, views, d] for multivector points."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    return arr if arr.ndim >= 2 else arr.reshape(n, -1)
 
 
 def as_list(cities: Sequence[str] | str | None) -> list[str] | None:

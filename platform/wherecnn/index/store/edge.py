@@ -41,6 +41,7 @@ from wherecnn.index.store.base import (
     new_version_id,
     point_id,
     rollback_target,
+    stacked,
 )
 
 POINTER = "CURRENT"
@@ -66,6 +67,7 @@ class EdgeStore(VectorStore):
         self._shard: Any = None
         self._shard_version: str | None = None
         self._building: str | None = None
+        self._views_of: dict[str, int] = {}
         if not read_only:
             (self.root / "versions").mkdir(parents=True, exist_ok=True)
         elif not self.root.exists():
@@ -100,19 +102,20 @@ class EdgeStore(VectorStore):
         return self._building
 
     # --- shard handles ----------------------------------------------------------------------------------
-    def _config(self, dim: int) -> Any:
+    def _config(self, dim: int, views: int = 1) -> Any:
         import qdrant_edge as qe
 
         s = self.settings
         quant = None
         if s.quantization == "int8":
             quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+        multi = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if views > 1 else None
         return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, multivector_config=multi),
             hnsw_config=qe.HnswIndexConfig(
                 m=s.hnsw_m,
                 ef_construct=s.hnsw_ef_construct,
-                full_scan_threshold=s.full_scan_threshold_kb(dim),
+                full_scan_threshold=s.full_scan_threshold_kb(dim * views),
                 payload_m=s.hnsw_payload_m,
             ),
             quantization_config=quant,
@@ -134,17 +137,25 @@ class EdgeStore(VectorStore):
                 ) from exc
             raise
 
-    def _create(self, version: str, dim: int) -> Any:
+    def _create(self, version: str, dim: int, views: int = 1) -> Any:
         import qdrant_edge as qe
 
-        shard = qe.EdgeShard.create(str(self._vdir(version) / "shard"), self._config(dim))
+        shard = qe.EdgeShard.create(str(self._vdir(version) / "shard"), self._config(dim, views))
         # city is the tenant: a subgraph per city keeps city-filtered search on the graph; geo filters are
         # searched exactly below hnsw_full_scan_threshold, so no geohash subgraphs (see settings)
         shard.update(qe.UpdateOperation.create_field_index("city", qe.KeywordIndexParams(is_tenant=True)))
         shard.update(qe.UpdateOperation.create_field_index("location", qe.GeoIndexParams(enable_hnsw=False)))
         shard.update(qe.UpdateOperation.create_field_index("tile_id", qe.PayloadSchemaType.Keyword))
-        self._write_meta(version, dim=dim)
+        self._write_meta(version, dim=dim, views=views)
         return shard
+
+    def _views(self, version: str | None) -> int:
+        """Vectors per point of a version (1, or the views of a multivector index); cached."""
+        if version is None:
+            return 1
+        if version not in self._views_of:
+            self._views_of[version] = int(self._meta(version).get("views", 1))
+        return self._views_of[version]
 
     def _close_shard(self) -> None:
         if self._shard is not None:
@@ -175,7 +186,7 @@ class EdgeStore(VectorStore):
                 old.close()
             return True
 
-    def _handle(self, *, create_dim: int | None = None) -> Any:
+    def _handle(self, *, create_dim: int | None = None, views: int = 1) -> Any:
         """The open shard of the target version (None when it has no data yet)."""
         if self._building is None:
             self.refresh()
@@ -189,7 +200,7 @@ class EdgeStore(VectorStore):
             self._shard = self._load(target)
             self._shard_version = target if self._shard is not None else None
         if self._shard is None and create_dim is not None:
-            self._shard = self._create(target, create_dim)
+            self._shard = self._create(target, create_dim, views)
             self._shard_version = target
         return self._shard
 
@@ -217,7 +228,8 @@ class EdgeStore(VectorStore):
         with self._lock:
             for batch in _batches(points, batch_size):
                 vectors = [p.vector_list() for p in batch]
-                shard = self._handle(create_dim=len(vectors[0]))
+                shape = np.asarray(vectors[0]).shape
+                shard = self._handle(create_dim=int(shape[-1]), views=batch[0].views)
                 ops = [
                     qe.Point(point_id(p.tile_id), v, p.full_payload())
                     for p, v in zip(batch, vectors, strict=True)
@@ -285,11 +297,13 @@ class EdgeStore(VectorStore):
     ) -> list[Hit]:
         import qdrant_edge as qe
 
-        vec = [float(v) for v in np.asarray(vector, dtype=np.float32).reshape(-1)]
+        vec: Any = [float(v) for v in np.asarray(vector, dtype=np.float32).reshape(-1)]
         with self._lock:
             shard = self._handle()
             if shard is None:
                 return []
+            if self._views(self._shard_version) > 1:
+                vec = [vec]  # a one-row multivector: MaxSim is then the best view's cosine
             request = qe.QueryRequest(
                 limit=int(k),
                 query=qe.Query.Nearest(vec),
@@ -361,8 +375,7 @@ class EdgeStore(VectorStore):
             self._scroll(self._filter(city), with_vector=True), key=lambda r: r.payload["tile_id"]
         )
         ids = [str(r.payload["tile_id"]) for r in records]
-        vectors = np.asarray([r.vector for r in records], dtype=np.float32).reshape(len(records), -1)
-        return ids, vectors, [dict(r.payload) for r in records]
+        return ids, stacked([r.vector for r in records], len(records)), [dict(r.payload) for r in records]
 
     def tile_ids(self, cities: Sequence[str] | str | None = None) -> set[str]:
         return {
@@ -406,7 +419,9 @@ class EdgeStore(VectorStore):
                 info.points = self.count()
         return infos
 
-    def begin_version(self, tag: str | None = None, *, resume: bool = True, dim: int | None = None) -> str:
+    def begin_version(
+        self, tag: str | None = None, *, resume: bool = True, dim: int | None = None, views: int = 1
+    ) -> str:
         self._writable()
         with self._lock:
             if resume and tag:
@@ -416,7 +431,7 @@ class EdgeStore(VectorStore):
                         self._close_shard()
                         self._building = info.version
                         if dim is not None:
-                            self._handle(create_dim=dim)
+                            self._handle(create_dim=dim, views=views)
                         return info.version
             version = new_version_id(tag)
             self._vdir(version).mkdir(parents=True)
@@ -425,8 +440,16 @@ class EdgeStore(VectorStore):
             self._close_shard()
             self._building = version
             if dim is not None:
-                self._handle(create_dim=dim)
+                self._handle(create_dim=dim, views=views)
             return version
+
+    def describe(self, about: dict[str, Any], version: str | None = None) -> None:
+        self._writable()
+        with self._lock:
+            target = version or self._building
+            if target is None:
+                raise StoreError("describe: no version given and none being built")
+            self._write_meta(target, about=dict(about))
 
     def detach(self) -> None:
         """Stop targeting the version being built (it stays, to be resumed or pruned); target the live one."""

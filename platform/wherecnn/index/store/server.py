@@ -30,6 +30,7 @@ from wherecnn.index.store.base import (
     new_version_id,
     point_id,
     rollback_target,
+    stacked,
 )
 from wherecnn.index.store.edge import _batches, _closed_ring
 
@@ -106,7 +107,7 @@ class ServerStore(VectorStore):
         self.client.update_collection(self._coll(version), metadata=changes)
 
     # --- collections ------------------------------------------------------------------------------------
-    def _create(self, version: str, dim: int, meta: dict[str, Any]) -> None:
+    def _create(self, version: str, dim: int, meta: dict[str, Any], views: int = 1) -> None:
         from qdrant_client import models as m
 
         s = self.settings
@@ -118,17 +119,23 @@ class ServerStore(VectorStore):
         name = self._coll(version)
         self.client.create_collection(
             name,
-            vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE),
+            vectors_config=m.VectorParams(
+                size=dim,
+                distance=m.Distance.COSINE,
+                multivector_config=(
+                    m.MultiVectorConfig(comparator=m.MultiVectorComparator.MAX_SIM) if views > 1 else None
+                ),
+            ),
             hnsw_config=m.HnswConfigDiff(
                 m=s.hnsw_m,
                 ef_construct=s.hnsw_ef_construct,
                 payload_m=s.hnsw_payload_m,
-                full_scan_threshold=s.full_scan_threshold_kb(dim),
+                full_scan_threshold=s.full_scan_threshold_kb(dim * views),
             ),
             quantization_config=quant,
             shard_number=s.shard_number,
             replication_factor=s.replication_factor,
-            metadata={**meta, "dim": dim},
+            metadata={**meta, "dim": dim, "views": views},
         )
         self.client.create_payload_index(
             name, "city", m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, is_tenant=True)
@@ -143,17 +150,17 @@ class ServerStore(VectorStore):
         if self.read_only:
             raise StoreError(f"qdrant store {self.url} / {self.name} was opened read-only")
 
-    def _write_target(self, dim: int) -> str:
+    def _write_target(self, dim: int, views: int = 1) -> str:
         """The collection to write into, creating it (or, for an empty store, the first live version)."""
         if self._building is not None:
             if not self._exists(self._building):
-                self._create(self._building, dim, self._pending_meta)
+                self._create(self._building, dim, self._pending_meta, views)
             return self._coll(self._building)
         if self.live_version() is None:
             version = new_version_id("initial")
             now = time.time()
             meta = VersionInfo(version, "ready", "initial", now, None, now).to_meta()
-            self._create(version, dim, meta)
+            self._create(version, dim, meta, views)
             self._move_alias(version)
         return self.name
 
@@ -179,7 +186,7 @@ class ServerStore(VectorStore):
         with self._lock:
             for batch in _batches(points, batch_size):
                 vectors = [p.vector_list() for p in batch]
-                target = self._write_target(len(vectors[0]))
+                target = self._write_target(int(np.asarray(vectors[0]).shape[-1]), batch[0].views)
                 structs = [
                     m.PointStruct(id=point_id(p.tile_id), vector=v, payload=p.full_payload())
                     for p, v in zip(batch, vectors, strict=True)
@@ -251,7 +258,9 @@ class ServerStore(VectorStore):
         target = self._target()
         if target is None:
             return []
-        vec = [float(v) for v in np.asarray(vector, dtype=np.float32).reshape(-1)]
+        vec: Any = [float(v) for v in np.asarray(vector, dtype=np.float32).reshape(-1)]
+        if int((self.client.get_collection(target).config.metadata or {}).get("views", 1) or 1) > 1:
+            vec = [vec]  # a one-row multivector: MaxSim is then the best view's cosine
         result = self.client.query_points(
             target,
             query=vec,
@@ -314,8 +323,7 @@ class ServerStore(VectorStore):
             self._scroll(self._filter(city), with_vector=True), key=lambda r: r.payload["tile_id"]
         )
         ids = [str(r.payload["tile_id"]) for r in records]
-        vectors = np.asarray([r.vector for r in records], dtype=np.float32).reshape(len(records), -1)
-        return ids, vectors, [dict(r.payload) for r in records]
+        return ids, stacked([r.vector for r in records], len(records)), [dict(r.payload) for r in records]
 
     def tile_ids(self, cities: Sequence[str] | str | None = None) -> set[str]:
         return {
@@ -355,7 +363,9 @@ class ServerStore(VectorStore):
             info.points = int(self.client.count(self._coll(info.version), exact=True).count)
         return infos
 
-    def begin_version(self, tag: str | None = None, *, resume: bool = True, dim: int | None = None) -> str:
+    def begin_version(
+        self, tag: str | None = None, *, resume: bool = True, dim: int | None = None, views: int = 1
+    ) -> str:
         self._writable()
         with self._lock:
             if resume and tag:
@@ -370,8 +380,21 @@ class ServerStore(VectorStore):
             ).to_meta()
             self._building = version
             if dim is not None:
-                self._create(version, dim, self._pending_meta)
+                self._create(version, dim, self._pending_meta, views)
             return version
+
+    def describe(self, about: dict[str, Any], version: str | None = None) -> None:
+        self._writable()
+        with self._lock:
+            target = version or self._building
+            if target is None:
+                raise StoreError("describe: no version given and none being built")
+            if self._exists(target):
+                self._set_meta(target, about=dict(about))
+            elif target == self._building:  # created at its first write
+                self._pending_meta = {**self._pending_meta, "about": dict(about)}
+            else:
+                raise StoreError(f"describe: unknown version {target!r}")
 
     def detach(self) -> None:
         """Stop targeting the version being built (it stays, to be resumed or pruned); target the live one."""

@@ -1,0 +1,193 @@
+"""Accuracy through the product: the "anywhere" protocol, answered by the search engine over a real index.
+
+What a user gets is what is measured: a city's gallery is its grid tiles only (what `wherecnn tile` gives for
+a user's own imagery), indexed by `wherecnn index` (`run_index`) into a vector store; the queries are
+held-out places anywhere in the city, each sent through `SearchEngine.search` (the code the HTTP API, the
+CLI and the dashboard call), with the city given or unknown (all cities searched: the best guess names it).
+
+Metrics per city and overall (the mean over cities): ``hit@1`` / ``hit@10`` (one of the best-guess city's
+first K answers is a tile that contains the camera), ``median_error_m`` and ``within_{5,10,25,50}m`` (the
+best guess's position against the camera's), ``city_right`` (city unknown), and the query time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+WITHIN_M = (5, 10, 25, 50)
+HIT_KS = (1, 10)
+
+
+def grid_tiles(data_dir: str | Path) -> pd.DataFrame:
+    """The manifest's grid tiles (every tile where the manifest has no ``kind``): the served gallery."""
+    from wherecnn.index.pipeline import read_tile_manifest
+
+    tiles = read_tile_manifest(str(Path(data_dir) / "tiles.parquet"))
+    if "kind" in tiles.columns:
+        tiles = tiles[tiles["kind"].astype(str) == "grid"]
+    return tiles.reset_index(drop=True)
+
+
+def anywhere_queries(
+    data_dir: str | Path,
+    *,
+    protocol: str,
+    kind: str = "panorama",
+    per_city: int | None = 60,
+    seed: int = 0,
+    cities: Sequence[str] | None = None,
+    split: str = "test",
+) -> pd.DataFrame:
+    """Held-out captures of one kind under a protocol, up to ``per_city`` a city (seeded): its ``split``,
+    "test" to report, "val" to choose settings on (same-area: the validation blocks of the training cities,
+    which training never draws places from).
+
+    Columns: capture_id, city, lat, lon, heading_deg, fov_deg, uri (absolute)."""
+    from wherecnn.data.manifest import read_captures, split_column
+    from wherecnn.index.pipeline import resolve_uri
+
+    caps = pd.DataFrame(read_captures(data_dir).drop(columns="geometry"))
+    caps = caps[(split_column(caps, protocol) == split).to_numpy()]
+    if "kind" in caps.columns:
+        caps = caps[caps["kind"].astype(str) == kind]
+    if cities:
+        caps = caps[caps["city"].isin(list(cities))]
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _, rows in caps.groupby("city", sort=True):
+        if per_city is not None and len(rows) > per_city:
+            rows = rows.iloc[np.sort(rng.choice(len(rows), per_city, replace=False))]
+        parts.append(rows)
+    if not parts:
+        raise ValueError(f"{data_dir}: no {split!r} {kind} captures under protocol {protocol!r}")
+    out = pd.concat(parts).reset_index(drop=True)
+    out["uri"] = [resolve_uri(u, str(Path(data_dir).absolute())) for u in out["uri"]]
+    return out[["capture_id", "city", "lat", "lon", "heading_deg", "fov_deg", "uri"]]
+
+
+@dataclass
+class ServedRun:
+    """One query set answered through the engine: a row per query, metrics per city and overall."""
+
+    protocol: str
+    city_given: bool
+    outcomes: pd.DataFrame
+    retrieval: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cities(self) -> dict[str, dict[str, float]]:
+        return {
+            str(city): served_metrics(rows, city_given=self.city_given)
+            for city, rows in self.outcomes.groupby("city", sort=True)
+        }
+
+    @property
+    def overall(self) -> dict[str, float]:
+        per_city = list(self.cities.values())
+        if not per_city:
+            return {}
+        out = {k: float(np.nanmean([m[k] for m in per_city])) for k in per_city[0]}
+        out["queries"] = float(len(self.outcomes))  # a total, not a per-city mean
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "city_given": self.city_given,
+            "through_store": True,
+            "retrieval": self.retrieval,
+            "overall": self.overall,
+            "cities": self.cities,
+        }
+
+
+def served_metrics(outcomes: pd.DataFrame, *, city_given: bool) -> dict[str, float]:
+    """The anywhere metrics of a set of query outcomes (`answer_queries`' rows)."""
+    err = outcomes["error_m"].to_numpy(dtype=float)
+    out: dict[str, float] = {}
+    for k in HIT_KS:
+        out[f"hit@{k}"] = float(np.mean(outcomes["hit_rank"].to_numpy(dtype=float) <= k))
+    out["median_error_m"] = float(np.median(err)) if err.size else float("nan")
+    for t in WITHIN_M:
+        out[f"within_{t}m"] = float(np.mean(err <= t)) if err.size else float("nan")
+    if not city_given:
+        out["city_right"] = float(np.mean(outcomes["city_right"].to_numpy(dtype=bool)))
+    ms = outcomes["search_ms"].to_numpy(dtype=float)
+    out["search_ms_p50"] = float(np.percentile(ms, 50)) if ms.size else float("nan")
+    out["queries"] = float(len(outcomes))
+    return out
+
+
+def answer_queries(
+    engine: Any,
+    queries: pd.DataFrame,
+    tiles: pd.DataFrame,
+    *,
+    city_given: bool = True,
+    k: int = 10,
+    on_query: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Send each query through ``engine.search`` (heading and field of view as the capture records them);
+    one row per query: the best guess, its error in metres, and the rank of the first answer whose tile
+    contains the camera in the best-guess city's list (inf when none of the first ``k`` does)."""
+    from wherecnn.geo import distance_m
+
+    bounds = tiles.set_index("tile_id")[["min_lat", "min_lon", "max_lat", "max_lon"]]
+    rows = []
+    for i, q in enumerate(queries.itertuples(index=False)):
+        t0 = time.perf_counter()
+        res = engine.search(
+            q.uri,
+            cities=[q.city] if city_given else None,
+            k=k,
+            heading_deg=_num(q.heading_deg),
+            fov_deg=_num(q.fov_deg),
+        )
+        ms = (time.perf_counter() - t0) * 1e3
+        best = res.best
+        hit_rank = float("inf")
+        if best is not None:
+            ranked = res.ranked[res.ranked["city"] == best.city].sort_values("rank")
+            b = bounds.reindex(ranked["tile_id"].astype(str))
+            inside = (
+                (b["min_lat"].to_numpy() <= q.lat)
+                & (q.lat <= b["max_lat"].to_numpy())
+                & (b["min_lon"].to_numpy() <= q.lon)
+                & (q.lon <= b["max_lon"].to_numpy())
+            )
+            if inside.any():
+                hit_rank = float(np.argmax(inside) + 1)
+        rows.append(
+            {
+                "capture_id": q.capture_id,
+                "city": q.city,
+                "best_city": best.city if best else None,
+                "city_right": bool(best is not None and best.city == q.city),
+                "lat": best.lat if best else float("nan"),
+                "lon": best.lon if best else float("nan"),
+                "position_source": best.position_source if best else None,
+                "error_m": float(distance_m(lat1=q.lat, lon1=q.lon, lat2=best.lat, lon2=best.lon))
+                if best
+                else float("inf"),
+                "hit_rank": hit_rank,
+                "search_ms": ms,
+            }
+        )
+        if on_query is not None:
+            on_query(i)
+    return pd.DataFrame(rows)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(v) else v

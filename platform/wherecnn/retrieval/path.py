@@ -1,0 +1,217 @@
+"""The one retrieval path: a query vector in, ranked answers with positions in metres out.
+
+1. **Coarse**: one store query per searched city (cities and the geo prior pushed down as filters), scores
+   minus the model's hub correction (`metrics.HubCorrection`, each tile's hubness among its city's tiles).
+2. **Fine**: the best ``candidates`` tiles over all searched cities are seen again from a lattice of view
+   centres over their ground cell, cut from the source raster at query time (`views.cut_views`); a tile
+   then scores the mean of its best views, and its position is its best view's centre. The best few are
+   looked at once more on a finer lattice around that centre.
+
+`wherecnn.search.engine.SearchEngine` (so the HTTP API, the CLI and the dashboard) and the served evaluation
+(`wherecnn.evaluate.served`) answer through `Retriever.retrieve`; nothing else ranks tiles for a user.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wherecnn.retrieval.settings import RetrievalSettings
+from wherecnn.retrieval.views import TileWindow, cell_shifts, cut_views, pixel_latlon
+
+# With a hub correction: hits fetched per city by plain score, then ranked by the corrected one.
+HUB_POOL = 200
+
+POSITION_REFINED = "refined"
+POSITION_TILE_CENTRE = "tile_centre"
+
+
+@dataclass
+class Candidate:
+    """One ranked answer: a tile, its score, and where the camera is (refined, or the tile's centre)."""
+
+    city: str
+    tile_id: str
+    score: float
+    lat: float
+    lon: float
+    payload: dict[str, Any]
+    position_source: str = POSITION_TILE_CENTRE
+    coarse_score: float = float("nan")
+    view_scores: list[float] = field(default_factory=list)
+
+
+def payload_location(payload: dict[str, Any]) -> tuple[float, float]:
+    loc = payload.get("location") or {}
+    return float(loc.get("lat", payload.get("lat", float("nan")))), float(
+        loc.get("lon", payload.get("lon", float("nan")))
+    )
+
+
+class Retriever:
+    """Coarse retrieval from a vector store, then the fine stage. Not thread-safe: the engine holds a lock.
+
+    ``aerial(images)`` embeds aerial views as the index embedded its tiles (the embedder's `aerial`);
+    ``hub_weight`` is the model's hub correction, with each tile's hubness from the ``hubness(city)`` a
+    retrieval is given (the engine caches it per index version).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        aerial: Callable[[Sequence[np.ndarray]], np.ndarray],
+        settings: RetrievalSettings | None = None,
+        *,
+        hub_weight: float = 0.0,
+        exact: bool = False,
+    ) -> None:
+        self.store = store
+        self.aerial = aerial
+        self.settings = settings or RetrievalSettings()
+        self.hub_weight = float(hub_weight)
+        self.exact = exact  # the reference: coarse stage searched exhaustively instead of through HNSW
+        self._lock = threading.RLock()
+
+    # ---- coarse -----------------------------------------------------------------------------------
+    def coarse(
+        self,
+        vector: np.ndarray,
+        cities: Sequence[str],
+        fetch: int,
+        filters: dict[str, Any] | None = None,
+        hubness: Callable[[str], dict[str, float]] | None = None,
+    ) -> dict[str, list[Candidate]]:
+        """Per city, the ``fetch`` best tiles by (hub-corrected) score, best first."""
+        filters = filters or {}
+        out: dict[str, list[Candidate]] = {}
+        for city in cities:
+            if self.hub_weight > 0 and hubness is not None:
+                pool = self.store.query(
+                    vector, max(fetch, HUB_POOL), cities=[city], exact=self.exact, **filters
+                )
+                hub = hubness(city)
+                scored = [(h, float(h.score) - self.hub_weight * hub.get(h.tile_id, 0.0)) for h in pool]
+            else:
+                scored = [
+                    (h, float(h.score))
+                    for h in self.store.query(vector, fetch, cities=[city], exact=self.exact, **filters)
+                ]
+            scored.sort(key=lambda hs: -hs[1])
+            cands = []
+            for hit, score in scored[:fetch]:
+                lat, lon = payload_location(hit.payload)
+                cands.append(
+                    Candidate(city, str(hit.tile_id), score, lat, lon, dict(hit.payload), coarse_score=score)
+                )
+            out[city] = cands
+        return out
+
+    # ---- fine -------------------------------------------------------------------------------------
+    def refine(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> None:
+        """Place each candidate that has a raster window in metres, in place (score, lat, lon, source).
+
+        Level 0 is what the index stores: the candidate's ``index_views`` x ``index_views`` views of its cell
+        (read back from the store). Level 1 cuts ``refine_centres`` x ``refine_centres`` views spanning one
+        stored spacing around the best of them; level 2 (the best ``refine_keep``) ``refine_local`` x
+        ``refine_local`` views spanning one level-1 spacing around the best so far. A candidate scores the
+        mean of its ``view_pool`` best views over every level; its position is its best view's centre."""
+        s = self.settings
+        todo = [(c, w) for c in candidates if (w := TileWindow.from_payload(c.payload)) is not None]
+        if not todo:
+            return
+        q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        best, spacing = self._stored_views(q, todo)
+        levels = [(list(range(len(todo))), s.refine_centres), (None, s.refine_local)]
+        for keep, centres in levels:
+            if centres <= 1:
+                continue
+            if keep is None:  # the best few so far
+                keep = sorted(range(len(todo)), key=lambda i: -todo[i][0].score)[: s.refine_keep]
+            lattices = [cell_shifts(spacing[i], centres, around=best[i][1]) for i in keep]
+            scores = self._score(q, [todo[i][1] for i in keep], lattices)
+            for i, shifts, sc in zip(keep, lattices, scores, strict=True):
+                cand = todo[i][0]
+                cand.view_scores = cand.view_scores + sc.tolist()
+                if sc.size and float(sc.max()) > best[i][0]:
+                    best[i] = (float(sc.max()), shifts[int(sc.argmax())])
+                cand.score = _pooled(np.asarray(cand.view_scores), s.view_pool)
+                spacing[i] = spacing[i] / centres
+        for (cand, window), (_, shift) in zip(todo, best, strict=True):
+            col, row = window.centre(shift)
+            lat, lon = pixel_latlon(window.source_uri, np.array([col]), np.array([row]))
+            cand.lat, cand.lon = float(lat[0]), float(lon[0])
+            cand.position_source = POSITION_REFINED
+
+    def _stored_views(
+        self, q: np.ndarray, todo: Sequence[tuple[Candidate, TileWindow]]
+    ) -> tuple[list[tuple[float, tuple[int, int]]], list[float]]:
+        """Each candidate's best stored view (score, pixel shift) and the stored views' spacing in pixels;
+        sets its view scores (and its score: `view_pool` of them) from what the index holds."""
+        k = self.settings.index_views
+        stored: dict[str, np.ndarray] = {}
+        retrieve = getattr(self.store, "retrieve", None)
+        if retrieve is not None:
+            stored = {
+                p.tile_id: np.asarray(p.vector, dtype=np.float32)
+                for p in retrieve([c.tile_id for c, _ in todo])
+            }
+        best, spacing = [], []
+        for cand, window in todo:
+            vectors = stored.get(cand.tile_id)
+            lattice = cell_shifts(window.cell_px, k)
+            if vectors is None or vectors.reshape(-1, q.size).shape[0] != len(lattice):
+                best.append((cand.score, (0, 0)))  # the tile as cut, scored by the coarse stage
+                spacing.append(float(window.cell_px))
+                continue
+            sc = vectors.reshape(-1, q.size) @ q
+            cand.view_scores = sc.tolist()
+            cand.score = _pooled(sc, self.settings.view_pool)
+            best.append((float(sc.max()), lattice[int(sc.argmax())]))
+            spacing.append(window.cell_px / k)
+        return best, spacing
+
+    def _score(
+        self, q: np.ndarray, windows: Sequence[TileWindow], shifts: Sequence[Sequence[tuple[int, int]]]
+    ) -> list[np.ndarray]:
+        views = cut_views(windows, shifts)
+        flat = [im for v in views for im in v]
+        emb = np.asarray(self.aerial(flat), dtype=np.float32) if flat else np.zeros((0, q.size), np.float32)
+        sims = emb @ q
+        out, a = [], 0
+        for v in views:
+            out.append(sims[a : a + len(v)])
+            a += len(v)
+        return out
+
+    # ---- both -------------------------------------------------------------------------------------
+    def retrieve(
+        self,
+        vector: np.ndarray,
+        cities: Sequence[str],
+        k: int,
+        *,
+        filters: dict[str, Any] | None = None,
+        fetch: int | None = None,
+        hubness: Callable[[str], dict[str, float]] | None = None,
+    ) -> dict[str, list[Candidate]]:
+        """Per city, up to ``max(k, fetch)`` answers, best first: refined candidates ahead of the tiles the
+        fine stage did not look at (their scores are not comparable: a refined tile scores its best views)."""
+        with self._lock:
+            per_city = self.coarse(vector, cities, max(k, fetch or 0, 1), filters, hubness)
+            if self.settings.refines:
+                pool = sorted((c for cs in per_city.values() for c in cs), key=lambda c: -c.score)
+                self.refine(vector, pool[: self.settings.candidates])
+            for city, cands in per_city.items():
+                per_city[city] = sorted(
+                    cands, key=lambda c: (c.position_source != POSITION_REFINED, -c.score)
+                )
+            return per_city
+
+
+def _pooled(scores: np.ndarray, pool: int) -> float:
+    top = np.sort(np.asarray(scores, dtype=np.float64))[::-1][: max(1, pool)]
+    return float(top.mean())

@@ -1,0 +1,73 @@
+"""The retrieval settings: how a query vector becomes an answer. One typed source for their defaults.
+
+An index version records the settings it was built for (`wherecnn index` writes them beside the model id and
+the embedding size); search reads them from there, so the engine, the API, the CLI, the dashboard and
+`wherecnn evaluate` answer alike for one index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class RetrievalSettings(BaseModel):
+    """Coarse retrieval from the store, then a fine stage that places the camera inside the best tiles."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index_views: int = Field(
+        3,
+        ge=1,
+        le=5,
+        description="Index side: each tile is stored as its cell seen from index_views x index_views centres "
+        "(one multivector point that scores its best view; 1: the tile as cut). A camera anywhere in the "
+        "cell is then near one stored view.",
+    )
+    candidates: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Fine stage: the best tiles (over all searched cities, by coarse score) placed in "
+        "metres. 0 turns the fine stage off: answers are tile centres.",
+    )
+    refine_centres: int = Field(
+        3,
+        ge=1,
+        le=15,
+        description="Fine stage, first level: refine_centres x refine_centres view centres, cut from the "
+        "candidate's source raster at query time, spanning one stored-view spacing around its best stored "
+        "view.",
+    )
+    refine_keep: int = Field(
+        3, ge=1, le=64, description="Fine stage, second level: the best candidates looked at again."
+    )
+    refine_local: int = Field(
+        3,
+        ge=1,
+        le=9,
+        description="Fine stage, second level: refine_local x refine_local centres spanning one first-level "
+        "spacing around each kept candidate's best view (1: no second level).",
+    )
+    view_pool: int = Field(
+        2, ge=1, le=16, description="A refined tile scores the mean of its view_pool best views."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrievalSettings:
+        if self.candidates and self.refine_keep > self.candidates:
+            raise ValueError(f"refine_keep ({self.refine_keep}) cannot exceed candidates ({self.candidates})")
+        return self
+
+    @property
+    def refines(self) -> bool:
+        return self.candidates > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, **overrides: Any) -> RetrievalSettings:
+        """Settings from an index version's record (missing keys take the defaults), then ``overrides``."""
+        return cls.model_validate({**(data or {}), **{k: v for k, v in overrides.items() if v is not None}})

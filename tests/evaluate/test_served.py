@@ -1,0 +1,96 @@
+"""The anywhere protocol through the product: an index built by `run_index`, queries through the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from wherecnn.evaluate.served import ServedRun, answer_queries, anywhere_queries, grid_tiles, served_metrics
+from wherecnn.retrieval.settings import RetrievalSettings
+
+SMALL = RetrievalSettings(candidates=3, refine_centres=3, refine_keep=1, refine_local=3)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from wherecnn.index.pipeline import run_index
+    from wherecnn.index.store import open_store
+    from wherecnn.models.embedder import Embedder
+
+    root = tmp_path_factory.mktemp("served")
+    store = f"edge://{root}/index"
+    tiles = grid_tiles(tiny_world)
+    run_index(
+        str(tiny_world / "tiles.parquet"), "untrained:dual-cpu", store, use_ray=False, frame=tiles,
+        run_dir=root / "run", show_progress=False, retrieval=SMALL,
+    )  # fmt: skip
+    vs = open_store(store, read_only=True)
+    try:
+        yield {"store": vs, "tiles": tiles, "embedder": Embedder.untrained("dual-cpu")}
+    finally:
+        vs.close()
+
+
+def test_the_gallery_is_grid_tiles_and_queries_are_held_out(tiny_world: Path) -> None:
+    tiles = grid_tiles(tiny_world)
+    assert set(tiles["kind"]) == {"grid"} and tiles["uri"].map(lambda u: Path(u).is_absolute()).all()
+    q = anywhere_queries(tiny_world, protocol="cross-area", per_city=3)
+    caps = pd.read_parquet(tiny_world / "captures.parquet")
+    held = caps.set_index("capture_id").loc[q["capture_id"]]
+    assert (held["split_cross_area"] == "test").all() and (held["kind"] == "panorama").all()
+    assert q.groupby("city").size().max() <= 3
+
+
+def test_served_answers_are_refined_positions_and_match_the_exact_reference(
+    tiny_world: Path, served: dict[str, Any]
+) -> None:
+    from wherecnn.search.engine import SearchEngine
+
+    queries = anywhere_queries(tiny_world, protocol="cross-area", per_city=2)
+    engine = SearchEngine(served["store"], served["embedder"])
+    assert engine.retrieval == SMALL  # the settings the index version recorded
+    outcomes = answer_queries(engine, queries, served["tiles"])
+    reference = answer_queries(
+        SearchEngine(served["store"], served["embedder"], exact=True), queries, served["tiles"]
+    )
+    assert (outcomes["position_source"] == "refined").all()
+    # a few hundred points: the HNSW search is exact here, so the served answers are the reference's
+    assert np.allclose(outcomes[["lat", "lon"]], reference[["lat", "lon"]])
+    run = ServedRun("cross-area", True, outcomes, retrieval=SMALL.as_dict()).to_json()
+    assert run["through_store"] is True and set(run["cities"]) == set(queries["city"])
+    for key in ("hit@1", "hit@10", "within_5m", "within_10m", "within_25m", "within_50m"):
+        assert 0.0 <= run["overall"][key] <= 1.0
+    assert run["overall"]["median_error_m"] >= 0.0
+    assert run["overall"]["queries"] == len(queries)
+
+
+def test_city_unknown_searches_every_city_and_scores_the_guess(
+    tiny_world: Path, served: dict[str, Any]
+) -> None:
+    from wherecnn.search.engine import SearchEngine
+
+    queries = anywhere_queries(tiny_world, protocol="cross-area", per_city=1)
+    outcomes = answer_queries(
+        SearchEngine(served["store"], served["embedder"]), queries, served["tiles"], city_given=False
+    )
+    metrics = served_metrics(outcomes, city_given=False)
+    assert metrics["city_right"] == float(np.mean(outcomes["best_city"] == outcomes["city"]))
+
+
+def test_served_metrics_count_hits_and_errors() -> None:
+    outcomes = pd.DataFrame(
+        {
+            "hit_rank": [1.0, 3.0, float("inf"), 1.0],
+            "error_m": [4.0, 12.0, 300.0, 30.0],
+            "city_right": [True, True, False, True],
+            "search_ms": [10.0, 20.0, 30.0, 40.0],
+        }
+    )
+    m = served_metrics(outcomes, city_given=False)
+    assert (m["hit@1"], m["hit@10"], m["city_right"]) == (0.5, 0.75, 0.75)
+    assert (m["within_5m"], m["within_10m"], m["within_25m"], m["within_50m"]) == (0.25, 0.25, 0.5, 0.75)
+    assert m["median_error_m"] == 21.0
