@@ -65,12 +65,16 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
     }
 
 
-def build_index(data: str, checkpoint: str, store: str, index_views: int) -> dict[str, Any]:
+def build_index(
+    data: str, checkpoint: str, store: str, index_views: int, cities: list[str] | None
+) -> dict[str, Any]:
     from wherecnn.evaluate.served import grid_tiles
     from wherecnn.index.pipeline import run_index
     from wherecnn.retrieval.settings import RetrievalSettings
 
     tiles = grid_tiles(data)
+    if cities:
+        tiles = tiles[tiles["city"].isin(cities)].reset_index(drop=True)
     t0 = time.perf_counter()
     summary = run_index(
         str(Path(data) / "tiles.parquet"), checkpoint, store, use_ray=False, frame=tiles,
@@ -87,10 +91,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from wherecnn.retrieval.settings import RetrievalSettings
     from wherecnn.search.engine import SearchEngine
 
-    store = args.store or f"edge://{tempfile.mkdtemp(prefix='served-index-')}/index"
+    store = args.store or args.keep_store or f"edge://{tempfile.mkdtemp(prefix='served-index-')}/index"
     built = None
     if not args.store:
-        built = build_index(args.data, args.checkpoint, store, args.index_views)
+        built = build_index(args.data, args.checkpoint, store, args.index_views, args.cities)
     tiles = grid_tiles(args.data)
     embedder = Embedder.from_checkpoint(args.checkpoint)
     variants = dict(DEFAULT_VARIANTS)
@@ -153,7 +157,8 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--store", help="an index already built for this checkpoint (else one is built)")
-    p.add_argument("--index-views", type=int, default=1)
+    p.add_argument("--index-views", type=int, default=3)
+    p.add_argument("--keep-store", help="build the index here (edge://DIR) and keep it for --store")
     p.add_argument("--protocols", type=lambda s: s.split(","), default=["cross-area", "same-area"])
     p.add_argument("--kind", default="panorama")
     p.add_argument("--per-city", type=int, default=60)

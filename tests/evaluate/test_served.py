@@ -94,3 +94,25 @@ def test_served_metrics_count_hits_and_errors() -> None:
     assert (m["hit@1"], m["hit@10"], m["city_right"]) == (0.5, 0.75, 0.75)
     assert (m["within_5m"], m["within_10m"], m["within_25m"], m["within_50m"]) == (0.25, 0.25, 0.5, 0.75)
     assert m["median_error_m"] == 21.0
+
+
+def test_the_http_api_answers_as_the_engine_does(tiny_world: Path, served: dict[str, Any]) -> None:
+    from fastapi.testclient import TestClient
+    from wherecnn.config import get_settings
+    from wherecnn.search.api import create_app
+    from wherecnn.search.engine import SearchEngine
+
+    engine = SearchEngine(served["store"], served["embedder"])
+    client = TestClient(create_app(get_settings(api_key=None), engine=engine))
+    for q in anywhere_queries(tiny_world, protocol="cross-area", per_city=2).itertuples():
+        direct = engine.search(q.uri, cities=[q.city], k=5, heading_deg=q.heading_deg, fov_deg=q.fov_deg)
+        with open(q.uri, "rb") as fh:
+            body = client.post(
+                "/v1/search",
+                files={"image": ("q.jpg", fh.read(), "image/jpeg")},
+                data={"city": q.city, "k": "5", "heading_deg": str(q.heading_deg), "fov_deg": str(q.fov_deg)},
+            ).json()
+        assert body["best"]["position_source"] == direct.best.position_source == "refined"
+        assert (body["best"]["lat"], body["best"]["lon"]) == pytest.approx((direct.best.lat, direct.best.lon))
+        rows = [(r["tile_id"], r["position_source"]) for r in body["results"]]
+        assert rows == [(r["tile_id"], r["position_source"]) for r in direct.records()]

@@ -118,6 +118,23 @@ class Embedder:
         prepared = [resize(_rgb(im), self.aerial_size) for im in images]
         return self._run(prepared, self.model.embed_aerial_views)
 
+    def aerial_first_view(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """North-up tiles -> [N, embed_dim]: the first test-time view alone (as is, unturned), L2-normalised.
+
+        A quarter of `aerial`'s work with `dual-cpu`'s four views; compare with `first_view(query)`."""
+        prepared = [resize(_rgb(im), self.aerial_size) for im in images]
+        return self._run(prepared, self._first_aerial)
+
+    def _first_aerial(self, x: torch.Tensor) -> torch.Tensor:
+        mirror, turn = self.model.test_views()[0]
+        v = torch.flip(x, dims=[3]) if mirror else x
+        return torch.nn.functional.normalize(self.model.turned_aerial_features(v, turn).float(), dim=-1)
+
+    def first_view(self, vector: np.ndarray) -> np.ndarray:
+        """The first test-time view's part of a vector `ground` or `aerial` made, L2-normalised."""
+        part = np.asarray(vector, dtype=np.float32).reshape(-1)[: int(self.model.config["embed_dim"])]
+        return part / max(float(np.linalg.norm(part)), 1e-12)
+
     def ground(
         self,
         images: Sequence[np.ndarray],

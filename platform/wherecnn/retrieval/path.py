@@ -68,9 +68,13 @@ class Retriever:
         *,
         hub_weight: float = 0.0,
         exact: bool = False,
+        first_view: tuple[Callable[[Sequence[np.ndarray]], np.ndarray], Callable[[np.ndarray], np.ndarray]]
+        | None = None,
     ) -> None:
         self.store = store
         self.aerial = aerial
+        # (embed views by the first test-time view, that view's part of a stored or query vector)
+        self.first_view = first_view
         self.settings = settings or RetrievalSettings()
         self.hub_weight = float(hub_weight)
         self.exact = exact  # the reference: coarse stage searched exhaustively instead of through HNSW
@@ -124,7 +128,12 @@ class Retriever:
         if not todo:
             return
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
-        best, spacing = self._stored_views(q, todo)
+        embed, part = self.aerial, None
+        if s.refine_views == "first" and self.first_view is not None:
+            embed, part = self.first_view
+        best, spacing = self._stored_views(q, todo, part)
+        if part is not None:
+            q = part(q)
         levels = [(list(range(len(todo))), s.refine_centres), (None, s.refine_local)]
         for keep, centres in levels:
             if centres <= 1:
@@ -132,7 +141,7 @@ class Retriever:
             if keep is None:  # the best few so far
                 keep = sorted(range(len(todo)), key=lambda i: -todo[i][0].score)[: s.refine_keep]
             lattices = [cell_shifts(spacing[i], centres, around=best[i][1]) for i in keep]
-            scores = self._score(q, [todo[i][1] for i in keep], lattices)
+            scores = self._score(q, [todo[i][1] for i in keep], lattices, embed)
             for i, shifts, sc in zip(keep, lattices, scores, strict=True):
                 cand = todo[i][0]
                 cand.view_scores = cand.view_scores + sc.tolist()
@@ -147,10 +156,14 @@ class Retriever:
             cand.position_source = POSITION_REFINED
 
     def _stored_views(
-        self, q: np.ndarray, todo: Sequence[tuple[Candidate, TileWindow]]
+        self,
+        q: np.ndarray,
+        todo: Sequence[tuple[Candidate, TileWindow]],
+        part: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> tuple[list[tuple[float, tuple[int, int]]], list[float]]:
         """Each candidate's best stored view (score, pixel shift) and the stored views' spacing in pixels;
-        sets its view scores (and its score: `view_pool` of them) from what the index holds."""
+        sets its view scores (and its score: `view_pool` of them) from what the index holds, compared by
+        ``part`` of each vector where the fine stage scores one test-time view."""
         k = self.settings.index_views
         stored: dict[str, np.ndarray] = {}
         retrieve = getattr(self.store, "retrieve", None)
@@ -167,7 +180,8 @@ class Retriever:
                 best.append((cand.score, (0, 0)))  # the tile as cut, scored by the coarse stage
                 spacing.append(float(window.cell_px))
                 continue
-            sc = vectors.reshape(-1, q.size) @ q
+            rows = vectors.reshape(-1, q.size)
+            sc = rows @ q if part is None else np.stack([part(r) for r in rows]) @ part(q)
             cand.view_scores = sc.tolist()
             cand.score = _pooled(sc, self.settings.view_pool)
             best.append((float(sc.max()), lattice[int(sc.argmax())]))
@@ -175,11 +189,15 @@ class Retriever:
         return best, spacing
 
     def _score(
-        self, q: np.ndarray, windows: Sequence[TileWindow], shifts: Sequence[Sequence[tuple[int, int]]]
+        self,
+        q: np.ndarray,
+        windows: Sequence[TileWindow],
+        shifts: Sequence[Sequence[tuple[int, int]]],
+        embed: Callable[[Sequence[np.ndarray]], np.ndarray],
     ) -> list[np.ndarray]:
         views = cut_views(windows, shifts)
         flat = [im for v in views for im in v]
-        emb = np.asarray(self.aerial(flat), dtype=np.float32) if flat else np.zeros((0, q.size), np.float32)
+        emb = np.asarray(embed(flat), dtype=np.float32) if flat else np.zeros((0, q.size), np.float32)
         sims = emb @ q
         out, a = [], 0
         for v in views:

@@ -7,7 +7,7 @@ the embedding size); search reads them from there, so the engine, the API, the C
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,7 +41,7 @@ class RetrievalSettings(BaseModel):
         "view.",
     )
     refine_keep: int = Field(
-        3, ge=1, le=64, description="Fine stage, second level: the best candidates looked at again."
+        2, ge=1, le=64, description="Fine stage, second level: the best candidates looked at again."
     )
     refine_local: int = Field(
         3,
@@ -49,6 +49,11 @@ class RetrievalSettings(BaseModel):
         le=9,
         description="Fine stage, second level: refine_local x refine_local centres spanning one first-level "
         "spacing around each kept candidate's best view (1: no second level).",
+    )
+    refine_views: Literal["first", "all"] = Field(
+        "first",
+        description="Fine stage: score views by the model's first test-time view alone (a quarter of the "
+        "work with four views) or by all of them, as the index does.",
     )
     view_pool: int = Field(
         2, ge=1, le=16, description="A refined tile scores the mean of its view_pool best views."

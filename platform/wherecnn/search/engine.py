@@ -190,6 +190,11 @@ class SearchEngine:
             self.retrieval,
             hub_weight=self.hub.weight,
             exact=exact,
+            first_view=(
+                (embedder.aerial_first_view, embedder.first_view)
+                if hasattr(embedder, "aerial_first_view")
+                else None
+            ),
         )
         self._follow_version()
 
