@@ -51,14 +51,17 @@ def machine() -> dict[str, Any]:
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
+    """How the checkpoint was trained: its track, minutes, the epochs they gave, precision, seed."""
     card = json.loads((Path(checkpoint) / "model_card.json").read_text())
     train = card.get("train") or {}
+    history = Path(checkpoint) / "metrics.jsonl"
+    lines = history.read_text().splitlines() if history.exists() else []
+    epochs = sum(1 for line in lines if json.loads(line).get("kind") == "epoch")
     return {
         "model_id": card.get("model_id"),
         "track": (card.get("data") or {}).get("track"),
         "protocol": (card.get("data") or {}).get("protocol"),
-        "epochs": len([h for h in card.get("history", []) if h.get("kind") == "epoch"])
-        or train.get("epochs"),
+        "epochs": epochs or train.get("epochs"),
         "minutes": train.get("minutes"),
         "precision": train.get("precision"),
         "seed": train.get("seed"),
