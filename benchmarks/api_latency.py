@@ -46,10 +46,9 @@ def _pct(values: list[float], q: float) -> float:
 def build_tiny_index(root: Path, console: Any) -> tuple[str, str, str]:
     """Tiny synthetic world → untrained `dual-cpu` checkpoint → Qdrant Edge index: (store, ckpt, data)."""
     import torch
-    from wherecnn import storage
-    from wherecnn.data.manifest import read_tiles
     from wherecnn.data.synthetic import generate
-    from wherecnn.index.store import TilePoint, open_store
+    from wherecnn.evaluate.served import grid_tiles
+    from wherecnn.index.pipeline import run_index
     from wherecnn.models.embedder import Embedder
     from wherecnn.train.checkpoint import save_checkpoint
 
@@ -57,7 +56,7 @@ def build_tiny_index(root: Path, console: Any) -> tuple[str, str, str]:
     with console.status("generating the tiny synthetic world…"):
         generate(data, size="tiny", seed=0)
     model = Embedder.untrained("dual-cpu", seed=0).model
-    card = save_checkpoint(
+    save_checkpoint(
         str(root / "checkpoint"),
         model=model,
         optimizer=torch.optim.Adam(model.parameters()),
@@ -65,37 +64,11 @@ def build_tiny_index(root: Path, console: Any) -> tuple[str, str, str]:
         card={"note": "untrained, for latency only"},
         history=[],
     )
-    embedder = Embedder.from_checkpoint(str(root / "checkpoint"), device="cpu")
-    tiles = read_tiles(data)
-    store = open_store(f"edge://{root / 'index'}")
-    with console.status(f"embedding {len(tiles)} tiles…"):
-        store.begin_version()
-        for start in range(0, len(tiles), 64):
-            chunk = tiles.iloc[start : start + 64]
-            vectors = embedder.aerial([storage.load_image(u) for u in chunk["uri"]])
-            store.upsert(
-                TilePoint(
-                    tile_id=r.tile_id,
-                    vector=v,
-                    payload={
-                        "location": {"lat": float(r.lat), "lon": float(r.lon)},
-                        "city": r.city,
-                        "tile_id": r.tile_id,
-                        "uri": r.uri,
-                        "gsd_m": float(r.gsd_m),
-                        "model": card["model_id"],
-                        "bounds": {
-                            "min_lat": float(r.min_lat),
-                            "min_lon": float(r.min_lon),
-                            "max_lat": float(r.max_lat),
-                            "max_lon": float(r.max_lon),
-                        },
-                    },
-                )
-                for r, v in zip(chunk.itertuples(), vectors, strict=True)
-            )
-        store.switch()
-    store.close()
+    with console.status("indexing the grid tiles (the fine stage's views included)…"):
+        run_index(
+            str(data / "tiles.parquet"), str(root / "checkpoint"), f"edge://{root / 'index'}", use_ray=False,
+            frame=grid_tiles(data), run_dir=root / "run", show_progress=False,
+        )  # fmt: skip
     return f"edge://{root / 'index'}", str(root / "checkpoint"), str(data)
 
 
@@ -117,7 +90,9 @@ def run_level(
     import httpx
 
     latencies: list[float] = []
-    server: dict[str, list[float]] = {"decode_ms": [], "embed_ms": [], "query_ms": [], "total_ms": []}
+    server: dict[str, list[float]] = {
+        "decode_ms": [], "embed_ms": [], "query_ms": [], "refine_ms": [], "total_ms": []
+    }  # fmt: skip
     errors = 0
     lock = threading.Lock()
     counter = iter(range(requests))
@@ -288,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "decode p50",
         "embed p50",
         "store p50",
+        "fine p50",
         "errors",
     ):
         table.add_column(col, justify="right")
@@ -302,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['decode_ms']['p50']:.1f}",
             f"{s['embed_ms']['p50']:.1f}",
             f"{s['query_ms']['p50']:.1f}",
+            f"{s['refine_ms']['p50']:.1f}",
             str(lv["errors"]),
         )
     console.print(table)

@@ -369,5 +369,6 @@ d2.download_button(
 t = view.timings
 st.caption(
     f"decode {t.get('decode_ms', 0):.0f} ms · embed {t.get('embed_ms', 0):.0f} ms · "
-    f"store {t.get('query_ms', 0):.0f} ms · total {t.get('total_ms', 0):.0f} ms"
+    f"store {t.get('query_ms', 0):.0f} ms · fine stage {t.get('refine_ms', 0):.0f} ms · "
+    f"total {t.get('total_ms', 0):.0f} ms"
 )

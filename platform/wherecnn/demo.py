@@ -200,11 +200,11 @@ def run_demo(
     def evaluate() -> dict[str, Any]:
         from wherecnn.evaluate.pipeline import EvaluateOptions, evaluate_checkpoint
 
-        served = served_evaluation(paths, per_city=SERVED_QUERIES.get(size, 30), seed=seed, log=log)
-        # the report: the paper's centred protocol (a tile cut on each test camera), in memory
+        # served: through the index just built; the report's in-memory part: the paper's centred protocol
         opts = EvaluateOptions(
-            data=str(paths.data), checkpoint=str(paths.checkpoint), out=str(paths.report), track="aligned"
-        )
+            data=str(paths.data), checkpoint=str(paths.checkpoint), out=str(paths.report), track="aligned",
+            store=paths.store, served_queries=SERVED_QUERIES.get(size, 30),
+        )  # fmt: skip
         if not baselines:
             opts.baselines = ()
         sections, _ = evaluate_checkpoint(opts, log=log)
@@ -212,7 +212,7 @@ def run_demo(
             s.protocol: {"overall": s.main.overall, "cities": {c.city: c.metrics for c in s.main.cities}}
             for s in sections
         }
-        (paths.report / "served.json").write_text(json.dumps(served, indent=1))
+        served = json.loads((paths.report / "served.json").read_text())
         return {"detail": f"(report in {paths.report})", "metrics": served, "centred": centred}
 
     evaluated = stage("evaluate", _fingerprint(index_fp, "evaluate", baselines, "served"), evaluate)
@@ -232,32 +232,6 @@ def run_demo(
     finally:
         store.close()
     return result
-
-
-def served_evaluation(
-    paths: DemoPaths, *, per_city: int, seed: int = 0, log: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """The anywhere protocol through the demo's index (`wherecnn.evaluate.served`): per protocol, the city
-    given; cross-area also with the city unknown. {key: {"overall", "cities", "through_store", ...}}."""
-    from wherecnn.evaluate.served import ServedRun, answer_queries, anywhere_queries, grid_tiles
-    from wherecnn.index.store import open_store
-    from wherecnn.models.embedder import Embedder
-    from wherecnn.search.engine import SearchEngine
-
-    tiles = grid_tiles(paths.data)
-    store = open_store(paths.store, read_only=True)
-    out: dict[str, Any] = {}
-    try:
-        engine = SearchEngine(store, Embedder.from_checkpoint(str(paths.checkpoint)))
-        for protocol, given in (("same-area", True), ("cross-area", True), ("cross-area", False)):
-            queries = anywhere_queries(paths.data, protocol=protocol, per_city=per_city, seed=seed)
-            key = protocol if given else f"{protocol}, city unknown"
-            log(f"[evaluate] {key}: {len(queries)} held-out places through the search engine")
-            outcomes = answer_queries(engine, queries, tiles, city_given=given)
-            out[key] = ServedRun(protocol, given, outcomes, retrieval=engine.retrieval.as_dict()).to_json()
-    finally:
-        store.close()
-    return out
 
 
 def sample_searches(paths: DemoPaths, store: Any, *, count: int = 3, seed: int = 0) -> list[dict[str, Any]]:

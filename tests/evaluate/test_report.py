@@ -53,10 +53,20 @@ def test_evaluate_command_writes_the_report(fake_world: Path, tmp_path: Path) ->
             "2",
             "--hub-correction",
             "0.5",
+            "--served-queries",
+            "2",
         ],
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
+    # the anywhere protocol, through an index of the grid tiles built in the report folder
+    anywhere = metrics["anywhere"]
+    assert anywhere["through_store"] is True and (out / "index").is_dir()
+    assert set(anywhere) == {"through_store", "same-area", "cross-area", "cross-area, city unknown"}
+    for key in ("hit@1", "hit@10", "median_error_m", "within_5m", "within_10m", "within_25m", "within_50m"):
+        assert key in anywhere["cross-area"]["overall"] and key in anywhere["cross-area"]["cities"]["beta"]
+    assert "city_right" in anywhere["cross-area, city unknown"]["overall"]
+    assert "Anywhere, through the search engine" in result.output
     sections = {(s["protocol"], s["track"]) for s in metrics["sections"]}
     assert sections == {("same-area", "aligned")}  # the checkpoint's protocol and track
     same = next(s for s in metrics["sections"] if s["protocol"] == "same-area")

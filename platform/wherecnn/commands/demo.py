@@ -54,30 +54,23 @@ def demo(
     protocols = list(result.overall)
     cities = Table(
         title="Per city, through the search engine: held-out places anywhere in the city, the index holding "
-        "its grid tiles (hit@1: the top tile contains the camera; error: the answer's distance in metres)"
+        "its grid tiles. Each cell: hit@1 (the top tile contains the camera) · median error · within 10 m"
     )
     cities.add_column("city")
     cities.add_column("tiles", justify="right")
     for p in protocols:
-        unknown = "unknown" in p
-        for col in (
-            ("city right", "hit@1", "median err", "≤10 m") if unknown else ("hit@1", "median err", "≤10 m")
-        ):
-            cities.add_column(f"{p}: {col}", justify="right")
+        cities.add_column(p, justify="right")
 
-    def cells(m: dict[str, float] | None, unknown: bool) -> list[str]:
+    def cell(m: dict[str, float] | None) -> str:
         if not m:
-            return ["—"] * (4 if unknown else 3)
-        row = [f"{m['hit@1']:.3f}", f"{m['median_error_m']:.0f} m", f"{m['within_10m']:.2f}"]
-        return [f"{m['city_right']:.3f}", *row] if unknown else row
+            return "—"
+        text = f"{m['hit@1']:.2f} · {m['median_error_m']:.0f} m · {m['within_10m']:.2f}"
+        return f"{text} · city {m['city_right']:.2f}" if m.get("city_right") is not None else text
 
     for row in result.per_city:
-        cities.add_row(
-            row["city"], str(row["tiles"]), *[c for p in protocols for c in cells(row.get(p), "unknown" in p)]
-        )
+        cities.add_row(row["city"], str(row["tiles"]), *[cell(row.get(p)) for p in protocols])
     total = str(sum(r["tiles"] for r in result.per_city))
-    overall = [c for p in protocols for c in cells(result.overall[p], "unknown" in p)]
-    cities.add_row("mean over cities", total, *overall, style="bold")
+    cities.add_row("mean over cities", total, *[cell(result.overall[p]) for p in protocols], style="bold")
     console.print(cities)
 
     if result.searches:

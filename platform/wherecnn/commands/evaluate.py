@@ -147,8 +147,18 @@ def evaluate(
     ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     seed: int = typer.Option(0, "--seed", help="Seed for gallery/query caps and balanced-AP sampling."),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="The anywhere protocol through this index (built by `wherecnn index` with this checkpoint); "
+        "default: index the world's grid tiles into OUT/index first.",
+    ),
+    served_queries: int = typer.Option(
+        30, "--served-queries", min=0, help="Held-out places a city sent through the search engine (0: skip)."
+    ),
 ) -> None:
-    """Evaluate a checkpoint: Recall@1/5/10/1%, hit rate, pair AP, localisation error; writes the report."""
+    """Evaluate a checkpoint: the anywhere protocol through the search engine (hit@1/10, error in metres,
+    city right), and in memory Recall@1/5/10/1%, hit rate, pair AP, localisation error; writes the report."""
     import time
 
     from rich.console import Console
@@ -182,6 +192,8 @@ def evaluate(
         device=device,
         seed=seed,
         tta=views,
+        store=store,
+        served_queries=served_queries,
     )
     t0 = time.perf_counter()
     try:
@@ -205,6 +217,24 @@ def evaluate(
                 *(f"{o[k]:.3f}" for k in ("R@1", "R@5", "R@10", "R@1%", "hit_rate")),
                 f"{o['AP']:.4f}",
                 f"{o['median_m']:.0f}",
+            )
+        console.print(table)
+    served = Path(out) / "served.json"
+    if served_queries and served.exists():
+        table = Table(title="Anywhere, through the search engine (held-out places, grid tiles indexed)")
+        for col in ("protocol", "city right", "hit@1", "hit@10", "median m", "≤10 m", "≤25 m"):
+            table.add_column(col, justify="right")
+        for key, run in json.loads(served.read_text()).items():
+            o = run["overall"]
+            right = f"{o['city_right']:.3f}" if "city_right" in o else "given"
+            cells = [f"{o[k]:.3f}" for k in ("hit@1", "hit@10")]
+            table.add_row(
+                key,
+                right,
+                *cells,
+                f"{o['median_error_m']:.1f}",
+                f"{o['within_10m']:.3f}",
+                f"{o['within_25m']:.3f}",
             )
         console.print(table)
     console.print(f"report: {index}  ({time.perf_counter() - t0:.0f} s)")

@@ -148,7 +148,8 @@ def search(
         )
     console.print(
         f"[dim]decode {t['decode_ms']:.0f} ms · embed {t['embed_ms']:.0f} ms · "
-        f"store {t['query_ms']:.0f} ms · total {t['total_ms']:.0f} ms[/]"
+        f"store {t['query_ms']:.0f} ms · fine stage {t.get('refine_ms', 0):.0f} ms · "
+        f"total {t['total_ms']:.0f} ms[/]"
     )
 
 

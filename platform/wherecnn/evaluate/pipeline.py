@@ -43,6 +43,10 @@ class EvaluateOptions:
     device: str = "auto"
     seed: int = 0
     tta: dict[str, Any] | None = None  # test-time views of the checkpoint; None = its config's
+    # the anywhere protocol through the product (`evaluate.served`): an index built with this checkpoint,
+    # else one of the grid tiles is built in the report folder; 0 queries a city turns it off
+    store: str | None = None
+    served_queries: int = 30
 
 
 def read_history(checkpoint: str) -> list[dict[str, Any]]:
@@ -155,6 +159,14 @@ def evaluate_checkpoint(
                 others=others,
             )  # fmt: skip
         )
+    served: dict[str, Any] = {}
+    if opts.served_queries > 0:
+        from wherecnn.evaluate.served import evaluate_served
+
+        served = evaluate_served(
+            opts.data, opts.checkpoint, opts.store, per_city=opts.served_queries, seed=opts.seed,
+            work_dir=opts.out, log=log,
+        )  # fmt: skip
     index = None
     if opts.out:
         notes = []
@@ -175,4 +187,15 @@ def evaluate_checkpoint(
             opts.out, sections, data_dir=opts.data, card=embedder.card, history=read_history(opts.checkpoint),
             notes=notes,
         )  # fmt: skip
+        if served:
+            write_served(Path(opts.out), served)
     return sections, index
+
+
+def write_served(out: Path, served: dict[str, Any]) -> None:
+    """``served.json`` and ``metrics.json``'s ``anywhere`` section (``"through_store": true``)."""
+    (out / "served.json").write_text(json.dumps(served, indent=1))
+    metrics_file = out / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    metrics["anywhere"] = {"through_store": True, **served}
+    metrics_file.write_text(json.dumps(metrics, indent=1))

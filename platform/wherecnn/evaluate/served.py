@@ -191,3 +191,55 @@ def _num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if np.isnan(v) else v
+
+
+def evaluate_served(
+    data_dir: str | Path,
+    checkpoint: str,
+    store: str | None = None,
+    *,
+    per_city: int = 30,
+    seed: int = 0,
+    work_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The anywhere protocol for a checkpoint: per protocol with the city given, and cross-area with the
+    city unknown, through ``store`` (an index built with this checkpoint) or, without one, an index of the
+    world's grid tiles built here by `run_index` (in ``work_dir``/index). Keys: "same-area", "cross-area",
+    "cross-area, city unknown" (protocols without test places are left out); values: `ServedRun.to_json`."""
+    import tempfile
+
+    from wherecnn.index.store import open_store
+    from wherecnn.models.embedder import Embedder
+    from wherecnn.search.engine import SearchEngine
+
+    tiles = grid_tiles(data_dir)
+    if store is None:
+        from wherecnn.index.pipeline import run_index
+
+        root = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="wherecnn-served-"))
+        store = f"edge://{(root / 'index').absolute()}"
+        log(f"[served] indexing {len(tiles)} grid tiles into {store}")
+        run_index(
+            str(Path(data_dir) / "tiles.parquet"), checkpoint, store, use_ray=False, frame=tiles,
+            run_dir=root / "index-run", show_progress=False,
+        )  # fmt: skip
+    out: dict[str, Any] = {}
+    vs = open_store(store, read_only=True)
+    try:
+        engine = SearchEngine(vs, Embedder.from_checkpoint(checkpoint))
+        engine.warm()  # as a server does before it reports ready: query times are a user's
+        for protocol, given in (("same-area", True), ("cross-area", True), ("cross-area", False)):
+            try:
+                queries = anywhere_queries(data_dir, protocol=protocol, per_city=per_city, seed=seed)
+            except ValueError:
+                continue  # no held-out places under this protocol
+            key = protocol if given else f"{protocol}, city unknown"
+            log(f"[served] {key}: {len(queries)} held-out places through the search engine")
+            outcomes = answer_queries(engine, queries, tiles, city_given=given)
+            out[key] = ServedRun(protocol, given, outcomes, retrieval=engine.retrieval.as_dict()).to_json()
+            o = out[key]["overall"]
+            log(f"[served]   hit@1 {o['hit@1']:.3f}, median error {o['median_error_m']:.1f} m")
+    finally:
+        vs.close()
+    return out

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,7 @@ class Retriever:
         self.hub_weight = float(hub_weight)
         self.exact = exact  # the reference: coarse stage searched exhaustively instead of through HNSW
         self._lock = threading.RLock()
+        self.timings: dict[str, float] = {}  # the last retrieval's stages, milliseconds
 
     # ---- coarse -----------------------------------------------------------------------------------
     def coarse(
@@ -219,10 +221,13 @@ class Retriever:
         """Per city, up to ``max(k, fetch)`` answers, best first: refined candidates ahead of the tiles the
         fine stage did not look at (their scores are not comparable: a refined tile scores its best views)."""
         with self._lock:
+            t0 = time.perf_counter()
             per_city = self.coarse(vector, cities, max(k, fetch or 0, 1), filters, hubness)
+            t1 = time.perf_counter()
             if self.settings.refines:
                 pool = sorted((c for cs in per_city.values() for c in cs), key=lambda c: -c.score)
                 self.refine(vector, pool[: self.settings.candidates])
+            self.timings = {"coarse_ms": (t1 - t0) * 1e3, "fine_ms": (time.perf_counter() - t1) * 1e3}
             for city, cands in per_city.items():
                 per_city[city] = sorted(
                     cands, key=lambda c: (c.position_source != POSITION_REFINED, -c.score)

@@ -72,7 +72,9 @@ class _EngineHolder:
                 from wherecnn.search.engine import SearchEngine
 
                 try:
-                    self.engine = SearchEngine.from_settings(self.settings)
+                    engine = SearchEngine.from_settings(self.settings)
+                    engine.warm()  # the per-city state the first searches would build
+                    self.engine = engine
                     self.error = None
                 except Exception as exc:  # reported through /readyz and 503s; retried on the next request
                     self.error = f"{type(exc).__name__}: {exc}"

@@ -261,6 +261,13 @@ class SearchEngine:
                 self._cities = sorted(self.store.cities())
             return list(self._cities)
 
+    def warm(self) -> None:
+        """Load what the first search of each city would (its cities and, with a hub correction, each
+        city's hubness): a server calls this before it reports ready, so no user query pays for it."""
+        for city in self.cities():
+            if self.hub:
+                self.city_hubness(city)
+
     def refresh(self) -> None:
         """Forget cached city lists and vectors (after a reindex switched versions)."""
         with self._lock:
@@ -377,10 +384,12 @@ class SearchEngine:
         ranked = self._frame(per_city, k, true_lat=true_lat, true_lon=true_lon)
         best = self._best(per_city)
         t4 = time.perf_counter()
+        stages = self.retriever.timings
         timings = {
             "decode_ms": (t1 - t0) * 1e3,
             "embed_ms": (t2 - t1) * 1e3,
-            "query_ms": (t3 - t2) * 1e3,
+            "query_ms": stages.get("coarse_ms", (t3 - t2) * 1e3),  # the store (coarse stage)
+            "refine_ms": stages.get("fine_ms", 0.0),  # the fine stage: views cut and embedded
             "rank_ms": (t4 - t3) * 1e3,
             "total_ms": (t4 - t0) * 1e3,
         }

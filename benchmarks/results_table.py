@@ -1,0 +1,112 @@
+"""The README's results table, generated from `benchmarks/results/served-test-*.json` so it cannot drift.
+
+Each file is one `benchmarks/served_accuracy.py --split test` run (one trained checkpoint, one seed): the
+anywhere protocol through the product. One row per query mode (protocol, city given or unknown) for the
+default retrieval settings; each cell the mean over runs, with the range (min-max) when there are several.
+
+    .venv/bin/python benchmarks/results_table.py            # print the table
+    .venv/bin/python benchmarks/results_table.py --write    # and replace it in README.md (make results)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- results:begin (benchmarks/results_table.py) -->", "<!-- results:end -->"
+COLUMNS = (
+    ("hit@1", "hit@1", "{:.2f}"),
+    ("hit@10", "hit@10", "{:.2f}"),
+    ("median_error_m", "median error", "{:.0f} m"),
+    ("within_10m", "within 10 m", "{:.2f}"),
+    ("within_25m", "within 25 m", "{:.2f}"),
+    ("city_right", "city right", "{:.2f}"),
+)
+
+
+def load_runs(results: Path = RESULTS) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("served-test-*.json"))]
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return fmt.format(mean)
+    return f"{fmt.format(mean)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """Markdown: the modes as rows, the runs' mean (and range) in each cell, and a line saying on what."""
+    modes: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    for run in runs:
+        for row in run["rows"]:
+            if row["variant"] == "default" and not row.get("exact"):
+                modes.setdefault((row["protocol"], row["city_given"]), []).append(row)
+    head = ["query (panorama, heading given)", *(label for _, label, _ in COLUMNS), "query time p50"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for (protocol, given), rows in sorted(
+        modes.items(), key=lambda m: (m[0][0] != "cross-area", not m[0][1])
+    ):
+        what = {"cross-area": "unseen cities", "same-area": "new places, seen cities"}.get(protocol, protocol)
+        name = f"{what} ({protocol}), city {'given' if given else 'unknown'}"
+        cells = [
+            _cell([r["overall"][key] for r in rows if key in r["overall"]], fmt) for key, _, fmt in COLUMNS
+        ]
+        ms = _cell([r["search_ms"]["p50"] for r in rows], "{:.0f} ms")
+        lines.append("| " + " | ".join([name, *cells, ms]) + " |")
+    lines.append("")
+    lines.append(_provenance(runs))
+    return "\n".join(lines)
+
+
+def _provenance(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "No runs yet: `benchmarks/served_accuracy.py --split test` writes them."
+    ck = [r["checkpoint"] for r in runs]
+    cpus = sorted({f"{r['machine']['cpu']}{' with AVX512-BF16' if r['machine'].get('avx512_bf16') else ''}"
+                   for r in runs})  # fmt: skip
+    epochs = ", ".join(str(c.get("epochs")) for c in ck)
+    seeds = ", ".join(str(c.get("seed")) for c in ck)
+    queries = runs[0].get("per_city")
+    return (
+        f"{len(runs)} run(s) (seeds {seeds}): `dual-cpu`, {ck[0].get('track')} track, trained "
+        f"{ck[0].get('minutes')} minutes on 2 cores of {', '.join(cpus)} ({ck[0].get('precision')}; "
+        f"{epochs} epochs); {queries} held-out places a city; query time in process, one query at a time."
+    )
+
+
+def replace_in_readme(text: str, readme: Path = README) -> bool:
+    """Put ``text`` between the README's markers; True when the README changed."""
+    old = readme.read_text()
+    if BEGIN not in old or END not in old:
+        raise SystemExit(f"{readme}: no {BEGIN} ... {END} markers")
+    a, b = old.index(BEGIN) + len(BEGIN), old.index(END)
+    new = old[:a] + "\n" + text + "\n" + old[b:]
+    if new != old:
+        readme.write_text(new)
+    return new != old
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--write", action="store_true", help="replace the table in README.md")
+    args = p.parse_args()
+    text = table(load_runs())
+    print(text)
+    if args.write:
+        print(
+            "README.md " + ("updated" if replace_in_readme(text) else "already up to date"), file=sys.stderr
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

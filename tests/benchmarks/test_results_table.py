@@ -1,0 +1,44 @@
+"""The README's results table is generated from the committed results: it cannot drift from them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "benchmarks" / "results_table.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_table_is_the_one_the_results_give() -> None:
+    rt = _module()
+    readme = (ROOT / "README.md").read_text()
+    between = readme[readme.index(rt.BEGIN) + len(rt.BEGIN) : readme.index(rt.END)]
+    assert between.strip() == rt.table(rt.load_runs()).strip(), "run `make results` and commit README.md"
+
+
+def test_cells_are_the_mean_and_range_over_runs(tmp_path: Path) -> None:
+    rt = _module()
+
+    def run(seed: int, hit: float) -> dict:
+        overall = {"hit@1": hit, "hit@10": 0.9, "median_error_m": 4.0, "within_10m": hit, "within_25m": hit}
+        row = {"variant": "default", "exact": False, "protocol": "cross-area", "city_given": True,
+               "overall": overall, "search_ms": {"p50": 250.0}}  # fmt: skip
+        ignored = {**row, "variant": "tile centre (no fine stage)"}
+        machine = {"cpu": "Test CPU", "avx512_bf16": False}
+        ck = {"track": "offset", "minutes": 10, "precision": "fp32", "epochs": 6, "seed": seed}
+        return {"rows": [row, ignored], "machine": machine, "checkpoint": ck, "per_city": 30}
+
+    for seed, hit in ((0, 0.6), (1, 0.8)):
+        (tmp_path / f"served-test-seed{seed}.json").write_text(json.dumps(run(seed, hit)))
+    text = rt.table(rt.load_runs(tmp_path))
+    row = next(line for line in text.splitlines() if line.startswith("| unseen cities"))
+    assert "0.70 (0.60–0.80)" in row and "250 ms" in row and "| — |" in row  # no city right: city given
+    assert "2 run(s) (seeds 0, 1)" in text and "Test CPU" in text and "6, 6 epochs" in text
