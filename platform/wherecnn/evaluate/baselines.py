@@ -305,7 +305,7 @@ def fit_baseline(
 ) -> BaselineEmbedder:
     """A baseline fitted on (at most ``max_pairs``) training pairs of the track under the protocol."""
     from wherecnn.data.torchdata import load_pairs
-    from wherecnn.evaluate.evaluation import _num, load_images
+    from wherecnn.evaluate.evaluation import load_images, number_or_none
 
     pairs = load_pairs(data_dir, track=track, protocol=protocol, split="train")
     if len(pairs) < 3:
@@ -319,8 +319,8 @@ def fit_baseline(
     return emb.fit(
         load_images(list(pairs["ground_uri"])),
         load_images(list(pairs["tile_uri"])),
-        heading_deg=[_num(v) for v in pairs["heading_deg"]],
-        fov_deg=[_num(v) for v in pairs["fov_deg"]],
+        heading_deg=[number_or_none(v) for v in pairs["heading_deg"]],
+        fov_deg=[number_or_none(v) for v in pairs["fov_deg"]],
     )
 
 

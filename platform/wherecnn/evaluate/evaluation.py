@@ -328,14 +328,15 @@ def embed_queries(embedder: EmbedderLike, queries: pd.DataFrame, batch: int = 25
         parts.append(
             embedder.ground(
                 load_images(list(q["ground_uri"])),
-                heading_deg=[_num(v) for v in q["heading_deg"]],
-                fov_deg=[_num(v) for v in q["fov_deg"]],
+                heading_deg=[number_or_none(v) for v in q["heading_deg"]],
+                fov_deg=[number_or_none(v) for v in q["fov_deg"]],
             )
         )
     return np.concatenate(parts).astype(np.float32)
 
 
-def _num(value: Any) -> float | None:
+def number_or_none(value: Any) -> float | None:
+    """A manifest's optional number (heading, field of view): None for missing or NaN."""
     try:
         v = float(value)
     except (TypeError, ValueError):

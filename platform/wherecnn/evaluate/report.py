@@ -207,7 +207,7 @@ def plot_activations(section: Section, path: Path, n: int = 3) -> bool:
     if section.embedder is None or getattr(section.embedder, "model", None) is None:
         return False
     from wherecnn.evaluate.activations import pair_maps
-    from wherecnn.evaluate.evaluation import _num
+    from wherecnn.evaluate.evaluation import number_or_none
 
     picks = _example_queries(section.main, n)
     if not picks:
@@ -219,8 +219,9 @@ def plot_activations(section: Section, path: Path, n: int = 3) -> bool:
         cs = section.sets[ci]
         q = cs.queries.iloc[qi]
         tile_uri = cs.gallery["uri"].iloc[int(cs.positives[qi])]
+        heading, fov = number_or_none(q["heading_deg"]), number_or_none(q["fov_deg"])
         maps = pair_maps(section.embedder, _load(q["ground_uri"]), _load(tile_uri),
-                         heading_deg=_num(q["heading_deg"]), fov_deg=_num(q["fov_deg"]))  # fmt: skip
+                         heading_deg=heading, fov_deg=fov)  # fmt: skip
         for col, (img, heat, label) in enumerate(
             (
                 (maps.ground, maps.ground_cam, "ground Grad-CAM"),

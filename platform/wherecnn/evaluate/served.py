@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from wherecnn.evaluate.evaluation import number_or_none
+
 WITHIN_M = (5, 10, 25, 50)
 HIT_KS = (1, 10)
 
@@ -147,8 +149,8 @@ def answer_queries(
             q.uri,
             cities=[q.city] if city_given else None,
             k=k,
-            heading_deg=_num(q.heading_deg),
-            fov_deg=_num(q.fov_deg),
+            heading_deg=number_or_none(q.heading_deg),
+            fov_deg=number_or_none(q.fov_deg),
         )
         ms = (time.perf_counter() - t0) * 1e3
         best = res.best
@@ -183,14 +185,6 @@ def answer_queries(
         if on_query is not None:
             on_query(i)
     return pd.DataFrame(rows)
-
-
-def _num(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if np.isnan(v) else v
 
 
 def evaluate_served(

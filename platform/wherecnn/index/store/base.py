@@ -239,6 +239,18 @@ class VectorStore(ABC):
     def describe(self, about: dict[str, Any], version: str | None = None) -> None:
         """Record what a version holds (`VersionInfo.about`); default: the version being built."""
 
+    def _describe_target(self, version: str | None) -> str:
+        """The version `describe` writes to: the one given, else the one being built."""
+        self._writable()
+        target = version or self.building
+        if target is None:
+            raise StoreError("describe: no version given and none being built")
+        return target
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"store {self!r} was opened read-only")
+
     def live_about(self) -> dict[str, Any]:
         """What the live version holds (empty for an index built before versions recorded it)."""
         live = self.live_version()

@@ -444,12 +444,8 @@ class EdgeStore(VectorStore):
             return version
 
     def describe(self, about: dict[str, Any], version: str | None = None) -> None:
-        self._writable()
         with self._lock:
-            target = version or self._building
-            if target is None:
-                raise StoreError("describe: no version given and none being built")
-            self._write_meta(target, about=dict(about))
+            self._write_meta(self._describe_target(version), about=dict(about))
 
     def detach(self) -> None:
         """Stop targeting the version being built (it stays, to be resumed or pruned); target the live one."""

@@ -384,11 +384,8 @@ class ServerStore(VectorStore):
             return version
 
     def describe(self, about: dict[str, Any], version: str | None = None) -> None:
-        self._writable()
         with self._lock:
-            target = version or self._building
-            if target is None:
-                raise StoreError("describe: no version given and none being built")
+            target = self._describe_target(version)
             if self._exists(target):
                 self._set_meta(target, about=dict(about))
             elif target == self._building:  # created at its first write
