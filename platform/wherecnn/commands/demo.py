@@ -78,7 +78,8 @@ def demo(
         for col in ("capture", "true city", "best guess", "confidence", "error"):
             searches.add_column(col)
         for s in result.searches:
-            err = "—" if s["error_m"] is None else f"{s['error_m']:.0f} m"
+            e = s["error_m"]
+            err = "—" if e is None else (f"{e:.0f} m" if e < 10_000 else f"{e / 1000:,.0f} km")
             conf = "—" if s["confidence"] is None else f"{s['confidence']:.2f}"
             guess = f"{s['best_city']} ({s['best_lat']:.5f}, {s['best_lon']:.5f})" if s["best_city"] else "—"
             searches.add_row(s["capture_id"], s["city"], guess, conf, err)

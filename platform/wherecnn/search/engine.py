@@ -251,7 +251,12 @@ class SearchEngine:
                 "checkpoint",
                 f"the index holds {dim}-value vectors, the checkpoint makes {self.embedder.embed_dim}",
             )
-        self.retrieval = self._retrieval_override or RetrievalSettings.from_dict(about.get("retrieval"))
+        recorded = RetrievalSettings.from_dict(about.get("retrieval"))
+        override = self._retrieval_override
+        # query-side settings may be overridden; how tiles are stored is the index's
+        self.retrieval = (
+            override.model_copy(update={"index_views": recorded.index_views}) if override else recorded
+        )
         self.retriever.settings = self.retrieval
 
     def cities(self) -> list[str]:
