@@ -31,7 +31,10 @@ COLUMNS = (
 
 
 def load_runs(results: Path = RESULTS) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(results.glob("served-test-*.json"))]
+    """The panorama runs with the heading given (photo and no-heading runs are other tables' rows)."""
+    runs = [json.loads(p.read_text()) for p in sorted(results.glob("served-test-*.json"))]
+    wanted = ("panorama", "given")
+    return [r for r in runs if (r.get("kind", "panorama"), r.get("heading", "given")) == wanted]
 
 
 def _cell(values: list[float], fmt: str) -> str:

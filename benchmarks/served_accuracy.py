@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.data, protocol=protocol, kind=args.kind, per_city=args.per_city, seed=args.seed,
                 split=args.split, cities=args.cities,
             )  # fmt: skip
+            if args.no_heading:
+                queries["heading_deg"] = float("nan")  # searched as a user without a compass would
             plan = [(name, spec, True, False) for name, spec in variants.items()]
             if not args.no_unknown:
                 plan.append(("default", {}, False, False))  # city unknown
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": checkpoint_info(args.checkpoint),
         "data": str(args.data),
         "kind": args.kind,
+        "heading": "unknown" if args.no_heading else "given",
         "per_city": args.per_city,
         "seed": args.seed,
         "split": args.split,
@@ -169,6 +172,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", help="test (report) or val (choose settings on)")
     p.add_argument("--cities", type=lambda s: s.split(","), help="only these cities' queries")
+    p.add_argument("--no-heading", action="store_true", help="search without the captures' headings")
     p.add_argument("--no-unknown", action="store_true", help="skip the city-unknown row")
     p.add_argument("--variant", action="append", help='NAME={"candidates": 4, ...} (repeatable)')
     p.add_argument("--reference", action="store_true", help="also the exact coarse stage (in-memory check)")
