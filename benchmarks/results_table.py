@@ -23,7 +23,7 @@ BEGIN, END = "<!-- results:begin (benchmarks/results_table.py) -->", "<!-- resul
 COLUMNS = (
     ("hit@1", "hit@1", "{:.2f}"),
     ("hit@10", "hit@10", "{:.2f}"),
-    ("median_error_m", "median error", "{:.0f} m"),
+    ("median_error_m", "median error (mean of the cities')", "{:.0f} m"),
     ("within_10m", "within 10 m", "{:.2f}"),
     ("within_25m", "within 25 m", "{:.2f}"),
     ("city_right", "city right", "{:.2f}"),
