@@ -116,13 +116,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.no_heading:
                 queries["heading_deg"] = float("nan")  # searched as a user without a compass would
             plan = [(name, spec, True, False) for name, spec in variants.items()]
+            if args.hub_weight is not None:
+                plan.append((f"hub weight {args.hub_weight:g}", {"hub_weight": args.hub_weight}, True, False))
             if not args.no_unknown:
                 plan.append(("default", {}, False, False))  # city unknown
             if args.reference:
                 plan.append(("reference (exact coarse)", {}, True, True))
             for name, spec, given, exact in plan:
+                spec = dict(spec)
+                hub = spec.pop("hub_weight", None)
                 settings = RetrievalSettings.from_dict(recorded, **spec)
-                engine = SearchEngine(vs, embedder, retrieval=settings, exact=exact)
+                engine = SearchEngine(vs, embedder, retrieval=settings, exact=exact, hub_weight=hub)
                 engine.warm()  # what a server computes before it reports ready
                 engine.search(queries["uri"].iloc[0], cities=[queries["city"].iloc[0]])  # the model's kernels
                 outcomes = answer_queries(engine, queries, tiles, city_given=given)
@@ -173,6 +177,7 @@ def main() -> None:
     p.add_argument("--split", default="test", help="test (report) or val (choose settings on)")
     p.add_argument("--cities", type=lambda s: s.split(","), help="only these cities' queries")
     p.add_argument("--no-heading", action="store_true", help="search without the captures' headings")
+    p.add_argument("--hub-weight", type=float, help="also the default with this hub correction weight")
     p.add_argument("--no-unknown", action="store_true", help="skip the city-unknown row")
     p.add_argument("--variant", action="append", help='NAME={"candidates": 4, ...} (repeatable)')
     p.add_argument("--reference", action="store_true", help="also the exact coarse stage (in-memory check)")

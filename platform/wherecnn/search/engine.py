@@ -167,6 +167,7 @@ class SearchEngine:
         separation_m: float = DEFAULT_SEPARATION_M,
         retrieval: RetrievalSettings | None = None,
         exact: bool = False,
+        hub_weight: float | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -183,7 +184,7 @@ class SearchEngine:
         # the model's hub correction (config hub_correction): each tile scores its cosine minus the weight
         # times its hubness among its city's tiles, as `wherecnn evaluate` scores (metrics.hub_corrected)
         card = getattr(embedder, "card", None) or {}
-        self.hub = HubCorrection.from_config(card.get("config") or {})
+        self.hub = HubCorrection.from_config(card.get("config") or {}, hub_weight)  # hub_weight: replaces
         self.retriever = Retriever(
             store,
             embedder.aerial,
