@@ -92,10 +92,11 @@ class TilePoint:
         return (arr if arr.ndim == 2 else arr.reshape(-1)).tolist()  # type: ignore[no-any-return]
 
     @property
-    def views(self) -> int:
-        """How many vectors the point holds (a multivector's rows; 1 for a plain vector)."""
+    def shape(self) -> tuple[int, int]:
+        """(views, dim): how many vectors the point holds (a multivector's rows; 1 for a plain vector) and
+        their length."""
         arr = np.asarray(self.vector)
-        return int(arr.shape[0]) if arr.ndim == 2 else 1
+        return (int(arr.shape[0]), int(arr.shape[1])) if arr.ndim == 2 else (1, int(arr.size))
 
 
 @dataclass(frozen=True)
@@ -247,9 +248,9 @@ class VectorStore(ABC):
             raise StoreError("describe: no version given and none being built")
         return target
 
+    @abstractmethod
     def _writable(self) -> None:
-        if self.read_only:
-            raise StoreError(f"store {self!r} was opened read-only")
+        """Raise `StoreError` (naming the store) when it was opened read-only."""
 
     def live_about(self) -> dict[str, Any]:
         """What the live version holds (empty for an index built before versions recorded it)."""

@@ -228,8 +228,8 @@ class EdgeStore(VectorStore):
         with self._lock:
             for batch in _batches(points, batch_size):
                 vectors = [p.vector_list() for p in batch]
-                shape = np.asarray(vectors[0]).shape
-                shard = self._handle(create_dim=int(shape[-1]), views=batch[0].views)
+                views, dim = batch[0].shape
+                shard = self._handle(create_dim=dim, views=views)
                 ops = [
                     qe.Point(point_id(p.tile_id), v, p.full_payload())
                     for p, v in zip(batch, vectors, strict=True)

@@ -186,7 +186,8 @@ class ServerStore(VectorStore):
         with self._lock:
             for batch in _batches(points, batch_size):
                 vectors = [p.vector_list() for p in batch]
-                target = self._write_target(int(np.asarray(vectors[0]).shape[-1]), batch[0].views)
+                views, dim = batch[0].shape
+                target = self._write_target(dim, views)
                 structs = [
                     m.PointStruct(id=point_id(p.tile_id), vector=v, payload=p.full_payload())
                     for p, v in zip(batch, vectors, strict=True)
