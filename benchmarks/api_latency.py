@@ -47,8 +47,7 @@ def build_tiny_index(root: Path, console: Any) -> tuple[str, str, str]:
     """Tiny synthetic world → untrained `dual-cpu` checkpoint → Qdrant Edge index: (store, ckpt, data)."""
     import torch
     from wherecnn.data.synthetic import generate
-    from wherecnn.evaluate.served import grid_tiles
-    from wherecnn.index.pipeline import run_index
+    from wherecnn.evaluate.served import index_grid
     from wherecnn.models.embedder import Embedder
     from wherecnn.train.checkpoint import save_checkpoint
 
@@ -65,10 +64,7 @@ def build_tiny_index(root: Path, console: Any) -> tuple[str, str, str]:
         history=[],
     )
     with console.status("indexing the grid tiles (the fine stage's views included)…"):
-        run_index(
-            str(data / "tiles.parquet"), str(root / "checkpoint"), f"edge://{root / 'index'}", use_ray=False,
-            frame=grid_tiles(data), run_dir=root / "run", show_progress=False,
-        )  # fmt: skip
+        index_grid(data, str(root / "checkpoint"), f"edge://{root / 'index'}", run_dir=root / "run")
     return f"edge://{root / 'index'}", str(root / "checkpoint"), str(data)
 
 

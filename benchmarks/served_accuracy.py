@@ -71,20 +71,19 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
 def build_index(
     data: str, checkpoint: str, store: str, index_views: int, cities: list[str] | None
 ) -> dict[str, Any]:
-    from wherecnn.evaluate.served import grid_tiles
-    from wherecnn.index.pipeline import run_index
+    from wherecnn.evaluate.served import index_grid
     from wherecnn.retrieval.settings import RetrievalSettings
 
-    tiles = grid_tiles(data)
-    if cities:
-        tiles = tiles[tiles["city"].isin(cities)].reset_index(drop=True)
     t0 = time.perf_counter()
-    summary = run_index(
-        str(Path(data) / "tiles.parquet"), checkpoint, store, use_ray=False, frame=tiles,
-        run_dir=Path(tempfile.mkdtemp(prefix="served-run-")), show_progress=False,
+    summary = index_grid(
+        data, checkpoint, store, run_dir=tempfile.mkdtemp(prefix="served-run-"), cities=cities,
         retrieval=RetrievalSettings(index_views=index_views),
     )  # fmt: skip
-    return {"tiles": len(tiles), "points": summary.points, "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "tiles": summary.manifest_tiles,
+        "points": summary.points,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

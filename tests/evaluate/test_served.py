@@ -17,20 +17,16 @@ SMALL = RetrievalSettings(candidates=3, refine_centres=3, refine_keep=1, refine_
 
 @pytest.fixture(scope="module")
 def served(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from wherecnn.index.pipeline import run_index
+    from wherecnn.evaluate.served import index_grid
     from wherecnn.index.store import open_store
     from wherecnn.models.embedder import Embedder
 
     root = tmp_path_factory.mktemp("served")
     store = f"edge://{root}/index"
-    tiles = grid_tiles(tiny_world)
-    run_index(
-        str(tiny_world / "tiles.parquet"), "untrained:dual-cpu", store, use_ray=False, frame=tiles,
-        run_dir=root / "run", show_progress=False, retrieval=SMALL,
-    )  # fmt: skip
+    index_grid(tiny_world, "untrained:dual-cpu", store, run_dir=root / "run", retrieval=SMALL)
     vs = open_store(store, read_only=True)
     try:
-        yield {"store": vs, "tiles": tiles, "embedder": Embedder.untrained("dual-cpu")}
+        yield {"store": vs, "tiles": grid_tiles(tiny_world), "embedder": Embedder.untrained("dual-cpu")}
     finally:
         vs.close()
 

@@ -37,6 +37,28 @@ def grid_tiles(data_dir: str | Path) -> pd.DataFrame:
     return tiles.reset_index(drop=True)
 
 
+def index_grid(
+    data_dir: str | Path,
+    checkpoint: str,
+    store: str,
+    *,
+    run_dir: str | Path,
+    cities: Sequence[str] | None = None,
+    retrieval: Any = None,
+) -> Any:
+    """Index the world's grid tiles (of ``cities``, else all) with `run_index`, in process: the served
+    gallery. Returns the `IndexSummary`."""
+    from wherecnn.index.pipeline import run_index
+
+    tiles = grid_tiles(data_dir)
+    if cities:
+        tiles = tiles[tiles["city"].isin(list(cities))].reset_index(drop=True)
+    return run_index(
+        str(Path(data_dir) / "tiles.parquet"), checkpoint, store, use_ray=False, frame=tiles,
+        run_dir=run_dir, show_progress=False, retrieval=retrieval,
+    )  # fmt: skip
+
+
 def anywhere_queries(
     data_dir: str | Path,
     *,
@@ -209,15 +231,10 @@ def evaluate_served(
 
     tiles = grid_tiles(data_dir)
     if store is None:
-        from wherecnn.index.pipeline import run_index
-
         root = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="wherecnn-served-"))
         store = f"edge://{(root / 'index').absolute()}"
         log(f"[served] indexing {len(tiles)} grid tiles into {store}")
-        run_index(
-            str(Path(data_dir) / "tiles.parquet"), checkpoint, store, use_ray=False, frame=tiles,
-            run_dir=root / "index-run", show_progress=False,
-        )  # fmt: skip
+        index_grid(data_dir, checkpoint, store, run_dir=root / "index-run")
     out: dict[str, Any] = {}
     vs = open_store(store, read_only=True)
     try:
