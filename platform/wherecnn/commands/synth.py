@@ -1,4 +1,4 @@
-"""`wherecnn synth` (the synthetic seven-city world) and `wherecnn tile` (cut tiles from any GeoTIFF)."""
+"""`wherecnn synth` (the synthetic world) and `wherecnn tile` (cut tiles from any GeoTIFF)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _progress():
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
     cities: Annotated[
-        int | None, typer.Option(help="Use the first N of the seven cities (default: per --size).")
+        int | None, typer.Option(help="Use the first N of the eight cities (default: per --size).")
     ] = None,
     size: Annotated[str, typer.Option(help="tiny (2 cities, ~100 places) | small (7 x 1,500) | full.")] = (
         "tiny"
@@ -53,7 +53,8 @@ def synth(
         bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")
     ] = False,
 ) -> None:
-    """Generate the synthetic seven-city world: GeoTIFF orthomosaics, ground views, tiles and manifests."""
+    """Generate the synthetic world (seven cities and a validation city): GeoTIFF orthomosaics, ground views,
+    tiles and manifests."""
     from wherecnn.data.synthetic import SIZES, generate
 
     if size not in SIZES:
@@ -81,7 +82,13 @@ def synth(
     for col in ("city", "style", "CRS", "places", "captures", "grid tiles", "max height m", "seconds"):
         table.add_column(col, justify="left" if col in ("city", "style", "CRS") else "right")
     for c in summary["per_city"]:
-        held = " (held out)" if c["city"] in summary["held_out_cities"] else ""
+        held = (
+            " (held out)"
+            if c["city"] in summary["held_out_cities"]
+            else " (validation)"
+            if c["city"] in summary.get("validation_cities", [])
+            else ""
+        )
         table.add_row(
             c["city"] + held,
             c["style"],
@@ -96,7 +103,8 @@ def synth(
     console.print(
         f"{summary['places']} places, {summary['captures']} captures, {summary['tiles']} tiles "
         f"({summary['grid_tiles']} grid), {summary['pairs']} pairs in {summary['seconds']:.1f} s. "
-        f"Cross-area test cities: {', '.join(summary['held_out_cities']) or 'none'}."
+        f"Cross-area test cities: {', '.join(summary['held_out_cities']) or 'none'}; "
+        f"validation: {', '.join(summary['validation_cities']) or 'none'}."
     )
     if "preview" in summary:
         console.print(f"preview: {summary['preview']}")

@@ -29,7 +29,7 @@ CAPTURE_COLUMNS: dict[str, str] = {
     "uri": "O",
     "split": "O",  # train | val | test under the default protocol (same-area unless ingested otherwise)
 }
-# Optional capture columns: split_cross_area (train | test), kind (panorama | photo), place_id.
+# Optional capture columns: split_cross_area (train | val | test), kind (panorama | photo), place_id.
 
 TILE_COLUMNS: dict[str, str] = {
     "tile_id": "O",

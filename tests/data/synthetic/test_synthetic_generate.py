@@ -146,6 +146,32 @@ def test_cross_area_holds_out_whole_cities(tiny_world: Path) -> None:
     assert set(centred[centred["city"] == "atlanta"]["split_cross_area"]) == {"test"}
 
 
+def test_cross_area_roles_name_a_validation_city_apart_from_the_test_cities() -> None:
+    from wherecnn.data.synthetic.generate import SIZES, cross_area_roles
+    from wherecnn.data.synthetic.world import CITIES
+
+    names = [c.name for c in CITIES[: SIZES["small"].cities]]
+    roles = cross_area_roles(names)
+    assert roles["seattle"] == "val"
+    assert sorted(n for n, r in roles.items() if r == "test") == ["boston", "minneapolis"]
+    assert sorted(n for n, r in roles.items() if r == "train") == sorted(names[:5])
+    # prefixes of CITIES without the named cities: the last city (or two) is the test city, no validation city
+    assert cross_area_roles(names[:2]) == {"chicago": "train", "atlanta": "test"}
+    assert set(cross_area_roles(names[:4]).values()) == {"train", "test"}
+
+
+def test_the_validation_city_is_validation_under_every_protocol(tmp_path: Path) -> None:
+    from wherecnn.data.synthetic.generate import generate
+
+    out = tmp_path / "w"
+    generate(out, size="tiny", cities=8, places_per_city=6, extent_m=220.0, seed=5)
+    caps = read_captures(out)
+    seattle = caps[caps["city"] == "seattle"]
+    assert len(seattle) and set(seattle["split"]) == {"val"} and set(seattle["split_cross_area"]) == {"val"}
+    others = caps[caps["city"] != "seattle"]
+    assert "val" not in set(others["split_cross_area"]) and "train" in set(others["split"])
+
+
 def test_pairs_tracks_and_positives(tiny_world: Path) -> None:
     caps = read_captures(tiny_world).set_index("capture_id")
     tiles = read_tiles(tiny_world).set_index("tile_id")

@@ -1,4 +1,5 @@
-"""`generate()`: the synthetic seven-city world on disk (GeoTIFFs, JPEGs, GeoParquet manifests).
+"""`generate()`: the synthetic world on disk (GeoTIFFs, JPEGs, GeoParquet manifests): seven cities to train
+and test on and a validation city.
 
 Layout under ``out_dir``::
 
@@ -57,8 +58,8 @@ class SizeSpec:
 
 SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec(2, 50, 500.0),
-    "small": SizeSpec(7, 1500, 1700.0),  # 33 x 33 = 1,089 grid tiles per city
-    "full": SizeSpec(7, 5000, 3000.0),
+    "small": SizeSpec(8, 1500, 1700.0),  # 33 x 33 = 1,089 grid tiles per city
+    "full": SizeSpec(8, 5000, 3000.0),
 }
 
 Progress = Callable[[str, int, int, str], None]  # (city, done, total, stage)
@@ -171,13 +172,29 @@ def city_frame(city: City, extent_m: float):
     return crs, float(math.floor(e0 - extent_m / 2)), float(math.floor(n0 + extent_m / 2))
 
 
+# The cross-area protocol on the full world: train on the first five cities, choose settings on seattle (a
+# style no other city has), report on minneapolis and boston. Seattle is last in CITIES, so adding it changed
+# no other city's bytes.
+CROSS_AREA_TEST = ("minneapolis", "boston")
+CROSS_AREA_VAL = ("seattle",)
+
+
+def cross_area_roles(names: list[str]) -> dict[str, str]:
+    """Each city's split under the cross-area protocol: "train", "val" or "test". A validation city's places
+    are "val" under the same-area protocol too: no protocol trains or reports on it.
+
+    The named test and validation cities where the world has them; a world with none of the test cities (the
+    first few of CITIES, e.g. tiny) tests on its last two cities (its last one with fewer than 4)."""
+    test = [n for n in names if n in CROSS_AREA_TEST]
+    if not test:
+        test = names[-2:] if len(names) >= 4 else names[-1:] if len(names) >= 2 else []
+    val = [n for n in names if n in CROSS_AREA_VAL and n not in test]
+    return {n: "test" if n in test else "val" if n in val else "train" for n in names}
+
+
 def held_out_cities(names: list[str]) -> list[str]:
-    """The cities the cross-area protocol tests on: the last two (the last one with fewer than 4 cities)."""
-    if len(names) >= 4:
-        return names[-2:]
-    if len(names) >= 2:
-        return names[-1:]
-    return []
+    """The cities the cross-area protocol tests on (see `cross_area_roles`)."""
+    return [n for n, role in cross_area_roles(names).items() if role == "test"]
 
 
 def generate(
@@ -250,7 +267,9 @@ def _generate(
     if not 1 <= n_cities <= len(CITIES):
         raise ValueError(f"cities must be between 1 and {len(CITIES)}, got {cities}")
     chosen: list[City] = list(CITIES[:n_cities])
-    held = set(held_out_cities([c.name for c in chosen]))
+    roles = cross_area_roles([c.name for c in chosen])
+    held = {n for n, role in roles.items() if role == "test"}
+    validation = sorted(n for n, role in roles.items() if role == "val")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -307,7 +326,9 @@ def _generate(
         lat, lon = from_utm(easting=west + xy[:, 0], northing=south + xy[:, 1], crs=crs)
         place_ids = [f"{city.name}-{i:05d}" for i in range(n_places)]
         split = _same_area_split(xy, world.extent_m, rng)
-        cross = np.where(city.name in held, "test", "train")
+        if roles[city.name] == "val":  # the validation city is no protocol's training or test city
+            split = np.full(len(split), "val", dtype=object)
+        cross = np.array(roles[city.name], dtype=object)
 
         renderer = GroundRenderer(world)
 
@@ -459,13 +480,16 @@ def _generate(
     tiles = gpd.GeoDataFrame(pd.concat(tile_frames, ignore_index=True), geometry="geometry", crs=CRS)
     pairs = pd.concat(pair_rows, ignore_index=True)
     write_manifests(out, captures, tiles, pairs)
-    write_spec(out, seed=seed, extent_m=spec.extent_m, cities=chosen, held_out=sorted(held))
+    write_spec(
+        out, seed=seed, extent_m=spec.extent_m, cities=chosen, held_out=sorted(held), validation=validation
+    )
     summary = {
         "out": str(out),
         "size": size,
         "seed": seed,
         "cities": [c["city"] for c in per_city],
         "held_out_cities": sorted(held),
+        "validation_cities": validation,
         "places": int(sum(c["places"] for c in per_city)),
         "captures": len(captures),
         "tiles": len(tiles),
@@ -482,7 +506,9 @@ def _generate(
     return summary
 
 
-def write_spec(out: Path, *, seed: int, extent_m: float, cities: list[City], held_out: list[str]) -> None:
+def write_spec(
+    out: Path, *, seed: int, extent_m: float, cities: list[City], held_out: list[str], validation: list[str]
+) -> None:
     """``synthetic.json``: what rebuilds this world's cities (fresh training places, see `fresh.py`)."""
     spec = {
         "seed": seed,
@@ -497,6 +523,7 @@ def write_spec(out: Path, *, seed: int, extent_m: float, cities: list[City], hel
         "photo_fov_deg": PHOTO_FOV,
         "cities": [{"name": c.name, "style": c.style, "lat": c.lat, "lon": c.lon} for c in cities],
         "held_out_cities": held_out,
+        "validation_cities": validation,
     }
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 

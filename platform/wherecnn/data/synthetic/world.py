@@ -194,6 +194,28 @@ STYLES: dict[str, Style] = {
         warp_m=14.0,
         district_km2=0.12,
     ),
+    "hillside": Style(
+        (50, 75),
+        (75, 120),
+        7,
+        1.5,
+        16,
+        4,
+        (5, 14),
+        1.0,
+        0.8,
+        0.1,
+        0.35,
+        0.3,
+        0.6,
+        40,
+        ((95, 80, 70), (130, 125, 115), (70, 75, 80), (160, 130, 100), (110, 95, 85)),
+        HOUSE[3:] + OLD[3:],
+        open_class=GRASS,
+        pitched=True,
+        warp_m=22.0,
+        district_km2=0.2,
+    ),
 }
 
 
@@ -215,6 +237,7 @@ CITIES: tuple[City, ...] = (
     City("portland", "waterfront", 45.5152, -122.6784),
     City("minneapolis", "park", 44.9778, -93.2650),
     City("boston", "oldtown", 42.3601, -71.0589),
+    City("seattle", "hillside", 47.6062, -122.3321),  # the cross-area validation city (see generate.py)
 )
 
 CLASS_ALBEDO = np.array(
