@@ -76,6 +76,21 @@ class Settings(BaseSettings):
     )
     quantization: Literal["none", "int8"] = Field("none", description="Scalar quantization of vectors.")
     retention: int = Field(3, description="Index versions kept (live one included).")
+    reindex_min_embedded: float = Field(
+        0.99,
+        ge=0.0,
+        le=1.0,
+        description="Reindex: the share of the frozen manifest's tiles that must be in the new version for "
+        "it to be switched to (missing and unreadable tiles count against it).",
+    )
+    reindex_min_points: int = Field(1, ge=1, description="Reindex: the fewest points a new version may hold.")
+    reindex_max_shrink: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Reindex: refuse a version with more than this share fewer points than the live one "
+        "(`wherecnn reindex --allow-shrink` lets it through).",
+    )
 
     # compute
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")

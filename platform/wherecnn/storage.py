@@ -288,8 +288,11 @@ def _max_pixels_default() -> int:
     return int(get_settings().max_image_pixels)
 
 
-def decode_image(data: bytes, *, max_pixels: int | None = None, name: str = "") -> np.ndarray:
-    """Bytes -> H x W x 3 uint8 RGB, EXIF-transposed.
+def decode_image(
+    data: bytes, *, max_pixels: int | None = None, name: str = "", max_side: int | None = None
+) -> np.ndarray:
+    """Bytes -> H x W x 3 uint8 RGB, EXIF-transposed; with ``max_side``, no side longer than that (a JPEG
+    is decoded at a reduced scale to begin with, so a large photo never occupies its full size in memory).
 
     Safety first: the size is read from the header and checked against ``max_pixels`` (default
     ``settings.max_image_pixels``) before any pixel is decoded, so a decompression bomb costs nothing.
@@ -332,8 +335,12 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, name: str = "") 
         )
     fmt = img.format or "unknown"
     try:
+        if max_side is not None and max(width, height) > max_side:
+            img.draft("RGB", (max_side, max_side))  # JPEG: DCT scaling to the smallest size >= the request
         img.load()
         img = ImageOps.exif_transpose(img) or img
+        if max_side is not None and max(img.size) > max_side:
+            img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc)
         if "truncated" in msg.lower() or "end of file" in msg.lower() or isinstance(exc, EOFError):

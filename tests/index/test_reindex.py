@@ -26,6 +26,8 @@ CKPT = "untrained:dual-cpu"
 @pytest.fixture
 def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    # the tile sets hold 4 bad tiles on purpose (a sixth of them): these tests are about other checks
+    monkeypatch.setenv("WHERECNN_REINDEX_MIN_EMBEDDED", "0.5")
     reset_settings_cache()
     yield s3_server
     reset_settings_cache()
@@ -143,3 +145,62 @@ def test_failed_validation_leaves_live_untouched(s3_env: str, tmp_path: Path) ->
         run_reindex(source, CKPT, store, **kwargs)
     assert store.live_version() == live and store.count() == 4
     store.close()
+
+
+# ------------------------------------------------------------------------------------------ fault matrix
+
+FAULTS = ("all_missing", "all_corrupt", "half_corrupt", "shrunk", "empty_manifest")
+
+
+def _apply(fault: str, root: Path, endpoint: str, bucket: str, prefix: str) -> str:
+    """A source with ``fault`` on S3: a new tile set (12 good, 4 bad) made worse, a shrunk one (2 good), or an
+    empty manifest."""
+    manifest, bad = make_tile_set(root, n_good=2 if fault == "shrunk" else 12, seed=7, prefix="new")
+    frame = pd.read_parquet(manifest)
+    if fault == "shrunk":  # two good tiles and nothing else: a healthy source, just smaller
+        frame[~frame["tile_id"].isin(list(bad))].to_parquet(manifest, index=False)
+    if fault == "empty_manifest":
+        frame.iloc[:0].to_parquet(manifest, index=False)
+    source = upload(manifest.parent, endpoint, bucket, prefix)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/tiles/")["Contents"])
+    if fault == "all_missing":
+        for key in keys:
+            s3.delete_object(Bucket=bucket, Key=key)
+    elif fault in ("all_corrupt", "half_corrupt"):
+        for key in keys if fault == "all_corrupt" else keys[::2]:
+            s3.put_object(Bucket=bucket, Key=key, Body=b"junk, not an image")
+    return source
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_reindex_never_leaves_the_live_index_worse(
+    fault: str, backend: str, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fault is refused with the live version and its points intact, the new version (where it holds
+    anything) marked failed with the reason, and a rerun starting over instead of failing the same way."""
+    monkeypatch.setenv("WHERECNN_REINDEX_MIN_EMBEDDED", "0.99")  # the default
+    reset_settings_cache()
+    writer, reader = open_pair(backend, tmp_path)
+    old, _ = make_tile_set(tmp_path / "old", n_good=8, seed=1, prefix="old")
+    run_index(str(old), CKPT, writer, use_ray=False, run_dir=tmp_path / "r0", show_progress=False)
+    live, before = writer.live_version(), reader.count()
+    source = _apply(fault, tmp_path / "new", s3_env, f"fault-{fault.replace('_', '-')}-{backend}", "src")
+    kwargs = {"use_ray": False, "run_dir": tmp_path / "rx", "show_progress": False, "samples": 2}
+    with pytest.raises(ValidationError) as failure:
+        run_reindex(source, CKPT, writer, **kwargs)
+    assert writer.live_version() == live and reader.count() == before == 8
+    (failed,) = [i for i in writer.versions() if i.status == "failed"]
+    assert failed.reason == str(failure.value) and not failed.live
+    assert sorted(p.name for p in tmp_path.glob("rx*")) == ["rx"]
+    # the rerun archives the failed run and lists the source afresh (it fails again: nothing was fixed)
+    with pytest.raises(ValidationError):
+        run_reindex(source, CKPT, writer, **kwargs)
+    assert [p.name.split("-")[1] for p in tmp_path.glob("rx-*")] == ["failed"]
+    assert writer.live_version() == live and reader.count() == 8
+    if fault == "shrunk":  # the source really shrank: say so, and it switches
+        result = run_reindex(source, CKPT, writer, allow_shrink=True, **kwargs)
+        assert result.summary.switched and reader.count() == 2 and result.checks["live_points"] == 8
+    writer.close()
+    reader.close()

@@ -38,7 +38,7 @@ def assert_error(resp: Any, status: int, code: str, field: str | None = None) ->
     assert err["code"] == code and err["message"]
     if field is not None:
         assert err["field"] == field
-    assert "Traceback" not in resp.text
+    assert "Traceback" not in resp.text and "<class" not in resp.text
     return err
 
 
@@ -118,6 +118,40 @@ def test_unknown_city_bad_k_bad_prior(client: TestClient, tiny_index: TinyIndex)
     assert_error(post(client, img, bbox="1,2,3"), 422, "bad_parameter", "bbox")
     assert_error(post(client, img, bbox="3,2,1,0"), 422, "bad_parameter", "bbox")
     assert_error(client.post("/v1/search", data={"k": "3"}), 422, "invalid_request", "image")
+
+
+def test_error_messages_quote_only_a_short_prefix_of_the_input(
+    client: TestClient, tiny_index: TinyIndex
+) -> None:
+    img = tiny_index.png(tiny_index.pattern(3))
+    resp = post(client, img, city="z" * 100_000)
+    err = assert_error(resp, 422, "unknown_city", "city")
+    assert len(resp.content) < 1_000 and "z" * 40 in err["message"] and "z" * 41 not in err["message"]
+    for name, value in (("k", "9" * 5_000 + "x"), ("lat", "n" * 5_000), ("bbox", "1," * 3_000)):
+        resp = post(
+            client, img, **({name: value, "lon": "0", "radius_m": "10"} if name == "lat" else {name: value})
+        )
+        assert_error(resp, 422, "bad_parameter", name)
+        assert len(resp.content) < 1_000, name
+
+
+def test_a_tile_whose_image_is_gone_or_unreadable_says_so(client: TestClient, tiny_index: TinyIndex) -> None:
+    from pathlib import Path
+
+    tile = tiny_index.tiles[0]
+    path = Path(str(tile["uri"]).removeprefix("file://"))
+    original = path.read_bytes()
+    try:
+        path.write_bytes(b"GIF89a, then junk that no decoder reads" * 4)
+        err = assert_error(
+            client.get(f"/v1/tiles/{tile['tile_id']}/image"), 410, "tile_image_unreadable", "tile_id"
+        )
+        assert "GIF89a" not in err["message"] and "junk" not in err["message"]
+        path.unlink()
+        assert_error(client.get(f"/v1/tiles/{tile['tile_id']}/image"), 404, "tile_image_missing", "tile_id")
+    finally:
+        path.write_bytes(original)
+    assert client.get(f"/v1/tiles/{tile['tile_id']}/image").status_code == 200
 
 
 def test_tile_lookup_never_takes_a_path(client: TestClient) -> None:

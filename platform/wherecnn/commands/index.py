@@ -116,7 +116,8 @@ def register(app: typer.Typer) -> None:
 
     @index_app.command("versions")
     def versions(store: str = typer.Option(None, "--store", help=STORE_HELP)) -> None:
-        """List index versions (live one marked, with points and the version it replaced)."""
+        """List index versions (live one marked, with points, the version it replaced, and why a failed one
+        failed)."""
         import datetime as dt
 
         from rich.table import Table
@@ -131,13 +132,15 @@ def register(app: typer.Typer) -> None:
         table.add_column("version", no_wrap=True)
         for col in ("live", "status", "points", "created", "previous", "model"):
             table.add_column(col, overflow="fold")
+        failed = any(i.reason for i in infos)
+        if failed:
+            table.add_column("reason", overflow="fold")
         for i in infos:
             created = dt.datetime.fromtimestamp(i.created, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
             points = "" if i.points is None else str(i.points)
             model = str(i.about.get("model_id", ""))
-            table.add_row(
-                i.version, "*" if i.live else "", i.status, points, created, i.previous or "", model
-            )
+            row = [i.version, "*" if i.live else "", i.status, points, created, i.previous or "", model]
+            table.add_row(*row, *([i.reason or ""] if failed else []))
         _console().print(table)
 
     @index_app.command("rollback")
@@ -191,6 +194,12 @@ def register(app: typer.Typer) -> None:
         no_switch: bool = typer.Option(
             False, "--no-switch", help="Build and validate only; rerunning the same command then switches."
         ),
+        allow_shrink: bool = typer.Option(
+            False,
+            "--allow-shrink",
+            help="Switch even to a version with fewer points than the live one by more than "
+            "WHERECNN_REINDEX_MAX_SHRINK (the source really shrank).",
+        ),
         run_dir: Path = typer.Option(
             None, "--run-dir", help="Run folder (frozen manifest, state); default under work_dir."
         ),
@@ -206,12 +215,22 @@ def register(app: typer.Typer) -> None:
             result = run_reindex(
                 source, settings.checkpoint, settings.store, inventory=inventory, workers=workers,
                 batch_size=batch_size, use_ray=not no_ray, device=settings.device, threads=threads,
-                samples=samples, run_dir=run_dir, switch=not no_switch, settings=settings, console=console,
+                samples=samples, run_dir=run_dir, switch=not no_switch, allow_shrink=allow_shrink,
+                settings=settings, console=console,
             )  # fmt: skip
         except ValidationError as exc:
-            console.print(f"[red]validation failed[/]: {exc}\nthe live version is unchanged.")
+            console.print(
+                f"[red]validation failed[/]: {exc}\nthe live version is unchanged; the new one is marked "
+                "failed (`wherecnn index versions`). A rerun lists the source afresh."
+            )
             raise typer.Exit(1) from None
         print_summary(result.summary, console, title="reindex")
+        if not result.summary.switched:
+            console.print(
+                f"built and validated {result.summary.version}; not switched (--no-switch): rerun without it "
+                "to switch"
+            )
+            return
         console.print(
             f"switched {result.previous or '-'} -> {result.summary.version}; "
             f"pruned {len(result.pruned)}; rollback with `wherecnn index rollback`"

@@ -660,6 +660,16 @@ def store_uri_of(store: VectorStore | str) -> str:
     )
 
 
+def store_key(store: VectorStore | str) -> str:
+    """A short stable name for a store (its URI's digest; an in-process one's identity): run folders are
+    per store, so runs into different stores never share rejects or summaries."""
+    try:
+        uri = store_uri_of(store)
+    except StoreError:
+        uri = f"memory:{id(store)}"
+    return hashlib.sha256(uri.encode()).hexdigest()[:8]
+
+
 def run_index(
     tiles: str,
     checkpoint: str,
@@ -683,9 +693,10 @@ def run_index(
     """Embed a tile manifest into a new store version (resuming a killed run of the same job), switch to it.
 
     ``switch=False`` leaves the built version for the caller (reindex validates first). The version records
-    what it holds (`VersionInfo.about`): the model id, the embedding size and the ``retrieval`` settings
-    (default `RetrievalSettings()`), which search reads back; each point's payload carries its tile's raster
-    window for the fine stage (`retrieval.views.TileWindow`) where the manifest has one.
+    what it holds (`VersionInfo.about`): the model id, the embedding size and the ``retrieval`` settings it
+    was built with (``index_views`` and any query-side ones set explicitly), which search reads back; each
+    point's payload carries its tile's raster window for the fine stage (`retrieval.views.TileWindow`) where
+    the manifest has one.
     """
     from rich.console import Console
 
@@ -698,23 +709,29 @@ def run_index(
         retrieval = retrieval.model_copy(update={"index_views": 1})
     embedder = load_embedder(checkpoint, device)
     model_id = str(embedder.model_id)
-    about = {"model_id": model_id, "dim": int(embedder.embed_dim), "retrieval": retrieval.as_dict()}
+    # the retrieval settings the index needs (how tiles are stored) and any query-side ones set for it;
+    # query-side settings left unset follow the engine's defaults
+    recorded = {**retrieval.model_dump(exclude_unset=True), "index_views": retrieval.index_views}
+    about = {"model_id": model_id, "dim": int(embedder.embed_dim), "retrieval": recorded}
     index_model = model_id if retrieval.index_views == 1 else f"{model_id}|views{retrieval.index_views}"
     tag = tag or job_tag(manifest_digest(frame), index_model)
-    run_path = Path(run_dir) if run_dir else Path(settings.work_dir) / "runs" / f"index-{tag}"
+    owned = isinstance(store, str)
+    vs = open_store(store, settings=settings) if isinstance(store, str) else store
+    run_path = Path(run_dir) if run_dir else Path(settings.work_dir) / "runs" / f"index-{tag}-{store_key(vs)}"
     run_path.mkdir(parents=True, exist_ok=True)
     summary = IndexSummary(
         manifest_tiles=len(frame), engine="ray" if use_ray else "plain", run_dir=str(run_path)
     )
     summary.model_id = model_id
     summary.rejects_file = str(run_path / "rejects.jsonl")
-
-    owned = isinstance(store, str)
-    vs = open_store(store, settings=settings) if isinstance(store, str) else store
     try:
         if switch and _live_tag(vs) == tag:
             summary.up_to_date, summary.version, summary.points = True, vs.live_version(), vs.count()
             summary.switched = True
+            # what the run that built it skipped, as its rejects file says
+            summary.skipped = dict(
+                sorted(Counter(r["reason"] for r in rejects_of(run_path / "rejects.jsonl")).items())
+            )
             console.print(
                 f"[green]up to date[/]: live version {summary.version} already holds this job ({tag})"
             )

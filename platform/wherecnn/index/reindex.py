@@ -3,7 +3,12 @@
 The run folder (``<work_dir>/runs/reindex-<key>``, key = source + store + checkpoint) holds the frozen
 manifest and a small state file, so a killed reindex rerun with the same command sees the same tile set and
 resumes into the same version. Searches keep answering from the live version the whole time; only a
-validated version is ever switched to, and a failed validation leaves the live one untouched and says why.
+validated version is ever switched to. Validation refuses a version that would make things worse than the
+live one: too little of the manifest embedded (`Settings.reindex_min_embedded`), too few points, fewer points
+than the live version by more than `Settings.reindex_max_shrink` (unless ``allow_shrink``), sampled tiles
+that do not find themselves. A refused version is marked ``failed`` with its reason (`wherecnn index
+versions`), the live one is untouched, and a rerun of the same command starts over: it freezes the source
+again (which may have been fixed) into a new version; only a killed run resumes.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from wherecnn.index.pipeline import (
     manifest_uri,
     read_tile_manifest,
     run_index,
-    store_uri_of,
+    store_key,
 )
-from wherecnn.index.store import StoreError, VectorStore, open_store
+from wherecnn.index.store import VectorStore, open_store
 
 FROZEN = "manifest.parquet"
 STATE = "state.json"
@@ -122,15 +127,44 @@ def validate(
     samples: int,
     seed: str,
     settings: Settings,
+    live_points: int | None = None,
+    allow_shrink: bool = False,
 ) -> dict[str, Any]:
-    """Count == tiles - rejects, and sampled known tiles, re-read and re-embedded, find themselves top-1."""
+    """Count == tiles - rejects; enough of the manifest embedded; no fewer points than allowed (at least
+    `reindex_min_points`, and against ``live_points``); sampled known tiles, re-read and re-embedded, find
+    themselves top-1."""
     expected = len(frame) - absent - summary.skipped_total
     points = store.count()
-    checks: dict[str, Any] = {"expected_points": expected, "points": points}
+    share = points / len(frame) if len(frame) else 0.0
+    checks: dict[str, Any] = {
+        "expected_points": expected,
+        "points": points,
+        "manifest_tiles": len(frame),
+        "embedded_share": round(share, 6),
+        "live_points": live_points,
+    }
     if points != expected:
         raise ValidationError(
             f"point count {points} != {expected} (manifest {len(frame)} - absent {absent} - rejected "
             f"{summary.skipped_total}); the new version {summary.version} is incomplete or has strays"
+        )
+    if points < settings.reindex_min_points:
+        raise ValidationError(
+            f"{summary.version} holds {points} points, fewer than reindex_min_points "
+            f"({settings.reindex_min_points}): {summary.skipped_total} of {len(frame)} tiles were skipped "
+            f"({_reasons(summary.skipped)})"
+        )
+    if share < settings.reindex_min_embedded:
+        raise ValidationError(
+            f"{summary.version} holds {points} of the manifest's {len(frame)} tiles ({share:.1%}), under "
+            f"reindex_min_embedded ({settings.reindex_min_embedded:.0%}); skipped: "
+            f"{_reasons(summary.skipped)}"
+        )
+    if live_points and not allow_shrink and points < (1.0 - settings.reindex_max_shrink) * live_points:
+        raise ValidationError(
+            f"{summary.version} holds {points} points against the live version's {live_points}: "
+            f"{1 - points / live_points:.0%} fewer, over reindex_max_shrink "
+            f"({settings.reindex_max_shrink:.0%}); rerun with --allow-shrink if the source really shrank"
         )
     present = store.tile_ids()
     candidates = sorted(set(frame["tile_id"]) & present)
@@ -163,6 +197,10 @@ def validate(
             f"(source changed during the run, or a different model?): " + "; ".join(failures[:5])
         )
     return checks
+
+
+def _reasons(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"
 
 
 # --------------------------------------------------------------------------------------------- entry
@@ -200,25 +238,30 @@ def run_reindex(
     samples: int = 8,
     run_dir: str | Path | None = None,
     switch: bool = True,
+    allow_shrink: bool = False,
     settings: Settings | None = None,
     console: Any = None,
     show_progress: bool = True,
 ) -> ReindexResult:
     """Freeze, embed into a new version (resumable), validate, switch, prune. ``switch=False`` stops after
-    validation (a rerun of the same command then switches)."""
+    validation (a rerun of the same command then switches). A run that failed validation is not resumed: the
+    rerun archives its folder and freezes the source again."""
     from rich.console import Console
 
     settings = settings or get_settings()
     console = console or Console(stderr=True)
-    store_id = store if isinstance(store, str) else _describe(store)
+    store_id = store_key(store)
     run_path = (
         Path(run_dir)
         if run_dir
         else Path(settings.work_dir) / "runs" / f"reindex-{run_key(source, store_id, checkpoint)}"
     )
     state = _state(run_path)
-    if state.get("status") == "switched":  # a finished run: archive it, this is a new reindex
-        run_path.rename(run_path.with_name(f"{run_path.name}-{state.get('version', int(time.time()))}"))
+    if state.get("status") in ("switched", "failed"):  # a finished run: archive it, this is a new reindex
+        if state.get("status") == "failed":
+            console.print(f"the last reindex of this source failed ({state.get('reason')}); starting over")
+        suffix = f"{state.get('status')}-{state.get('version') or int(time.time())}"
+        run_path.rename(run_path.with_name(f"{run_path.name}-{suffix}"))
         state = {}
     run_path.mkdir(parents=True, exist_ok=True)
     if "run_id" not in state:
@@ -232,6 +275,8 @@ def run_reindex(
     owned = isinstance(store, str)
     vs = open_store(store, settings=settings) if isinstance(store, str) else store
     try:
+        # the live version's size as recorded (Edge: without opening it, which a reader may hold)
+        live_points = next((i.points for i in vs.versions() if i.live), None)
         summary = run_index(
             str(run_path / FROZEN), checkpoint, vs, workers=workers, batch_size=batch_size, use_ray=use_ray,
             device=device, threads=threads, run_dir=run_path, switch=False, tag=f"rx-{run_id}",
@@ -247,11 +292,15 @@ def run_reindex(
         try:
             result.checks = validate(
                 vs, frame, summary, 0, checkpoint=checkpoint, device=device, samples=samples, seed=run_id,
-                settings=settings,
+                settings=settings, live_points=live_points, allow_shrink=allow_shrink,
             )  # fmt: skip
         except ValidationError as exc:
             _save_state(run_path, status="failed", version=summary.version, reason=str(exc))
+            vs.mark_failed(str(exc), summary.version)
             vs.detach()
+            (run_path / "summary.json").write_text(
+                json.dumps({**summary.to_json(), "failed": str(exc)}, indent=1)
+            )
             raise
         _save_state(run_path, status="validated", version=summary.version, checks=result.checks)
         if not switch:
@@ -270,13 +319,6 @@ def run_reindex(
     finally:
         if owned:
             vs.close()
-
-
-def _describe(store: VectorStore) -> str:
-    try:
-        return store_uri_of(store)
-    except StoreError:
-        return f"memory:{id(store)}"
 
 
 def _append_absent(path: Path, absent: pd.DataFrame) -> None:

@@ -41,8 +41,24 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
+# An error message quotes at most this much of any input it echoes, and is at most MAX_MESSAGE long.
+MAX_QUOTE = 40
+MAX_MESSAGE = 500
+_QUOTED = re.compile(f"'([^']{{{MAX_QUOTE}}})[^']+'|\"([^\"]{{{MAX_QUOTE}}})[^\"]+\"")
+_TYPE_NAME = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
+
+
+def public_message(message: str) -> str:
+    """A message fit to send back: quoted inputs cut to their first `MAX_QUOTE` characters, Python type reprs
+    (``<class 'str'>``) reduced to their name, the whole capped at `MAX_MESSAGE`."""
+    text = _TYPE_NAME.sub(r"\1", str(message))
+    text = _QUOTED.sub(lambda m: f"'{m.group(1) or m.group(2)}…'", text)
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
 def _error(status: int, code: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "field": field}}
+    short_field = None if field is None else public_message(field)[:MAX_QUOTE]
+    body = {"error": {"code": code, "message": public_message(message), "field": short_field}}
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
@@ -319,8 +335,14 @@ def _image_response(uri: str, tile_id: str) -> Response:
         else:  # a GeoTIFF or other format browsers cannot show: re-encode as PNG
             try:
                 arr = storage.decode_image(data, name=tile_id)
-            except storage.ImageDecodeError as exc:
-                raise ApiError(500, "tile_image_unreadable", str(exc)) from None
+            except storage.ImageDecodeError:
+                raise ApiError(
+                    410,
+                    "tile_image_unreadable",
+                    f"the image of tile {tile_id!r} is no longer a readable image (changed after indexing); "
+                    "reindex to refresh the tile",
+                    "tile_id",
+                ) from None
             buf = io.BytesIO()
             Image.fromarray(arr).save(buf, format="PNG")
             data, media = buf.getvalue(), "image/png"

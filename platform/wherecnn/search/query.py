@@ -26,6 +26,9 @@ PANORAMA_MIN_ASPECT = 2.0
 DEFAULT_PHOTO_FOV_DEG = 90.0
 MAX_K = 1000
 MAX_RADIUS_M = 1_000_000.0
+# A query is decoded to at most this many pixels a side (the models see 256 or fewer): a 6000 x 6000 upload
+# costs what a 2048 x 2048 one does.
+QUERY_MAX_SIDE = 2048
 
 
 def image_size_from_header(data: bytes, *, name: str = "image") -> tuple[int, int]:
@@ -55,7 +58,7 @@ def decode_query(data: bytes, *, max_pixels: int | None, name: str = "image") ->
             name, f"{width}×{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} pixels"
         )
     try:
-        return decode_image(bytes(data), max_pixels=max_pixels, name=name)
+        return decode_image(bytes(data), max_pixels=max_pixels, name=name, max_side=QUERY_MAX_SIDE)
     except ImageDecodeError as exc:
         raise NotAnImageError(name, str(exc)) from None
 

@@ -108,7 +108,8 @@ class Hit:
 
 @dataclass
 class VersionInfo:
-    """One version of the index. `status` is ``building`` until the build is finished, then ``ready``."""
+    """One version of the index. `status` is ``building`` until the build is finished, then ``ready``;
+    ``failed`` (with its ``reason``) when a reindex refused it: it is never switched to, and pruned."""
 
     version: str
     status: str = "building"
@@ -120,6 +121,7 @@ class VersionInfo:
     live: bool = False
     # what the version holds, written by `wherecnn index`: model_id, dim, retrieval (its settings)
     about: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why a failed version failed
 
     def to_meta(self) -> dict[str, Any]:
         meta = {
@@ -130,6 +132,8 @@ class VersionInfo:
             "previous": self.previous,
             "switched_at": self.switched_at,
         }
+        if self.reason:
+            meta["reason"] = self.reason
         return {**meta, "about": self.about} if self.about else meta
 
     @classmethod
@@ -142,6 +146,7 @@ class VersionInfo:
             previous=meta.get("previous"),
             switched_at=meta.get("switched_at"),
             about=dict(meta.get("about") or {}),
+            reason=meta.get("reason"),
         )
 
 
@@ -256,6 +261,11 @@ class VectorStore(ABC):
         """What the live version holds (empty for an index built before versions recorded it)."""
         live = self.live_version()
         return next((dict(i.about) for i in self.versions() if i.version == live), {})
+
+    @abstractmethod
+    def mark_failed(self, reason: str, version: str | None = None) -> bool:
+        """Mark a version that is not live ``failed`` with the reason (default: the one being built); False
+        when it holds nothing to mark (a server creates a version at its first point)."""
 
     @abstractmethod
     def detach(self) -> None:

@@ -447,6 +447,14 @@ class EdgeStore(VectorStore):
         with self._lock:
             self._write_meta(self._describe_target(version), about=dict(about))
 
+    def mark_failed(self, reason: str, version: str | None = None) -> bool:
+        with self._lock:
+            target = self._describe_target(version)
+            if target == self.live_version():
+                raise StoreError(f"mark_failed: {target} is the live version")
+            self._write_meta(target, status="failed", reason=reason)
+            return True
+
     def detach(self) -> None:
         """Stop targeting the version being built (it stays, to be resumed or pruned); target the live one."""
         with self._lock:

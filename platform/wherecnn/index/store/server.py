@@ -394,6 +394,16 @@ class ServerStore(VectorStore):
             else:
                 raise StoreError(f"describe: unknown version {target!r}")
 
+    def mark_failed(self, reason: str, version: str | None = None) -> bool:
+        with self._lock:
+            target = self._describe_target(version)
+            if target == self.live_version():
+                raise StoreError(f"mark_failed: {target} is the live version")
+            if not self._exists(target):
+                return False
+            self._set_meta(target, status="failed", reason=reason)
+            return True
+
     def detach(self) -> None:
         """Stop targeting the version being built (it stays, to be resumed or pruned); target the live one."""
         with self._lock:
