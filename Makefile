@@ -61,12 +61,20 @@ bench: $(STAMP)
 	for b in benchmarks/*.py; do case $$b in *accuracy.py|*results_table.py) continue;; esac; \
 	  $(PY) $$b || exit 1; done
 
-# the anywhere protocol through the demo's index and checkpoint (test places), then the README's table
+# the anywhere protocol through the demo's index and checkpoint (test places): panoramas with their heading
+# (both protocols, city given and unknown), then, on the unseen cities, panoramas with the heading off by up
+# to 20 degrees or unknown and 90-degree photos with and without it; then the README's table
 SEED ?= 0
+SERVED = $(PY) benchmarks/served_accuracy.py --data $(DEMO_DIR)/data --checkpoint $(DEMO_DIR)/checkpoint \
+	  --store edge://$(abspath $(DEMO_DIR))/index --split test --per-city 30
+SERVED_KIND = --protocols cross-area --no-tile-centre --no-unknown
 served: $(STAMP)
-	$(PY) benchmarks/served_accuracy.py --data $(DEMO_DIR)/data --checkpoint $(DEMO_DIR)/checkpoint \
-	  --store edge://$(abspath $(DEMO_DIR))/index --split test --per-city 30 --reference \
-	  --out benchmarks/results/served-test-seed$(SEED).json
+	$(SERVED) --reference --out benchmarks/results/served-test-seed$(SEED).json
+	$(SERVED) $(SERVED_KIND) --heading noisy --out benchmarks/results/served-test-seed$(SEED)-heading-noisy.json
+	$(SERVED) $(SERVED_KIND) --heading unknown --out benchmarks/results/served-test-seed$(SEED)-heading-unknown.json
+	$(SERVED) $(SERVED_KIND) --kind photo --out benchmarks/results/served-test-seed$(SEED)-photo.json
+	$(SERVED) $(SERVED_KIND) --kind photo --heading unknown \
+	  --out benchmarks/results/served-test-seed$(SEED)-photo-heading-unknown.json
 	$(MAKE) results
 
 results: $(STAMP)

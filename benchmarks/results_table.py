@@ -1,8 +1,9 @@
 """The README's results table, generated from `benchmarks/results/served-test-*.json` so it cannot drift.
 
 Each file is one `benchmarks/served_accuracy.py --split test` run (one trained checkpoint, one seed): the
-anywhere protocol through the product. One row per query mode (protocol, city given or unknown) for the
-default retrieval settings; each cell the mean over runs, with the range (min-max) when there are several.
+anywhere protocol through the product for one query kind (panorama or photo; heading given, off or unknown).
+One row per query kind and mode (protocol, city given or unknown) for the default retrieval settings; each
+cell the mean over runs, with the range (min-max) when there are several.
 
     .venv/bin/python benchmarks/results_table.py            # print the table
     .venv/bin/python benchmarks/results_table.py --write    # and replace it in README.md (make results)
@@ -27,14 +28,22 @@ COLUMNS = (
     ("within_10m", "within 10 m", "{:.2f}"),
     ("within_25m", "within 25 m", "{:.2f}"),
     ("city_right", "city right", "{:.2f}"),
+    ("heading_error_median_deg", "heading error (median)", "{:.0f}°"),
 )
+# Query kinds in the order the table lists them: (kind, heading) -> what the first column says.
+KINDS = {
+    ("panorama", "given"): "panorama, heading given",
+    ("panorama", "noisy"): "panorama, heading ±20° off",
+    ("panorama", "unknown"): "panorama, heading unknown",
+    ("photo", "given"): "90° photo, heading given",
+    ("photo", "noisy"): "90° photo, heading ±20° off",
+    ("photo", "unknown"): "90° photo, heading unknown",
+}
 
 
 def load_runs(results: Path = RESULTS) -> list[dict[str, Any]]:
-    """The panorama runs with the heading given (photo and no-heading runs are other tables' rows)."""
-    runs = [json.loads(p.read_text()) for p in sorted(results.glob("served-test-*.json"))]
-    wanted = ("panorama", "given")
-    return [r for r in runs if (r.get("kind", "panorama"), r.get("heading", "given")) == wanted]
+    """Every `served_accuracy.py --split test` run (a file per checkpoint and query kind)."""
+    return [json.loads(p.read_text()) for p in sorted(results.glob("served-test-*.json"))]
 
 
 def _cell(values: list[float], fmt: str) -> str:
@@ -47,19 +56,29 @@ def _cell(values: list[float], fmt: str) -> str:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    """Markdown: the modes as rows, the runs' mean (and range) in each cell, and a line saying on what."""
-    modes: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    """Markdown: a row per query kind and mode, the runs' mean (and range) in each cell, and a line saying on
+    what."""
+    modes: dict[tuple[str, str, str, bool], list[dict[str, Any]]] = {}
     for run in runs:
+        kind = (run.get("kind", "panorama"), run.get("heading", "given"))
         for row in run["rows"]:
             if row["variant"] == "default" and not row.get("exact"):
-                modes.setdefault((row["protocol"], row["city_given"]), []).append(row)
-    head = ["query (panorama, heading given)", *(label for _, label, _ in COLUMNS), "query time p50"]
+                modes.setdefault((*kind, row["protocol"], row["city_given"]), []).append(row)
+    order = list(KINDS)
+    head = ["query", *(label for _, label, _ in COLUMNS), "query time p50"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for (protocol, given), rows in sorted(
-        modes.items(), key=lambda m: (m[0][0] != "cross-area", not m[0][1])
+    for (kind, heading, protocol, given), rows in sorted(
+        modes.items(),
+        key=lambda m: (
+            order.index(m[0][:2]) if m[0][:2] in order else len(order),
+            m[0][2] != "cross-area",
+            not m[0][3],
+        ),
     ):
         what = {"cross-area": "unseen cities", "same-area": "new places, seen cities"}.get(protocol, protocol)
-        name = f"{what} ({protocol}), city {'given' if given else 'unknown'}"
+        name = f"{KINDS.get((kind, heading), f'{kind}, heading {heading}')}: {what} ({protocol}), city " + (
+            "given" if given else "unknown"
+        )
         cells = [
             _cell([r["overall"][key] for r in rows if key in r["overall"]], fmt) for key, _, fmt in COLUMNS
         ]
@@ -73,14 +92,14 @@ def table(runs: list[dict[str, Any]]) -> str:
 def _provenance(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "No runs yet: `benchmarks/served_accuracy.py --split test` writes them."
-    ck = [r["checkpoint"] for r in runs]
+    ck = list({json.dumps(r["checkpoint"], sort_keys=True): r["checkpoint"] for r in runs}.values())
     cpus = sorted({f"{r['machine']['cpu']}{' with AVX512-BF16' if r['machine'].get('avx512_bf16') else ''}"
                    for r in runs})  # fmt: skip
     epochs = ", ".join(str(c.get("epochs")) for c in ck)
     seeds = ", ".join(str(c.get("seed")) for c in ck)
     queries = runs[0].get("per_city")
     return (
-        f"{len(runs)} run(s) (seeds {seeds}): `dual-cpu`, {ck[0].get('track')} track, trained "
+        f"{len(ck)} run(s) (seeds {seeds}): `dual-cpu`, {ck[0].get('track')} track, trained "
         f"{ck[0].get('minutes')} minutes on 2 cores of {', '.join(cpus)} ({ck[0].get('precision')}; "
         f"{epochs} epochs); {queries} held-out places a city; query time in process, one query at a time."
     )

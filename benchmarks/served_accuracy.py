@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         built = build_index(args.data, args.checkpoint, store, args.index_views, args.cities)
     tiles = grid_tiles(args.data)
     embedder = Embedder.from_checkpoint(args.checkpoint)
-    variants = dict(DEFAULT_VARIANTS)
+    variants = {} if args.no_tile_centre else dict(DEFAULT_VARIANTS)
+    variants.setdefault("default", {})
     for item in args.variant or []:
         name, _, spec = item.partition("=")
         variants[name] = json.loads(spec)
@@ -112,12 +113,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.data, protocol=protocol, kind=args.kind, per_city=args.per_city, seed=args.seed,
                 split=args.split, cities=args.cities,
             )  # fmt: skip
-            if args.no_heading:
-                queries["heading_deg"] = float("nan")  # searched as a user without a compass would
             plan = [(name, spec, True, False) for name, spec in variants.items()]
             if args.hub_weight is not None:
                 plan.append((f"hub weight {args.hub_weight:g}", {"hub_weight": args.hub_weight}, True, False))
-            if not args.no_unknown:
+            if args.unknown_only:
+                plan = [(name, spec, False, False) for name, spec, _, _ in plan]
+            elif args.unknown_all:
+                plan += [(name, spec, False, False) for name, spec, _, _ in list(plan)]
+            elif not args.no_unknown:
                 plan.append(("default", {}, False, False))  # city unknown
             if args.reference:
                 plan.append(("reference (exact coarse)", {}, True, True))
@@ -128,7 +131,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 engine = SearchEngine(vs, embedder, retrieval=settings, exact=exact, hub_weight=hub)
                 engine.warm()  # what a server computes before it reports ready
                 engine.search(queries["uri"].iloc[0], cities=[queries["city"].iloc[0]])  # the model's kernels
-                outcomes = answer_queries(engine, queries, tiles, city_given=given)
+                outcomes = answer_queries(
+                    engine, queries, tiles, city_given=given, heading=args.heading, seed=args.seed
+                )
                 result = ServedRun(protocol, given, outcomes, retrieval=settings.as_dict())
                 ms = outcomes["search_ms"].to_numpy()
                 row = {"variant": name, "exact": exact, **result.to_json()}
@@ -143,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": checkpoint_info(args.checkpoint),
         "data": str(args.data),
         "kind": args.kind,
-        "heading": "unknown" if args.no_heading else "given",
+        "heading": args.heading,
         "per_city": args.per_city,
         "seed": args.seed,
         "split": args.split,
@@ -155,14 +160,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _line(row: dict[str, Any]) -> str:
     o = row["overall"]
     city = f"{o['city_right']:.3f}" if "city_right" in o else "given"
+    heading = (
+        f"{o['heading_error_median_deg']:.1f} / {o['heading_within_10deg']:.2f}"
+        if "heading_error_median_deg" in o
+        else "-"
+    )
     return (
         f"| {row['protocol']} | {row['variant']} | {city} | {o['hit@1']:.3f} | {o['hit@10']:.3f} | "
         f"{o['median_error_m']:.1f} | {o['within_10m']:.3f} | {o['within_25m']:.3f} | "
-        f"{row['search_ms']['p50']:.0f} / {row['search_ms']['p99']:.0f} |"
+        f"{row['search_ms']['p50']:.0f} / {row['search_ms']['p99']:.0f} | {heading} |"
     )
 
 
 def main() -> None:
+    from wherecnn.evaluate.served import HEADING_MODES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--checkpoint", required=True)
@@ -175,16 +187,27 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", help="test (report) or val (choose settings on)")
     p.add_argument("--cities", type=lambda s: s.split(","), help="only these cities' queries")
-    p.add_argument("--no-heading", action="store_true", help="search without the captures' headings")
+    p.add_argument(
+        "--heading",
+        choices=HEADING_MODES,
+        default="given",
+        help="send the captures' headings as recorded, off by up to 20 degrees, or none (estimated)",
+    )
     p.add_argument("--hub-weight", type=float, help="also the default with this hub correction weight")
     p.add_argument("--no-unknown", action="store_true", help="skip the city-unknown row")
+    p.add_argument("--no-tile-centre", action="store_true", help="skip the row without the fine stage")
+    p.add_argument("--unknown-all", action="store_true", help="every variant with the city unknown too")
+    p.add_argument("--unknown-only", action="store_true", help="every variant with the city unknown only")
     p.add_argument("--variant", action="append", help='NAME={"candidates": 4, ...} (repeatable)')
     p.add_argument("--reference", action="store_true", help="also the exact coarse stage (in-memory check)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "served.json")
     args = p.parse_args()
-    head = "protocol | variant | city right | hit@1 | hit@10 | median m | within 10 m | within 25 m | ms"
+    head = (
+        "protocol | variant | city right | hit@1 | hit@10 | median m | within 10 m | within 25 m | ms | "
+        "heading error ° / within 10°"
+    )
     print(f"| {head} |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("|" + " --- |" * (head.count("|") + 1))
     out = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))

@@ -261,6 +261,8 @@ def sample_searches(paths: DemoPaths, store: Any, *, count: int = 3, seed: int =
                 "best_lon": best.lon if best else None,
                 "confidence": best.confidence if best else None,
                 "position_source": best.position_source if best else None,
+                "heading_deg": best.heading_deg if best else None,  # no heading sent: estimated
+                "heading_source": best.heading_source if best else None,
                 "error_m": float(distance_m(lat1=row.lat, lon1=row.lon, lat2=best.lat, lon2=best.lon))
                 if best
                 else None,

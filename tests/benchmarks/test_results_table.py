@@ -39,6 +39,17 @@ def test_cells_are_the_mean_and_range_over_runs(tmp_path: Path) -> None:
     for seed, hit in ((0, 0.6), (1, 0.8)):
         (tmp_path / f"served-test-seed{seed}.json").write_text(json.dumps(run(seed, hit)))
     text = rt.table(rt.load_runs(tmp_path))
-    row = next(line for line in text.splitlines() if line.startswith("| unseen cities"))
+    row = next(
+        line for line in text.splitlines() if line.startswith("| panorama, heading given: unseen cities")
+    )
     assert "0.70 (0.60–0.80)" in row and "250 ms" in row and "| — |" in row  # no city right: city given
     assert "2 run(s) (seeds 0, 1)" in text and "Test CPU" in text and "6, 6 epochs" in text
+    # another query kind of the same checkpoints: its own row, after the panorama rows, and no new run
+    other = run(0, 0.3) | {"kind": "photo", "heading": "unknown"}
+    other["rows"][0]["overall"] |= {"heading_error_median_deg": 12.0}
+    (tmp_path / "served-test-photo-noheading-seed0.json").write_text(json.dumps(other))
+    lines = rt.table(rt.load_runs(tmp_path)).splitlines()
+    photo = next(i for i, line in enumerate(lines) if line.startswith("| 90° photo, heading unknown: unseen"))
+    assert photo > next(i for i, line in enumerate(lines) if line.startswith("| panorama, heading given"))
+    assert "| 0.30 |" in lines[photo] and "12°" in lines[photo]
+    assert "2 run(s) (seeds 0, 1)" in lines[-1]

@@ -112,3 +112,20 @@ def test_the_http_api_answers_as_the_engine_does(tiny_world: Path, served: dict[
         assert (body["best"]["lat"], body["best"]["lon"]) == pytest.approx((direct.best.lat, direct.best.lon))
         rows = [(r["tile_id"], r["position_source"]) for r in body["results"]]
         assert rows == [(r["tile_id"], r["position_source"]) for r in direct.records()]
+
+
+def test_a_turned_panorama_faces_where_it_says(tmp_path: Path) -> None:
+    """The unknown-heading protocol turns each panorama to a random yaw; the bearing it reports is the one
+    the model's canvas needs to see the original view again."""
+    from PIL import Image
+    from wherecnn.data.torchdata import ground_view
+    from wherecnn.evaluate.served import turned_panorama
+
+    pano = np.random.default_rng(0).integers(0, 255, (64, 256, 3), dtype=np.uint8)
+    path = tmp_path / "pano.png"
+    Image.fromarray(pano).save(path)
+    for yaw in (0.0, 37.0, 200.0, 359.0):
+        turned, heading = turned_panorama(str(path), 10.0, yaw)
+        assert heading == pytest.approx((10.0 + round(yaw / 360 * 256) * 360 / 256) % 360)
+        same = ground_view(turned, (64, 256), heading_deg=heading, fov_deg=360.0)
+        assert np.array_equal(same, ground_view(pano, (64, 256), heading_deg=10.0, fov_deg=360.0)), yaw

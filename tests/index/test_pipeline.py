@@ -118,3 +118,51 @@ def test_ray_index(tile_set: tuple[Path, dict[str, str]], tmp_path: Path) -> Non
         ia, va, _ = a.all_vectors("beta")
         ib, vb, _ = b.all_vectors("beta")
     assert ia == ib and np.allclose(va, vb, atol=1e-5)
+
+
+def test_runs_into_different_stores_keep_their_own_run_folders(
+    tile_set: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One manifest, one model, two stores: two run folders, each with its own rejects and summary; an "up
+    to date" rerun's summary says what the rejects file lists."""
+    from wherecnn.config import reset_settings_cache
+
+    monkeypatch.setenv("WHERECNN_WORK_DIR", str(tmp_path / "work"))
+    reset_settings_cache()
+    try:
+        manifest, bad = tile_set
+        kwargs = {"use_ray": False, "batch_size": 8, "show_progress": False}
+        first = run_index(str(manifest), CKPT, f"edge://{tmp_path / 'a'}", **kwargs)
+        second = run_index(str(manifest), CKPT, f"edge://{tmp_path / 'b'}", **kwargs)
+        assert first.run_dir != second.run_dir
+        assert {Path(first.run_dir).parent, Path(second.run_dir).parent} == {tmp_path / "work" / "runs"}
+        again = run_index(str(manifest), CKPT, f"edge://{tmp_path / 'a'}", **kwargs)
+        assert again.up_to_date and again.run_dir == first.run_dir
+        rejects = rejects_of(Path(again.run_dir) / "rejects.jsonl")
+        assert len(rejects) == len(bad) and again.skipped_total == len(bad) == first.skipped_total
+        written = json.loads((Path(again.run_dir) / "summary.json").read_text())
+        assert sum(written["skipped"].values()) == len(rejects)
+    finally:
+        reset_settings_cache()
+
+
+def test_a_version_records_how_its_tiles_are_stored_and_only_the_query_settings_pinned(
+    tile_set: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    from wherecnn.retrieval.settings import RetrievalSettings
+
+    manifest, _ = tile_set
+    kwargs = {"use_ray": False, "batch_size": 8, "show_progress": False}
+    store = f"edge://{tmp_path / 'pinned'}"
+    run_index(
+        str(manifest),
+        CKPT,
+        store,
+        run_dir=tmp_path / "r",
+        retrieval=RetrievalSettings(candidates=4),
+        **kwargs,
+    )
+    with open_store(store, read_only=True) as vs:
+        recorded = vs.live_about()["retrieval"]
+    assert recorded == {"candidates": 4, "index_views": 1}  # tiles without raster windows: one view each
+    assert RetrievalSettings.from_dict(recorded).coarse_headings == RetrievalSettings().coarse_headings

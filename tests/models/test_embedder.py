@@ -48,6 +48,31 @@ def test_photo_heading_changes_the_embedding() -> None:
         emb.ground(photo, heading_deg=[0.0, 1.0])
 
 
+@pytest.mark.parametrize(("size", "fov"), [((64, 256), None), ((128, 128), 90.0)], ids=["panorama", "photo"])
+def test_turning_by_whole_bearing_columns_is_a_roll_of_the_embedding(
+    size: tuple[int, int], fov: float | None
+) -> None:
+    """`ground_headings` turns by whole columns (45 degrees for dual-cpu) without a forward pass: the same
+    vectors as embedding the image at each heading."""
+    emb = Embedder.untrained("dual-cpu", seed=0)
+    assert emb.model.embedding_columns == 8
+    image = _images(np.random.default_rng(3), 1, *size)[0]
+    headings = [0.0, 15.0, 45.0, 100.0, 180.0, 337.5, 359.0, 405.0]
+    turned = emb.ground_headings(image, headings, fov_deg=fov)
+    direct = emb.ground([image] * len(headings), heading_deg=[h % 360 for h in headings], fov_deg=fov)
+    assert turned.shape == direct.shape == (len(headings), emb.embed_dim)
+    assert np.allclose(turned, direct, atol=1e-4)
+    assert not np.allclose(turned[0], turned[2], atol=1e-3)  # a turn does change the vector
+
+
+def test_models_without_bearing_columns_embed_each_heading() -> None:
+    emb = Embedder.untrained("where-cnn", seed=0)
+    assert emb.model.embedding_columns is None
+    image = _images(np.random.default_rng(4), 1, 128, 128)[0]
+    turned = emb.ground_headings(image, [0.0, 90.0], fov_deg=90.0)
+    assert np.allclose(turned, emb.ground([image] * 2, heading_deg=[0.0, 90.0], fov_deg=90.0), atol=1e-5)
+
+
 def test_photos_are_laid_out_as_the_model_config_says() -> None:
     """`dual-cpu` reprojects a photo onto the canvas (``ground_layout`` "cylinder", over its
     ``canvas_vfov_deg``); a checkpoint trained with the older "canvas" layout keeps it."""

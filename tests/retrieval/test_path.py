@@ -10,6 +10,7 @@ import pytest
 from wherecnn.geo import distance_m
 from wherecnn.index.pipeline import tile_payload
 from wherecnn.index.store import Hit
+from wherecnn.retrieval.headings import Headings
 from wherecnn.retrieval.path import POSITION_REFINED, POSITION_TILE_CENTRE, Candidate, Retriever
 from wherecnn.retrieval.settings import RetrievalSettings
 from wherecnn.retrieval.views import TileWindow, cut_views, pixel_latlon
@@ -155,3 +156,31 @@ def test_settings_refuse_unknown_keys_and_inconsistent_values() -> None:
     recorded = RetrievalSettings(candidates=4).as_dict()
     assert RetrievalSettings.from_dict(recorded, candidates=None).candidates == 4
     assert RetrievalSettings.from_dict(recorded, candidates=0).refines is False
+
+
+def test_an_unknown_heading_is_estimated_with_the_position(grid: pd.DataFrame, store: ListStore) -> None:
+    """The query's view is turned a quarter: only the 90-degree hypothesis sees the tile as stored."""
+    row = _middle(grid)
+    turned = np.ascontiguousarray(np.rot90(_view(row, (0, 0)), k=-1))
+    settings = RetrievalSettings(
+        candidates=4, refine_centres=3, refine_keep=1, refine_local=1, heading_step_deg=90, coarse_headings=4
+    )
+    plan = Headings.plan(settings, None)
+    vectors = pixel_vectors([np.ascontiguousarray(np.rot90(turned, k=int(d // 90))) for d in plan.degrees])
+    retriever = Retriever(store, pixel_vectors, settings)
+    before = len(store.calls)
+    top = retriever.retrieve(vectors, [row["city"]], 5, headings=plan)[row["city"]][0]
+    assert len(store.calls) - before == 4  # one store query per coarse heading
+    assert (top.tile_id, top.heading_deg, top.position_source) == (row["tile_id"], 90.0, POSITION_REFINED)
+    assert len(top.heading_scores) == 4 and int(np.argmax(top.heading_scores)) == 1
+    # at heading 0 alone the tile scores lower
+    alone = retriever.retrieve(vectors[:1], [row["city"]], 5)[row["city"]][0]
+    assert alone.heading_deg is None and alone.score < top.score
+
+
+def test_the_retriever_refuses_vectors_that_do_not_match_the_headings(
+    grid: pd.DataFrame, store: ListStore
+) -> None:
+    plan = Headings.plan(RetrievalSettings(), None)
+    with pytest.raises(ValueError, match="headings"):
+        Retriever(store, pixel_vectors).retrieve(np.ones((2, 3), np.float32), ["x"], 5, headings=plan)

@@ -34,7 +34,19 @@ def test_search_json(demo_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 6 and {r["city"] for r in rows} == {"alpha", "beta"}
-    assert all(set(r) == {"city", "rank", "lat", "lon", "score", "tile_id", "position_source"} for r in rows)
+    keys = {
+        "city",
+        "rank",
+        "lat",
+        "lon",
+        "score",
+        "tile_id",
+        "position_source",
+        "heading_deg",
+        "heading_source",
+    }
+    assert all(set(r) == keys for r in rows)
+    assert {r["heading_source"] for r in rows} == {"estimated"}  # no --heading: estimated with the answer
     alpha = [r for r in rows if r["city"] == "alpha"]
     assert [r["rank"] for r in alpha] == [1, 2, 3]
     # refined answers (placed in metres) first, each kind by score

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from wherecnn.retrieval.settings import RetrievalSettings
 from wherecnn.search import (
     BadParameterError,
     GeoPrior,
@@ -17,6 +18,7 @@ from wherecnn.search import (
     SearchEngine,
     UnknownCityError,
 )
+from wherecnn.search.engine import RANKED_COLUMNS
 
 if TYPE_CHECKING:
     from .conftest import TinyIndex
@@ -145,11 +147,33 @@ def test_bad_prior(lat: float, lon: float, radius: float) -> None:
 def test_panorama_or_photo_by_aspect(engine: SearchEngine, tiny_index: TinyIndex) -> None:
     emb = tiny_index.embedder
     engine.search(np.zeros((32, 128, 3), dtype=np.uint8), k=1)
-    assert emb.calls[-1]["fov_deg"] == [360.0]
+    assert set(emb.calls[-1]["fov_deg"]) == {360.0}
     engine.search(np.zeros((64, 64, 3), dtype=np.uint8), k=1, heading_deg=30.0)
-    assert emb.calls[-1]["fov_deg"] == [90.0] and emb.calls[-1]["heading_deg"] == [30.0]
+    # the given heading and the window around it (the default +/- 30 degrees, every 15)
+    assert set(emb.calls[-1]["fov_deg"]) == {90.0} and emb.calls[-1]["heading_deg"] == [0, 15, 30, 45, 60]
     engine.search(np.zeros((64, 64, 3), dtype=np.uint8), k=1, fov_deg=60.0)
-    assert emb.calls[-1]["fov_deg"] == [60.0]
+    assert set(emb.calls[-1]["fov_deg"]) == {60.0}
+
+
+def test_every_answer_says_how_its_heading_was_found(tiny_index: TinyIndex) -> None:
+    t = tiny_index.tile("alpha-g0202")
+    for settings, heading, source, tried in (
+        (RetrievalSettings(), None, "estimated", 24),
+        (RetrievalSettings(), 100.0, "refined", 5),
+        (RetrievalSettings(heading_window_deg=0), 100.0, "given", 1),
+    ):
+        engine = SearchEngine(tiny_index.store, tiny_index.embedder, retrieval=settings)
+        result = engine.search(t["image"], k=3, heading_deg=heading)
+        best = result.best
+        assert best is not None and best.heading_source == source, settings
+        assert len(tiny_index.embedder.calls[-1]["heading_deg"]) == tried
+        assert best.heading_deg is not None and 0.0 <= best.heading_deg < 360.0
+        if heading is not None:  # within the window
+            assert abs((best.heading_deg - heading + 180.0) % 360.0 - 180.0) <= settings.heading_window_deg
+        as_json = best.as_dict()
+        assert {"heading_deg", "heading_source", "heading_confidence"} <= set(as_json)
+        assert result.records()[0]["heading_deg"] is not None
+        assert result.query["heading_source"] == source
 
 
 def test_geojson_and_csv(engine: SearchEngine, tiny_index: TinyIndex) -> None:
@@ -161,7 +185,7 @@ def test_geojson_and_csv(engine: SearchEngine, tiny_index: TinyIndex) -> None:
     assert first["geometry"]["coordinates"] == [first["properties"]["lon"], first["properties"]["lat"]]
     assert gj["best"]["tile_id"] == "beta-g0505"
     csv = result.to_csv().splitlines()
-    assert csv[0] == "city,rank,lat,lon,score,tile_id,uri,distance_m,position_source" and len(csv) == 5
+    assert csv[0] == ",".join(RANKED_COLUMNS) and "heading_deg" in RANKED_COLUMNS and len(csv) == 5
 
 
 def test_heatmap_on_the_city_grid(engine: SearchEngine, tiny_index: TinyIndex) -> None:
@@ -196,15 +220,19 @@ def test_city_info_and_tile_payload(engine: SearchEngine, tiny_index: TinyIndex)
 
 
 def test_hub_correction_scores_as_evaluation_does(tiny_index: TinyIndex) -> None:
-    """A model whose config sets a hub correction: every tile scores its cosine with the query minus the
-    weight times its hubness among its city's tiles, in the ranking and the heat map alike."""
+    """A hub correction (the retrieval setting's weight, the model config's neighbours): every tile scores its
+    cosine with the query minus the weight times its hubness among its city's tiles, in the ranking and the
+    heat map alike. Off by default, whatever the model config says."""
     from wherecnn.evaluate.metrics import hub_scores
 
     from .conftest import PixelEmbedder
 
     embedder = PixelEmbedder()
-    embedder.card = {"name": "pixel-test", "config": {"hub_correction": {"weight": 0.5, "neighbours": 5}}}
-    engine = SearchEngine(tiny_index.store, embedder, max_pixels=1_000_000)
+    embedder.card = {"name": "pixel-test", "config": {"hub_correction": {"weight": 0.9, "neighbours": 5}}}
+    assert not SearchEngine(tiny_index.store, embedder).hub
+    settings = RetrievalSettings(hub_weight=0.5)
+    engine = SearchEngine(tiny_index.store, embedder, max_pixels=1_000_000, retrieval=settings)
+    assert engine.hub.as_dict() == {"weight": 0.5, "neighbours": 5}
     image = tiny_index.pattern(99)  # no tile's own image: scores spread
     vector = embedder.ground([image])[0]
     for city in tiny_index.city_centres:
@@ -242,3 +270,22 @@ def test_the_engine_refuses_a_checkpoint_the_index_was_not_built_with(tiny_index
         assert SearchEngine(store, embedder).retrieval == recorded  # the settings the version recorded
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("size", "fmt"), [((5000, 1200), "JPEG"), ((3000, 3000), "PNG")])
+def test_a_large_upload_is_decoded_no_larger_than_the_query_side(size: tuple[int, int], fmt: str) -> None:
+    """What one request may hold in pixels is bounded whatever the upload (a panorama stays a panorama)."""
+    from PIL import Image
+    from wherecnn.search.query import QUERY_MAX_SIDE, decode_query, infer_fov
+
+    w, h = size
+    image = np.kron(
+        np.random.default_rng(1).integers(0, 255, (h // 100, w // 100, 3), dtype=np.uint8),
+        np.ones((100, 100, 1), np.uint8),
+    )
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt)
+    out = decode_query(buf.getvalue(), max_pixels=40_000_000)
+    assert max(out.shape[:2]) == QUERY_MAX_SIDE and out.shape[2] == 3
+    assert abs(out.shape[1] / out.shape[0] - w / h) < 0.01
+    assert infer_fov(out, None) == (360.0 if w / h >= 2 else 90.0)

@@ -74,15 +74,16 @@ def demo(
     console.print(cities)
 
     if result.searches:
-        searches = Table(title="Sample searches")
-        for col in ("capture", "true city", "best guess", "confidence", "error"):
+        searches = Table(title="Sample searches (no heading sent: it is estimated)")
+        for col in ("capture", "true city", "best guess", "confidence", "error", "heading"):
             searches.add_column(col)
         for s in result.searches:
             e = s["error_m"]
             err = "—" if e is None else (f"{e:.0f} m" if e < 10_000 else f"{e / 1000:,.0f} km")
             conf = "—" if s["confidence"] is None else f"{s['confidence']:.2f}"
             guess = f"{s['best_city']} ({s['best_lat']:.5f}, {s['best_lon']:.5f})" if s["best_city"] else "—"
-            searches.add_row(s["capture_id"], s["city"], guess, conf, err)
+            heading = "—" if s.get("heading_deg") is None else f"{s['heading_deg']:.0f}°"
+            searches.add_row(s["capture_id"], s["city"], guess, conf, err, heading)
         console.print(searches)
 
     p = result.paths

@@ -60,7 +60,12 @@ def search(
     lon: float | None = typer.Option(None, "--lon", help="Prior centre longitude."),
     radius_m: float | None = typer.Option(None, "--radius-m", help="Prior radius in metres."),
     bbox: str | None = typer.Option(None, "--bbox", help="Prior box min_lon,min_lat,max_lon,max_lat."),
-    heading_deg: float | None = typer.Option(None, "--heading", help="Camera heading (degrees from north)."),
+    heading_deg: float | None = typer.Option(
+        None,
+        "--heading",
+        help="Camera heading (degrees from north), searched within the heading window; without it the "
+        "heading is estimated.",
+    ),
     fov_deg: float | None = typer.Option(
         None, "--fov", help="Field of view (360 = panorama; default by aspect)."
     ),
@@ -110,8 +115,12 @@ def search(
     if geojson is not None:
         geojson.write_text(json.dumps(result.to_geojson(), indent=1))
     if as_json:
-        keys = ("city", "rank", "lat", "lon", "score", "tile_id", "position_source")
-        print(json.dumps([{key: row[key] for key in keys} for row in result.records()], indent=1))
+        keys = ("city", "rank", "lat", "lon", "score", "tile_id", "position_source", "heading_deg")
+        heading_source = result.query.get("heading_source")
+        rows = [
+            {**{key: row[key] for key in keys}, "heading_source": heading_source} for row in result.records()
+        ]
+        print(json.dumps(rows, indent=1))
         return
     table = Table(title=f"Ranked locations for {image.name}", header_style="bold")
     for col in (
@@ -146,6 +155,9 @@ def search(
             f"Best guess: [bold]{b.city}[/] {b.lat:.6f}, {b.lon:.6f} (tile {b.tile_id}), score "
             f"{b.score:.3f}, confidence {b.confidence:.2f} (margin {b.margin:.3f})"
         )
+        if b.heading_deg is not None:
+            sure = "" if b.heading_confidence is None else f", confidence {b.heading_confidence:.2f}"
+            console.print(f"Heading: {b.heading_deg:.0f}° ({b.heading_source}{sure})")
     console.print(
         f"[dim]decode {t['decode_ms']:.0f} ms · embed {t['embed_ms']:.0f} ms · "
         f"store {t['query_ms']:.0f} ms · fine stage {t.get('refine_ms', 0):.0f} ms · "

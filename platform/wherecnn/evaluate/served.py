@@ -25,6 +25,10 @@ from wherecnn.evaluate.evaluation import number_or_none
 
 WITHIN_M = (5, 10, 25, 50)
 HIT_KS = (1, 10)
+# How a query's heading is sent: as the capture records it, off by up to NOISY_HEADING_DEG (a phone compass),
+# or not at all (the engine estimates it).
+HEADING_MODES = ("given", "noisy", "unknown")
+NOISY_HEADING_DEG = 20.0
 
 
 def grid_tiles(data_dir: str | Path) -> pd.DataFrame:
@@ -143,6 +147,12 @@ def served_metrics(outcomes: pd.DataFrame, *, city_given: bool) -> dict[str, flo
         out[f"within_{t}m"] = float(np.mean(err <= t)) if err.size else float("nan")
     if not city_given:
         out["city_right"] = float(np.mean(outcomes["city_right"].to_numpy(dtype=bool)))
+    if "heading_error_deg" in outcomes.columns:
+        herr = outcomes["heading_error_deg"].to_numpy(dtype=float)
+        herr = herr[np.isfinite(herr)]
+        if herr.size:
+            out["heading_error_median_deg"] = float(np.median(herr))
+            out["heading_within_10deg"] = float(np.mean(herr <= 10.0))
     ms = outcomes["search_ms"].to_numpy(dtype=float)
     out["search_ms_p50"] = float(np.percentile(ms, 50)) if ms.size else float("nan")
     out["queries"] = float(len(outcomes))
@@ -156,22 +166,42 @@ def answer_queries(
     *,
     city_given: bool = True,
     k: int = 10,
+    heading: str = "given",
+    seed: int = 0,
     on_query: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Send each query through ``engine.search`` (heading and field of view as the capture records them);
-    one row per query: the best guess, its error in metres, and the rank of the first answer whose tile
-    contains the camera in the best-guess city's list (inf when none of the first ``k`` does)."""
+    """Send each query through ``engine.search`` (field of view as the capture records it; the heading
+    ``given`` as recorded, ``noisy`` off by up to `NOISY_HEADING_DEG` either way, or ``unknown``); one row
+    per query: the best guess, its error in metres and its heading's error in degrees, and the rank of the
+    first answer whose tile contains the camera in the best-guess city's list (inf when none of the first
+    ``k`` does). With the heading noisy or unknown a panorama is first turned to a random yaw (a camera
+    mounted at any angle; `turned_panorama`): the world's panoramas all face north, which a search that tries
+    north first would otherwise get right for free. Noise and yaws are seeded."""
     from wherecnn.geo import distance_m
+    from wherecnn.retrieval.headings import circular_deg
+
+    if heading not in HEADING_MODES:
+        raise ValueError(f"heading must be one of {HEADING_MODES}, got {heading!r}")
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(-NOISY_HEADING_DEG, NOISY_HEADING_DEG, len(queries))
+    yaws = rng.uniform(0.0, 360.0, len(queries))
 
     bounds = tiles.set_index("tile_id")[["min_lat", "min_lon", "max_lat", "max_lon"]]
     rows = []
     for i, q in enumerate(queries.itertuples(index=False)):
+        truth = number_or_none(q.heading_deg)
+        image: Any = q.uri
+        fov = number_or_none(q.fov_deg)
+        if heading != "given" and truth is not None and (fov is None or fov >= 360):
+            image, truth = turned_panorama(q.uri, truth, float(yaws[i]))
         t0 = time.perf_counter()
         res = engine.search(
-            q.uri,
+            image,
             cities=[q.city] if city_given else None,
             k=k,
-            heading_deg=number_or_none(q.heading_deg),
+            heading_deg=None
+            if heading == "unknown" or truth is None
+            else truth + (float(noise[i]) if heading == "noisy" else 0.0),
             fov_deg=number_or_none(q.fov_deg),
         )
         ms = (time.perf_counter() - t0) * 1e3
@@ -197,6 +227,11 @@ def answer_queries(
                 "lat": best.lat if best else float("nan"),
                 "lon": best.lon if best else float("nan"),
                 "position_source": best.position_source if best else None,
+                "heading_deg": best.heading_deg if best and best.heading_deg is not None else float("nan"),
+                "heading_source": best.heading_source if best else None,
+                "heading_error_deg": float(circular_deg(best.heading_deg, truth))
+                if best and best.heading_deg is not None and truth is not None
+                else float("nan"),
                 "error_m": float(distance_m(lat1=q.lat, lon1=q.lon, lat2=best.lat, lon2=best.lon))
                 if best
                 else float("inf"),
@@ -207,6 +242,17 @@ def answer_queries(
         if on_query is not None:
             on_query(i)
     return pd.DataFrame(rows)
+
+
+def turned_panorama(uri: str, heading_deg: float, yaw_deg: float) -> tuple[np.ndarray, float]:
+    """A panorama whose left edge faces ``heading_deg`` turned by about ``yaw_deg`` (to a whole pixel): the
+    image and the bearing its left edge now faces."""
+    from wherecnn import storage
+
+    image = storage.decode_image(storage.read_bytes(uri), name=uri)
+    width = image.shape[1]
+    shift = int(round(yaw_deg / 360.0 * width)) % width
+    return np.roll(image, -shift, axis=1), (heading_deg + shift * 360.0 / width) % 360.0
 
 
 def evaluate_served(

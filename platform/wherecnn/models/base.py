@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -92,6 +93,27 @@ class TwoBranchModel(nn.Module):
             step = column // phases
         flips = (False, True) if tta.get("flip") else (False,)
         return [(mirror, p * step) for mirror in flips for p in range(phases)]
+
+    @property
+    def embedding_columns(self) -> int | None:
+        """Bearing columns of one view's embedding, for models whose embedding is one part per bearing
+        on a 360° canvas (a turn of the canvas by one column is a roll of the parts); else None."""
+        return None
+
+    def turn_ground_vectors(self, vectors: np.ndarray, columns: int) -> np.ndarray:
+        """`embed_ground_views` vectors ([n, output_dim]) as if each canvas had been turned by ``columns``
+        bearing columns (the heading plus ``columns`` x 360 / `embedding_columns` degrees), without a forward
+        pass: each view's per-bearing parts roll, a mirrored view's the other way. Exact for a network whose
+        convolutions are circular along the bearings with a total stride of one column."""
+        cols = self.embedding_columns
+        if cols is None:
+            raise NotImplementedError(f"{type(self).__name__} has no bearing columns to turn")
+        views = self.test_views()
+        x = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), len(views), -1, cols)
+        out = np.empty_like(x)
+        for i, (mirror, _) in enumerate(views):
+            out[:, i] = np.roll(x[:, i], -columns if mirror else columns, axis=-1)
+        return out.reshape(len(vectors), -1)
 
     @property
     def output_dim(self) -> int:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wherecnn.data.torchdata import MEAN_RGB
+from wherecnn.data.torchdata import CANVAS_LAYOUTS, MEAN_RGB
 from wherecnn.models.backbones import polar_grid, to_polar
 from wherecnn.models.base import TwoBranchModel
 
@@ -188,6 +188,11 @@ class CompactTwoBranch(TwoBranchModel):
         if not self.polar:
             return None
         return self.ground_size[1] // self.aerial_head_columns
+
+    @property
+    def embedding_columns(self) -> int | None:
+        canvas = self.config.get("ground_layout", "canvas") in CANVAS_LAYOUTS
+        return self.aerial_head_columns if self.head == "azimuth" and canvas else None
 
     def turned_aerial_features(self, x: Tensor, turn: int) -> Tensor:
         """Turning the polar map by ``turn`` columns is exactly the tile turned by that many bearing samples

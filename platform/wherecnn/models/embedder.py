@@ -153,6 +153,27 @@ class Embedder:
         prepared = [self.ground_input(im, h, f) for im, h, f in zip(images, headings, fovs, strict=True)]
         return self._run(prepared, self.model.embed_ground_views)
 
+    def ground_headings(
+        self, image: np.ndarray, headings_deg: Sequence[float], *, fov_deg: float | None = None
+    ) -> np.ndarray:
+        """One ground image embedded at each of ``headings_deg`` ([len(headings), output_dim], as `ground`
+        would give one by one). A model with bearing columns turns by whole columns without a forward pass
+        (`TwoBranchModel.turn_ground_vectors`): one pass per distinct remainder of a column."""
+        headings = [float(h) % 360.0 for h in headings_deg]
+        cols = self.model.embedding_columns
+        if cols is None:
+            return self.ground([image] * len(headings), heading_deg=headings, fov_deg=fov_deg)
+        step = 360.0 / cols
+        turns = [int(h // step) for h in headings]
+        remainders = [round(h - t * step, 6) for h, t in zip(headings, turns, strict=True)]
+        distinct = sorted(set(remainders))
+        vectors = self.ground([image] * len(distinct), heading_deg=distinct, fov_deg=fov_deg)
+        base = dict(zip(distinct, vectors, strict=True))
+        out = np.empty((len(headings), self.embed_dim), dtype=np.float32)
+        for i, (r, t) in enumerate(zip(remainders, turns, strict=True)):
+            out[i] = self.model.turn_ground_vectors(base[r][None], t)[0] if t else base[r]
+        return out
+
     def ground_input(
         self, image: np.ndarray, heading_deg: float | None = None, fov_deg: float | None = None
     ) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from wherecnn.retrieval.headings import Headings
 from wherecnn.retrieval.settings import RetrievalSettings
 from wherecnn.retrieval.views import TileWindow, cell_shifts, cut_views, pixel_latlon
 
@@ -44,6 +45,9 @@ class Candidate:
     position_source: str = POSITION_TILE_CENTRE
     coarse_score: float = float("nan")
     view_scores: list[float] = field(default_factory=list)
+    # the heading the best view matched at (None: a single query vector, no heading)
+    heading_deg: float | None = None
+    heading_scores: list[float] = field(default_factory=list)  # the best view's score at each tried heading
 
 
 def payload_location(payload: dict[str, Any]) -> tuple[float, float]:
@@ -85,87 +89,117 @@ class Retriever:
     # ---- coarse -----------------------------------------------------------------------------------
     def coarse(
         self,
-        vector: np.ndarray,
+        vectors: np.ndarray,
         cities: Sequence[str],
         fetch: int,
         filters: dict[str, Any] | None = None,
         hubness: Callable[[str], dict[str, float]] | None = None,
+        headings: Headings | None = None,
     ) -> dict[str, list[Candidate]]:
-        """Per city, the ``fetch`` best tiles by (hub-corrected) score, best first."""
+        """Per city, the ``fetch`` best tiles by (hub-corrected) score, best first: one store query per
+        city and per coarse heading (``headings.coarse``), a tile keeping its best."""
         filters = filters or {}
+        qs = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        tried = headings.coarse if headings is not None else (0,)
+        hub_pool = self.hub_weight > 0 and hubness is not None
         out: dict[str, list[Candidate]] = {}
         for city in cities:
-            if self.hub_weight > 0 and hubness is not None:
-                pool = self.store.query(
-                    vector, max(fetch, HUB_POOL), cities=[city], exact=self.exact, **filters
+            hub = hubness(city) if hub_pool and hubness is not None else {}
+            best: dict[str, tuple[Any, float, int]] = {}
+            for i in tried:
+                hits = self.store.query(
+                    qs[i],
+                    max(fetch, HUB_POOL) if hub_pool else fetch,
+                    cities=[city],
+                    exact=self.exact,
+                    **filters,
                 )
-                hub = hubness(city)
-                scored = [(h, float(h.score) - self.hub_weight * hub.get(h.tile_id, 0.0)) for h in pool]
-            else:
-                scored = [
-                    (h, float(h.score))
-                    for h in self.store.query(vector, fetch, cities=[city], exact=self.exact, **filters)
-                ]
-            scored.sort(key=lambda hs: -hs[1])
+                for h in hits:
+                    score = (
+                        float(h.score) - self.hub_weight * hub.get(h.tile_id, 0.0)
+                        if hub_pool
+                        else float(h.score)
+                    )
+                    key = str(h.tile_id)
+                    if key not in best or score > best[key][1]:
+                        best[key] = (h, score, i)
             cands = []
-            for hit, score in scored[:fetch]:
+            for hit, score, i in sorted(best.values(), key=lambda t: -t[1])[:fetch]:
                 lat, lon = payload_location(hit.payload)
+                heading = float(headings.degrees[i]) if headings is not None else None
                 cands.append(
-                    Candidate(city, str(hit.tile_id), score, lat, lon, dict(hit.payload), coarse_score=score)
+                    Candidate(
+                        city,
+                        str(hit.tile_id),
+                        score,
+                        lat,
+                        lon,
+                        dict(hit.payload),
+                        coarse_score=score,
+                        heading_deg=heading,
+                    )
                 )
             out[city] = cands
         return out
 
     # ---- fine -------------------------------------------------------------------------------------
-    def refine(self, vector: np.ndarray, candidates: Sequence[Candidate]) -> None:
-        """Place each candidate that has a raster window in metres, in place (score, lat, lon, source).
+    def refine(
+        self, vectors: np.ndarray, candidates: Sequence[Candidate], headings: Headings | None = None
+    ) -> None:
+        """Place each candidate that has a raster window in metres, in place (score, lat, lon, source, and the
+        heading with ``headings``: ``vectors`` holds the query at each of them).
 
         Level 0 is what the index stores: the candidate's ``index_views`` x ``index_views`` views of its cell
         (read back from the store). Level 1 cuts ``refine_centres`` x ``refine_centres`` views spanning one
         stored spacing around the best of them; level 2 (the best ``refine_keep``) ``refine_local`` x
-        ``refine_local`` views spanning one level-1 spacing around the best so far. A candidate scores the
-        mean of its ``view_pool`` best views over every level; its position is its best view's centre."""
+        ``refine_local`` views spanning one level-1 spacing around the best so far. A view scores its best
+        heading; a candidate scores the mean of its ``view_pool`` best views over every level, and its
+        position and heading are its best view's."""
         s = self.settings
         todo = [(c, w) for c in candidates if (w := TileWindow.from_payload(c.payload)) is not None]
         if not todo:
             return
-        q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        qs = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         embed, part = self.aerial, None
         if s.refine_views == "first" and self.first_view is not None:
             embed, part = self.first_view
-        best, spacing = self._stored_views(q, todo, part)
+        best, spacing = self._stored_views(qs, todo, part)
         if part is not None:
-            q = part(q)
+            qs = np.stack([part(q) for q in qs])
         levels = [(list(range(len(todo))), s.refine_centres), (None, s.refine_local)]
         for keep, centres in levels:
             if centres <= 1:
                 continue
             if keep is None:  # the best few so far
                 keep = sorted(range(len(todo)), key=lambda i: -todo[i][0].score)[: s.refine_keep]
-            lattices = [cell_shifts(spacing[i], centres, around=best[i][1]) for i in keep]
-            scores = self._score(q, [todo[i][1] for i in keep], lattices, embed)
+            lattices = [cell_shifts(spacing[i], centres, around=best[i].shift) for i in keep]
+            scores = self._score(qs, [todo[i][1] for i in keep], lattices, embed)
             for i, shifts, sc in zip(keep, lattices, scores, strict=True):
                 cand = todo[i][0]
-                cand.view_scores = cand.view_scores + sc.tolist()
-                if sc.size and float(sc.max()) > best[i][0]:
-                    best[i] = (float(sc.max()), shifts[int(sc.argmax())])
+                cand.view_scores = cand.view_scores + sc.max(axis=1).tolist()
+                if sc.size and float(sc.max()) > best[i].score:
+                    v = int(sc.max(axis=1).argmax())
+                    best[i] = _View(float(sc[v].max()), shifts[v], sc[v])
                 cand.score = _pooled(np.asarray(cand.view_scores), s.view_pool)
                 spacing[i] = spacing[i] / centres
-        for (cand, window), (_, shift) in zip(todo, best, strict=True):
-            col, row = window.centre(shift)
+        for (cand, window), view in zip(todo, best, strict=True):
+            col, row = window.centre(view.shift)
             lat, lon = pixel_latlon(window.source_uri, np.array([col]), np.array([row]))
             cand.lat, cand.lon = float(lat[0]), float(lon[0])
             cand.position_source = POSITION_REFINED
+            if headings is not None and view.by_heading is not None:
+                cand.heading_deg = float(headings.degrees[int(np.argmax(view.by_heading))])
+                cand.heading_scores = view.by_heading.tolist()
 
     def _stored_views(
         self,
-        q: np.ndarray,
+        qs: np.ndarray,
         todo: Sequence[tuple[Candidate, TileWindow]],
         part: Callable[[np.ndarray], np.ndarray] | None = None,
-    ) -> tuple[list[tuple[float, tuple[int, int]]], list[float]]:
-        """Each candidate's best stored view (score, pixel shift) and the stored views' spacing in pixels;
-        sets its view scores (and its score: `view_pool` of them) from what the index holds, compared by
-        ``part`` of each vector where the fine stage scores one test-time view."""
+    ) -> tuple[list[_View], list[float]]:
+        """Each candidate's best stored view and the stored views' spacing in pixels; sets its view scores
+        (and its score: `view_pool` of them) from what the index holds, compared by ``part`` of each vector
+        where the fine stage scores one test-time view. ``qs``: the query at each heading, [headings, dim]."""
         k = self.settings.index_views
         stored: dict[str, np.ndarray] = {}
         retrieve = getattr(self.store, "retrieve", None)
@@ -174,33 +208,38 @@ class Retriever:
                 p.tile_id: np.asarray(p.vector, dtype=np.float32)
                 for p in retrieve([c.tile_id for c, _ in todo])
             }
+        dim = qs.shape[1]
+        qp = qs if part is None else np.stack([part(q) for q in qs])
         best, spacing = [], []
         for cand, window in todo:
             vectors = stored.get(cand.tile_id)
             lattice = cell_shifts(window.cell_px, k)
-            if vectors is None or vectors.reshape(-1, q.size).shape[0] != len(lattice):
-                best.append((cand.score, (0, 0)))  # the tile as cut, scored by the coarse stage
+            if vectors is None or vectors.reshape(-1, dim).shape[0] != len(lattice):
+                best.append(_View(cand.score, (0, 0), None))  # the tile as cut, scored by the coarse stage
                 spacing.append(float(window.cell_px))
                 continue
-            rows = vectors.reshape(-1, q.size)
-            sc = rows @ q if part is None else np.stack([part(r) for r in rows]) @ part(q)
-            cand.view_scores = sc.tolist()
-            cand.score = _pooled(sc, self.settings.view_pool)
-            best.append((float(sc.max()), lattice[int(sc.argmax())]))
+            rows = vectors.reshape(-1, dim)
+            sc = (rows if part is None else np.stack([part(r) for r in rows])) @ qp.T  # views x headings
+            per_view = sc.max(axis=1)
+            cand.view_scores = per_view.tolist()
+            cand.score = _pooled(per_view, self.settings.view_pool)
+            v = int(per_view.argmax())
+            best.append(_View(float(per_view[v]), lattice[v], sc[v]))
             spacing.append(window.cell_px / k)
         return best, spacing
 
     def _score(
         self,
-        q: np.ndarray,
+        qs: np.ndarray,
         windows: Sequence[TileWindow],
         shifts: Sequence[Sequence[tuple[int, int]]],
         embed: Callable[[Sequence[np.ndarray]], np.ndarray],
     ) -> list[np.ndarray]:
+        """Each window's views cut at ``shifts``, scored at every heading: [views, headings] per window."""
         views = cut_views(windows, shifts)
         flat = [im for v in views for im in v]
-        emb = np.asarray(embed(flat), dtype=np.float32) if flat else np.zeros((0, q.size), np.float32)
-        sims = emb @ q
+        emb = np.asarray(embed(flat), dtype=np.float32) if flat else np.zeros((0, qs.shape[1]), np.float32)
+        sims = emb @ qs.T
         out, a = [], 0
         for v in views:
             out.append(sims[a : a + len(v)])
@@ -210,29 +249,44 @@ class Retriever:
     # ---- both -------------------------------------------------------------------------------------
     def retrieve(
         self,
-        vector: np.ndarray,
+        vectors: np.ndarray,
         cities: Sequence[str],
         k: int,
         *,
+        headings: Headings | None = None,
         filters: dict[str, Any] | None = None,
         fetch: int | None = None,
         hubness: Callable[[str], dict[str, float]] | None = None,
     ) -> dict[str, list[Candidate]]:
         """Per city, up to ``max(k, fetch)`` answers, best first: refined candidates ahead of the tiles the
-        fine stage did not look at (their scores are not comparable: a refined tile scores its best views)."""
+        fine stage did not look at (their scores are not comparable: a refined tile scores its best views).
+
+        ``vectors``: the query, one vector, or one per heading of ``headings`` ([headings, dim])."""
+        qs = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if headings is not None and len(headings) != len(qs):
+            raise ValueError(f"{len(qs)} query vectors for {len(headings)} headings")
         with self._lock:
             t0 = time.perf_counter()
-            per_city = self.coarse(vector, cities, max(k, fetch or 0, 1), filters, hubness)
+            per_city = self.coarse(qs, cities, max(k, fetch or 0, 1), filters, hubness, headings)
             t1 = time.perf_counter()
             if self.settings.refines:
                 pool = sorted((c for cs in per_city.values() for c in cs), key=lambda c: -c.score)
-                self.refine(vector, pool[: self.settings.candidates])
+                self.refine(qs, pool[: self.settings.candidates], headings)
             self.timings = {"coarse_ms": (t1 - t0) * 1e3, "fine_ms": (time.perf_counter() - t1) * 1e3}
             for city, cands in per_city.items():
                 per_city[city] = sorted(
                     cands, key=lambda c: (c.position_source != POSITION_REFINED, -c.score)
                 )
             return per_city
+
+
+@dataclass
+class _View:
+    """A candidate's best view so far: its score (at its best heading), pixel shift, score per heading."""
+
+    score: float
+    shift: tuple[int, int]
+    by_heading: np.ndarray | None
 
 
 def _pooled(scores: np.ndarray, pool: int) -> float:

@@ -59,6 +59,44 @@ class RetrievalSettings(BaseModel):
         2, ge=1, le=16, description="A refined tile scores the mean of its view_pool best views."
     )
 
+    hub_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Coarse stage: each tile scores its similarity minus this times its hubness among its "
+        "city's tiles (its mean similarity to its 200 most similar other tiles). Off by default: on the "
+        "validation city it cost recall through this index (docs/experiments.md).",
+    )
+    heading_window_deg: float = Field(
+        30.0,
+        ge=0.0,
+        le=180.0,
+        description="Heading given: the fine stage tries headings within +/- this of it and answers the best "
+        "(heading_source 'refined'); 0 takes the heading as given ('given'). Compasses are often 10-30 "
+        "degrees off.",
+    )
+    heading_step_deg: float = Field(
+        15.0,
+        gt=0.0,
+        le=90.0,
+        description="Spacing of the headings the fine stage tries (within the window, or all round when the "
+        "heading is unknown).",
+    )
+    coarse_in_window: bool = Field(
+        False,
+        description="Heading given: the coarse stage queries the store at every heading of the window (one "
+        "query each per city) instead of the given heading alone.",
+    )
+    coarse_headings: int = Field(
+        24,
+        ge=1,
+        le=72,
+        description="Heading unknown: the coarse stage queries the store at this many headings evenly spaced "
+        "(one query each per city; a tile keeps its best), the fine stage then tries every "
+        "heading_step_deg and answers the heading with the position ('estimated'). 24 (every heading the "
+        "fine stage tries) found the most tiles on the validation city (docs/experiments.md).",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> RetrievalSettings:
         if self.candidates and self.refine_keep > self.candidates:

@@ -23,13 +23,27 @@ import numpy as np
 import pandas as pd
 
 from wherecnn.evaluate.metrics import HubCorrection, hub_scores
+from wherecnn.retrieval.headings import Headings, circular_deg
 from wherecnn.retrieval.path import POSITION_REFINED, Candidate, Retriever, payload_location
 from wherecnn.retrieval.settings import RetrievalSettings
 from wherecnn.search.errors import EmptyIndexError, IndexMismatchError, UnknownCityError
 from wherecnn.search.geoutil import distance_m, local_to_latlon, local_xy
 from wherecnn.search.query import GeoPrior, check_k, infer_fov, load_query
 
-RANKED_COLUMNS = ["city", "rank", "lat", "lon", "score", "tile_id", "uri", "distance_m", "position_source"]
+RANKED_COLUMNS = [
+    "city",
+    "rank",
+    "lat",
+    "lon",
+    "score",
+    "tile_id",
+    "uri",
+    "distance_m",
+    "position_source",
+    "heading_deg",
+]
+# A rival heading is at least this far from the best (one bearing column of the azimuth head).
+HEADING_RIVAL_DEG = 45.0
 # Margin → confidence: tanh(margin / (2T)); T is the contrastive temperature the models settle near,
 # so a margin of one temperature unit means the best place is e:1 likelier than its rival (confidence ≈ 0.46).
 CONFIDENCE_TEMPERATURE = 0.05
@@ -59,6 +73,9 @@ class BestGuess:
     tile_id: str
     margin: float
     position_source: str = "tile_centre"  # "refined": placed in metres by the fine stage
+    heading_deg: float | None = None  # the camera's heading (degrees clockwise from north) with the answer
+    heading_source: str | None = None  # "given" | "refined" | "estimated" (None: not known)
+    heading_confidence: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +87,9 @@ class BestGuess:
             "tile_id": self.tile_id,
             "margin": self.margin,
             "position_source": self.position_source,
+            "heading_deg": self.heading_deg,
+            "heading_source": self.heading_source,
+            "heading_confidence": self.heading_confidence,
         }
 
 
@@ -181,10 +201,13 @@ class SearchEngine:
         self._city_hubness: dict[str, dict[str, float]] = {}
         self._tile_index: dict[str, dict[str, Any]] | None = None
         self._version: str | None = None
-        # the model's hub correction (config hub_correction): each tile scores its cosine minus the weight
-        # times its hubness among its city's tiles, as `wherecnn evaluate` scores (metrics.hub_corrected)
+        # the hub correction: each tile scores its cosine minus the weight times its hubness among its city's
+        # tiles (metrics.hub_scores; neighbours from the model config), weight from the retrieval settings
+        # unless ``hub_weight`` replaces it
         card = getattr(embedder, "card", None) or {}
-        self.hub = HubCorrection.from_config(card.get("config") or {}, hub_weight)  # hub_weight: replaces
+        self._model_config: dict[str, Any] = card.get("config") or {}
+        self._hub_override = hub_weight
+        self.hub = self._hub_correction()
         self.retriever = Retriever(
             store,
             embedder.aerial,
@@ -259,6 +282,12 @@ class SearchEngine:
             override.model_copy(update={"index_views": recorded.index_views}) if override else recorded
         )
         self.retriever.settings = self.retrieval
+        self.hub = self._hub_correction()
+        self.retriever.hub_weight = self.hub.weight
+
+    def _hub_correction(self) -> HubCorrection:
+        weight = self._hub_override if self._hub_override is not None else self.retrieval.hub_weight
+        return HubCorrection.from_config(self._model_config, weight)
 
     def cities(self) -> list[str]:
         with self._lock:
@@ -348,18 +377,42 @@ class SearchEngine:
 
     # ---- search ---------------------------------------------------------------------------------------
 
+    @property
+    def trained_on(self) -> str | None:
+        """The ground images the model was trained on (its card): "panorama" or "photo"; None: unknown."""
+        card = getattr(self.embedder, "card", None) or {}
+        track = (card.get("data") or {}).get("track")
+        return {"aligned": "panorama", "offset": "panorama", "photo": "photo"}.get(str(track))
+
     def prepare(self, image: Any) -> np.ndarray:
         return load_query(image, max_pixels=self.max_pixels)
+
+    def embed_headings(
+        self, image: np.ndarray, *, heading_deg: float | None = None, fov_deg: float | None = None
+    ) -> tuple[np.ndarray, Headings]:
+        """The query at each heading it is tried at ([headings, dim]) and the plan (`Headings.plan`)."""
+        fov = infer_fov(image, fov_deg)
+        if heading_deg is not None and not math.isfinite(heading_deg):
+            heading_deg = None
+        plan = Headings.plan(self.retrieval, heading_deg)
+        degrees = [float(d) for d in plan.degrees]
+        with self._lock:
+            at_headings = getattr(self.embedder, "ground_headings", None)
+            if at_headings is not None:
+                vectors = at_headings(image, degrees, fov_deg=fov)
+            else:  # embedders without bearing columns to turn: one image per heading
+                vectors = self.embedder.ground(
+                    [image] * len(degrees), heading_deg=degrees, fov_deg=[fov] * len(degrees)
+                )
+        return np.asarray(vectors, dtype=np.float32).reshape(len(degrees), -1), plan
 
     def embed(
         self, image: np.ndarray, *, heading_deg: float | None = None, fov_deg: float | None = None
     ) -> np.ndarray:
-        fov = infer_fov(image, fov_deg)
-        if heading_deg is not None and not math.isfinite(heading_deg):
-            heading_deg = None
-        with self._lock:
-            vec = self.embedder.ground([image], heading_deg=[heading_deg], fov_deg=[fov])
-        return np.asarray(vec, dtype=np.float32).reshape(-1)
+        """What the heat map scores: the query at the given heading ([1, dim]), or at each of the coarse
+        stage's headings when none is given ([n, dim]; a tile scores its best)."""
+        vectors, plan = self.embed_headings(image, heading_deg=heading_deg, fov_deg=fov_deg)
+        return vectors[list(plan.coarse)]
 
     def search(
         self,
@@ -378,17 +431,23 @@ class SearchEngine:
         t0 = time.perf_counter()
         img = self.prepare(image)
         t1 = time.perf_counter()
-        vector = self.embed(img, heading_deg=heading_deg, fov_deg=fov_deg)
+        vectors, headings = self.embed_headings(img, heading_deg=heading_deg, fov_deg=fov_deg)
         t2 = time.perf_counter()
         filters = prior.store_filters() if prior is not None else {}
         with self._lock:
             self._follow_version()
             per_city = self.retriever.retrieve(
-                vector, chosen, k, filters=filters, fetch=CONFIDENCE_POOL, hubness=self.city_hubness
+                vectors,
+                chosen,
+                k,
+                headings=headings,
+                filters=filters,
+                fetch=CONFIDENCE_POOL,
+                hubness=self.city_hubness,
             )
         t3 = time.perf_counter()
         ranked = self._frame(per_city, k, true_lat=true_lat, true_lon=true_lon)
-        best = self._best(per_city)
+        best = self._best(per_city, headings)
         t4 = time.perf_counter()
         stages = self.retriever.timings
         timings = {
@@ -407,7 +466,12 @@ class SearchEngine:
             "width": int(img.shape[1]),
             "fov_deg": infer_fov(img, fov_deg),
             "model": getattr(self.embedder, "model_id", None),
+            "trained_on": self.trained_on,
             "position_source": best.position_source if best else None,
+            "heading_deg": float(heading_deg)
+            if heading_deg is not None and math.isfinite(heading_deg)
+            else None,
+            "heading_source": best.heading_source if best else None,
             "retrieval": self.retrieval.as_dict(),
         }
         if true_lat is not None and true_lon is not None:
@@ -433,11 +497,19 @@ class SearchEngine:
                         "uri": str(c.payload.get("uri", "")),
                         "distance_m": math.nan,
                         "position_source": c.position_source,
+                        "heading_deg": math.nan if c.heading_deg is None else float(c.heading_deg),
                     }
                 )
         frame = pd.DataFrame(rows, columns=RANKED_COLUMNS)
         frame = frame.astype(
-            {"rank": "int64", "lat": "float64", "lon": "float64", "score": "float64", "distance_m": "float64"}
+            {
+                "rank": "int64",
+                "lat": "float64",
+                "lon": "float64",
+                "score": "float64",
+                "distance_m": "float64",
+                "heading_deg": "float64",
+            }
         )
         if true_lat is not None and true_lon is not None and len(frame):
             frame["distance_m"] = distance_m(
@@ -447,7 +519,9 @@ class SearchEngine:
             frame, geometry=gpd.points_from_xy(frame["lon"], frame["lat"]), crs="EPSG:4326"
         )
 
-    def _best(self, per_city: dict[str, list[Candidate]]) -> BestGuess | None:
+    def _best(
+        self, per_city: dict[str, list[Candidate]], headings: Headings | None = None
+    ) -> BestGuess | None:
         """The best answer over all cities; refined answers rank ahead (their scores are their best views'),
         and the rival is the best different place of the same kind of score."""
         every = [c for cands in per_city.values() for c in cands]
@@ -474,6 +548,9 @@ class SearchEngine:
             tile_id=top.tile_id,
             margin=margin,
             position_source=top.position_source,
+            heading_deg=top.heading_deg,
+            heading_source=headings.source if headings is not None and top.heading_deg is not None else None,
+            heading_confidence=_heading_confidence(top, headings),
         )
 
     # ---- heat map -------------------------------------------------------------------------------------
@@ -495,9 +572,10 @@ class SearchEngine:
             else self.embed(self.prepare(image), heading_deg=heading_deg, fov_deg=fov_deg)
         )
         ids, vectors, payloads = self.city_vectors(city)
-        scores = vectors @ np.asarray(vector, dtype=np.float32).reshape(-1)
-        if scores.ndim == 2:  # a tile stored as several views scores its best, as the index ranks it
-            scores = scores.max(axis=1)
+        queries = np.atleast_2d(np.asarray(vector, dtype=np.float32))
+        # a tile stored as several views scores its best, as the index ranks it; without a heading, its best
+        # over the coarse stage's headings
+        scores = (vectors @ queries.T).reshape(len(ids), -1).max(axis=1)
         if self.hub:
             hubness = self.city_hubness(city)
             scores = scores - self.hub.weight * np.array([hubness[t] for t in ids], dtype=np.float32)
@@ -569,7 +647,21 @@ def _grid_step(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _is_vector(obj: Any) -> bool:
-    return isinstance(obj, np.ndarray) and obj.ndim == 1 and obj.dtype.kind == "f"
+    """A query vector (or one per heading) rather than an image."""
+    return isinstance(obj, np.ndarray) and obj.dtype.kind == "f" and obj.ndim in (1, 2)
+
+
+def _heading_confidence(top: Candidate, headings: Headings | None) -> float | None:
+    """How sure the heading is: the margin of the best view's best heading over its best heading at least
+    a column's turn away (45 degrees), as a confidence the way a position's is (tanh(margin / 2T))."""
+    if headings is None or top.heading_deg is None or len(top.heading_scores) != len(headings):
+        return None
+    scores = np.asarray(top.heading_scores, dtype=np.float64)
+    far = circular_deg(headings.degrees, top.heading_deg) >= HEADING_RIVAL_DEG
+    if not far.any():
+        return None
+    margin = float(scores.max() - scores[far].max())
+    return math.tanh(max(0.0, margin) / (2 * CONFIDENCE_TEMPERATURE))
 
 
 def _payload_bounds(payloads: Sequence[dict[str, Any]]) -> Bounds | None:
