@@ -107,6 +107,20 @@ def run_explain(_backend: Any, key: str, data: bytes, tile_id: str, heading: flo
     return _backend.explain(data, tile_id, heading_deg=heading, fov_deg=fov)
 
 
+@st.cache_data(show_spinner=False)
+def colour_scale() -> np.ndarray:
+    """The heat map's colour scale (inferno, as `rasterise` paints it), low → high."""
+    from matplotlib import colormaps
+
+    ramp = colormaps["inferno"](np.linspace(0.0, 1.0, 256))[:, :3]
+    return np.repeat((ramp[None] * 255).astype(np.uint8), 14, axis=0)
+
+
+def _refined_first(column: pd.Series) -> pd.Series:
+    """Sort key: answers placed in metres ahead of tile centres (their scores are their best views')."""
+    return column.map(lambda v: 0 if v == "refined" else 1) if column.name == "position_source" else column
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def tile_pixels(_backend: Any, key: str, tile_id: str) -> np.ndarray | None:
     return _backend.tile_image(tile_id)
@@ -159,7 +173,12 @@ with st.sidebar:
         )
         fov = {"panorama (360°)": 360.0, "photo (90°)": 90.0}.get(fov_choice)
         if st.checkbox("Heading known", key="heading_known"):
-            heading = float(st.number_input("Heading (° from north)", 0.0, 359.9, 0.0, key="heading"))
+            typed = st.number_input(
+                "Heading (° from north)", 0.0, 359.9, value=None, placeholder="e.g. 135", key="heading"
+            )
+            heading = None if typed is None else float(typed)
+            if heading is None:
+                st.caption("Until a heading is typed it is estimated with the position.")
     else:
         assert captures is not None
         kinds = sorted(captures["kind"].dropna().unique()) if "kind" in captures else []
@@ -244,13 +263,20 @@ if ranked.empty or view.best is None:
     st.stop()
 
 best = view.best
-m = st.columns([1.1, 1.9, 0.9, 1.0, 1.2])
+query_fov = float(view.query.get("fov_deg") or 360.0)
+m = st.columns(5)
 m[0].metric("Best guess", best["city"])
-m[1].metric("Location", f"{best['lat']:.4f}, {best['lon']:.4f}")
-m[2].metric("Score", f"{best['score']:.3f}")
-m[3].metric(
+m[1].metric(
     "Confidence", f"{best['confidence']:.0%}", help="From the score margin over the best other place."
 )
+heading_text = "-" if best.get("heading_deg") is None else f"{best['heading_deg']:.0f}°"
+m[2].metric(
+    "Heading",
+    heading_text,
+    help="given: as typed; refined: the best within the search window around it; estimated: no heading "
+    "was given, the best all round",
+)
+m[3].metric("Score", f"{best['score']:.3f}")
 if truth is not None:
     from wherecnn.search.geoutil import distance_m
 
@@ -258,16 +284,36 @@ if truth is not None:
     m[4].metric("Error vs truth", f"{err:,.0f} m")
 else:
     m[4].metric("Search time", f"{view.timings.get('total_ms', 0):.0f} ms")
+placed = "placed in metres" if best.get("position_source") == "refined" else "at the tile's centre"
+heading_note = (
+    ""
+    if best.get("heading_deg") is None
+    else f" · heading {best['heading_deg']:.0f}° ({best.get('heading_source')}"
+    + (
+        f", confidence {best['heading_confidence']:.0%})"
+        if best.get("heading_confidence") is not None
+        else ")"
+    )
+)
+st.markdown(
+    f"**Best guess:** {best['city']} at {best['lat']:.6f}, {best['lon']:.6f} (tile `{best['tile_id']}`, "
+    f"{placed}){heading_note}"
+)
+if query_fov < 360 and view.query.get("trained_on") == "panorama":
+    st.warning(
+        "This index's model was trained on panoramas: a perspective photo gets close to random answers. "
+        "Search with a panorama, or index with a model trained on photos."
+    )
 
 map_col, side_col = st.columns([3, 2], gap="medium")
 with map_col:
     map_cities = list(dict.fromkeys(ranked["city"]))
-    map_city = st.selectbox(
-        "Map",
-        map_cities,
-        index=map_cities.index(best["city"]) if best["city"] in map_cities else 0,
-        key="map_city",
-    )
+    # A new search moves the map to its best guess; the user's pick holds until the next search.
+    search_id = hashlib.sha1(repr((digest, chosen, k, prior, heading, fov)).encode()).hexdigest()
+    if st.session_state.get("map_search") != search_id or st.session_state.get("map_city") not in map_cities:
+        st.session_state["map_search"] = search_id
+        st.session_state["map_city"] = best["city"] if best["city"] in map_cities else map_cities[0]
+    map_city = st.selectbox("Map", map_cities, key="map_city")
     heat = None
     if show_heat:
         try:
@@ -290,14 +336,26 @@ with map_col:
         truth=truth,
         prior=prior.as_dict() if prior else None,
         basemap_url=settings.basemap_url,
+        cone=None
+        if best.get("heading_deg") is None or best["city"] != map_city
+        else {
+            "lat": best["lat"],
+            "lon": best["lon"],
+            "heading_deg": best["heading_deg"],
+            "fov_deg": query_fov,
+        },
     )
     st.pydeck_chart(deck, height=560, key="map")
     legend = "numbered markers = ranked candidates (brighter = higher score)"
+    if best.get("heading_deg") is not None and best["city"] == map_city:
+        legend += " · blue cone = the camera's heading at the best guess"
     if truth is not None:
-        legend += " · green = true location"
-    if heat is not None:
-        legend += " · overlay = similarity to every tile"
+        legend += " · green ring = true location"
     st.caption(legend)
+    if heat is not None:
+        st.image(
+            colour_scale(), caption="heat map: the photo's similarity to each tile, low → high", width=260
+        )
 
 with side_col:
     st.subheader(f"Top {int(k)} in {map_city}")
@@ -344,7 +402,9 @@ else:
     a_col.caption("Activation overlays need the in-process model.")
 
 st.subheader("Ranked locations")
-table = ranked.drop(columns=["uri"]).copy()
+table = pd.DataFrame(ranked.drop(columns=["uri", "geometry"], errors="ignore"))
+# best first over every city (the table is per city in rank order otherwise)
+table = table.sort_values(["position_source", "score"], key=_refined_first, ascending=[True, False])
 if table["distance_m"].isna().all():
     table = table.drop(columns=["distance_m"])
 st.dataframe(
@@ -352,7 +412,10 @@ st.dataframe(
     hide_index=True,
     width="stretch",
     column_config={
-        "score": st.column_config.ProgressColumn("score", min_value=-1.0, max_value=1.0, format="%.3f")
+        "score": st.column_config.ProgressColumn("score", min_value=-1.0, max_value=1.0, format="%.3f"),
+        "distance_m": st.column_config.NumberColumn("distance to truth (m)", format="%.0f m"),
+        "heading_deg": st.column_config.NumberColumn("heading (°)", format="%.0f°"),
+        "position_source": st.column_config.TextColumn("position"),
     },
 )
 d1, d2, _ = st.columns([1, 1, 4])

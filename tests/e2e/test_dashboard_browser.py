@@ -122,20 +122,41 @@ def _query_image(demo_dir: Path) -> Path:
     return path
 
 
+def _metric(page: object, label: str) -> str:
+    metric = page.locator("[data-testid='stMetric']").filter(has_text=label)  # type: ignore[attr-defined]
+    return str(metric.locator("[data-testid='stMetricValue']").inner_text()).strip()
+
+
+def _map_city(page: object) -> str:
+    box = page.locator("[data-testid='stSelectbox']").filter(has_text="Map")  # type: ignore[attr-defined]
+    return str(box.locator("input[role='combobox']").input_value()).strip()
+
+
 def test_upload_and_screenshot(dashboard_url: str, demo_dir: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     query = tmp_path / f"street{_query_image(demo_dir).suffix}"
     shutil.copy(_query_image(demo_dir), query)
+    outside: list[str] = []  # requests that leave this machine (the map must need none)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1500}, device_scale_factor=1)
+            page.on(
+                "request",
+                lambda r: (
+                    outside.append(r.url)
+                    if r.url.split("://", 1)[0] in ("http", "https", "ws", "wss")
+                    and r.url.split("://", 1)[1].split("/", 1)[0].split(":")[0]
+                    not in ("127.0.0.1", "localhost")
+                    else None
+                ),
+            )
             page.goto(dashboard_url, wait_until="domcontentloaded")
             expect(page.get_by_text("Upload a ground photo")).to_be_visible(timeout=120_000)
             page.locator("input[type=file]").first.set_input_files(str(query))
             expect(page.get_by_text("Ranked locations", exact=True)).to_be_visible(timeout=180_000)
-            expect(page.get_by_text("Best guess")).to_be_visible()
+            expect(page.get_by_text("Best guess", exact=True)).to_be_visible()
             deck = page.locator("[data-testid='stDeckGlJsonChart']")
             expect(deck).to_be_visible(timeout=60_000)
             expect(deck.locator("canvas").first).to_be_visible(timeout=60_000)
@@ -147,6 +168,22 @@ def test_upload_and_screenshot(dashboard_url: str, demo_dir: Path, tmp_path: Pat
             shot = README_SCREENSHOT if os.environ.get("WHERECNN_E2E_DEMO_DIR") else TEST_SCREENSHOT
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
+
+            # the map follows the best guess; a city picked by hand holds until the next search
+            best = _metric(page, "Best guess")
+            assert _map_city(page) == best
+            expect(page.get_by_text(f"Top 5 in {best}")).to_be_visible()
+            page.locator("[data-testid='stSelectbox']").filter(has_text="Map").locator("input").click()
+            other = page.locator("[role='option']").filter(has_not_text=best).first
+            picked = other.inner_text().strip()
+            other.click()
+            expect(page.get_by_text(f"Top 5 in {picked}")).to_be_visible(timeout=60_000)
+            slider = page.locator("[data-testid='stSlider']").filter(has_text="Results per city")
+            slider.get_by_role("slider").focus()
+            page.keyboard.press("ArrowLeft")  # K 5 -> 4: a new search
+            expect(page.get_by_text(f"Top 4 in {best}")).to_be_visible(timeout=120_000)
+            assert _map_city(page) == best
         finally:
             browser.close()
     assert shot.stat().st_size > 20_000
+    assert not outside, f"the dashboard fetched from outside this machine: {outside[:5]}"

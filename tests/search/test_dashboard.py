@@ -73,6 +73,40 @@ def test_upload_choose_city_ranked_table_and_map(demo_settings: Path) -> None:
     assert _layer(_deck(at), "heatmap") is None
 
 
+def test_the_map_follows_each_new_search_unless_the_user_picks_a_city(demo_settings: Path) -> None:
+    at = _app()
+    at.run()
+    at.file_uploader(key="upload").upload("street.jpg", _photo(), "image/jpeg").run()
+    assert not at.exception, at.exception
+    best = next(m.value for m in at.metric if m.label == "Best guess")
+    assert at.selectbox(key="map_city").value == best
+    other = next(c for c in at.selectbox(key="map_city").options if c != best)
+    at.selectbox(key="map_city").set_value(other).run()
+    assert at.selectbox(key="map_city").value == other  # the user's pick holds while the search is the same
+    assert {p["city"] for p in _layer(_deck(at), "candidates")["data"]} == {other}
+    assert any(h.value == f"Top 5 in {other}" for h in at.subheader)
+    at.slider(key="k").set_value(3).run()  # a new search: the map goes to its best guess
+    assert at.selectbox(key="map_city").value == best
+    assert any(h.value == f"Top 3 in {best}" for h in at.subheader)
+    # no heading given: it is estimated, shown, and drawn as a cone at the best guess
+    assert next(m.value for m in at.metric if m.label == "Heading").endswith("°")
+    assert any("(estimated" in md.value for md in at.markdown)
+    cone = _layer(_deck(at), "view_cone")
+    assert cone is not None and len(cone["data"][0]["polygon"]) > 3
+
+
+def test_ticking_heading_known_does_not_search_at_zero(demo_settings: Path) -> None:
+    at = _app()
+    at.run()
+    at.file_uploader(key="upload").upload("street.jpg", _photo(), "image/jpeg").run()
+    at.checkbox(key="heading_known").check().run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="heading").value is None
+    assert any("(estimated" in md.value for md in at.markdown)  # still estimated until a heading is typed
+    at.number_input(key="heading").set_value(135.0).run()
+    assert any("(refined" in md.value for md in at.markdown)
+
+
 def test_sample_capture_shows_truth(demo_settings: Path) -> None:
     at = _app()
     at.run()
@@ -87,7 +121,11 @@ def test_sample_capture_shows_truth(demo_settings: Path) -> None:
     chosen = at.selectbox(key="sample").value
     row = captures[captures["capture_id"] == chosen].iloc[0]
     assert truth["data"][0]["lat"] == pytest.approx(row["lat"])
-    assert "distance_m" in at.dataframe[0].value.columns
+    table = at.dataframe[0].value
+    assert "distance_m" in table.columns
+    assert list(table["score"]) == sorted(table["score"], reverse=True) or "tile_centre" in set(
+        table["position_source"]
+    )
     assert any(m.label == "Error vs truth" for m in at.metric)
 
 

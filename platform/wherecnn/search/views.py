@@ -20,7 +20,10 @@ import pandas as pd
 from wherecnn.search.engine import Bounds
 
 TRUE_COLOUR = [40, 220, 90]
-BEST_COLOUR = [255, 255, 255]
+CONE_COLOUR = [60, 200, 255]
+HEAT_OPACITY = 0.8
+# A panorama's heading is its left edge's bearing; the map shows it as a narrow cone.
+PANORAMA_CONE_DEG = 30.0
 
 
 def png_data_url(image: np.ndarray) -> str:
@@ -120,6 +123,23 @@ def score_colours(scores: Sequence[float]) -> list[list[int]]:
     return [[int(c * 255) for c in colormaps["inferno"](0.35 + 0.63 * v)[:3]] + [235] for v in norm]
 
 
+def view_cone(
+    lat: float, lon: float, heading_deg: float, fov_deg: float, *, length_m: float = 60.0, steps: int = 12
+) -> list[list[float]]:
+    """A camera's view on the map: a wedge from (lat, lon) centred on the heading, ``fov_deg`` wide (a
+    panorama's narrower, `PANORAMA_CONE_DEG`), as a closed [lon, lat] ring."""
+    from wherecnn.geo import offset_m
+
+    width = PANORAMA_CONE_DEG if fov_deg >= 360 else float(np.clip(fov_deg, 1.0, 359.0))
+    ring = [[lon, lat]]
+    for b in np.linspace(heading_deg - width / 2, heading_deg + width / 2, steps + 1):
+        east, north = length_m * math.sin(math.radians(b)), length_m * math.cos(math.radians(b))
+        p_lat, p_lon = offset_m(lat=lat, lon=lon, east_m=east, north_m=north)
+        ring.append([float(p_lon), float(p_lat)])
+    ring.append([lon, lat])
+    return ring
+
+
 def build_deck(
     ranked: pd.DataFrame,
     *,
@@ -129,8 +149,11 @@ def build_deck(
     truth: tuple[float, float] | None = None,
     prior: dict[str, Any] | None = None,
     basemap_url: str | None = None,
+    cone: dict[str, float] | None = None,
 ) -> Any:
-    """The pydeck map of one city: aerial base, optional heat map, ranked candidates, the true location."""
+    """The pydeck map of one city: aerial base, optional heat map, the camera's view cone at the answer
+    (``cone``: lat, lon, heading_deg, fov_deg), ranked candidates (#1 on top), the true location (a ring, so
+    it never hides the answer)."""
     import pydeck as pdk
 
     rows = ranked[ranked["city"] == city].sort_values("rank")
@@ -146,7 +169,7 @@ def build_deck(
                 id="heatmap",
                 image=_literal(heatmap[0]),
                 bounds=heatmap[1].as_deck(),
-                opacity=0.6,
+                opacity=HEAT_OPACITY,
             )
         )
     if prior and prior.get("kind") == "radius":
@@ -180,12 +203,45 @@ def build_deck(
                 "city": city,
                 "radius": 8.0 + 8.0 * rel,
                 "color": colour,
+                # dark digits on the bright (high-score) markers, light on the dark ones
+                "text_color": [20, 20, 30] if sum(colour[:3]) > 380 else [255, 255, 255],
                 "label": str(int(row["rank"])),
                 "distance": ""
                 if dist is None or (isinstance(dist, float) and math.isnan(dist))
                 else f"{dist:.0f} m",
             }
         )
+    if cone is not None:
+        layers.append(
+            pdk.Layer(
+                "PolygonLayer",
+                id="view_cone",
+                data=[{"polygon": view_cone(cone["lat"], cone["lon"], cone["heading_deg"], cone["fov_deg"])}],
+                get_polygon="polygon",
+                get_fill_color=[*CONE_COLOUR, 90],
+                get_line_color=[*CONE_COLOUR, 255],
+                line_width_min_pixels=2,
+                stroked=True,
+                filled=True,
+            )
+        )
+    if truth is not None:
+        layers.append(
+            pdk.Layer(
+                "ScatterplotLayer",
+                id="truth",
+                data=[{"lat": truth[0], "lon": truth[1], "label": "true location"}],
+                get_position=["lon", "lat"],
+                get_radius=14,
+                radius_units="'pixels'",
+                get_line_color=TRUE_COLOUR,
+                stroked=True,
+                filled=False,
+                line_width_min_pixels=3,
+                pickable=True,
+            )
+        )
+    points = points[::-1]  # drawn last = on top: #1 above the others where they overlap
     if points:
         layers.append(
             pdk.Layer(
@@ -196,9 +252,9 @@ def build_deck(
                 get_radius="radius",
                 radius_units="'pixels'",
                 get_fill_color="color",
-                get_line_color=[255, 255, 255],
+                get_line_color=[20, 20, 30],
                 stroked=True,
-                line_width_min_pixels=1.5,
+                line_width_min_pixels=2,
                 pickable=True,
             )
         )
@@ -210,27 +266,11 @@ def build_deck(
                 get_position=["lon", "lat"],
                 get_text="label",
                 get_size=13,
-                get_color=[255, 255, 255],
+                get_color="text_color",
                 get_text_anchor="'middle'",
                 get_alignment_baseline="'center'",
                 font_weight=700,
                 pickable=False,
-            )
-        )
-    if truth is not None:
-        layers.append(
-            pdk.Layer(
-                "ScatterplotLayer",
-                id="truth",
-                data=[{"lat": truth[0], "lon": truth[1], "label": "true location"}],
-                get_position=["lon", "lat"],
-                get_radius=9,
-                radius_units="'pixels'",
-                get_fill_color=TRUE_COLOUR,
-                get_line_color=[0, 0, 0],
-                stroked=True,
-                line_width_min_pixels=2,
-                pickable=True,
             )
         )
     bounds = aerial[1] if aerial is not None else (heatmap[1] if heatmap is not None else None)
@@ -262,5 +302,9 @@ def build_deck(
             map_provider="carto",
         )
     return pdk.Deck(
-        layers=layers, initial_view_state=view, tooltip=tooltip, map_provider=None, map_style=None
+        layers=layers,
+        initial_view_state=view,
+        tooltip=tooltip,
+        map_provider=None,
+        map_style=None,  # no web basemap unless settings.basemap_url names one
     )
