@@ -61,6 +61,8 @@ def test_upload_choose_city_ranked_table_and_map(demo_settings: Path) -> None:
     assert [(round(p["lat"], 6), round(p["lon"], 6)) for p in points] == [
         (round(a, 6), round(b, 6)) for a, b in zip(table["lat"], table["lon"], strict=True)
     ]
+    # pydeck's "default" sentinel: Streamlit fetches no web basemap (with no mapStyle it fetches carto's)
+    assert spec.get("mapStyle") == "__MAP_STYLE__"
     aerial = _layer(spec, "aerial")  # the city's own mosaic, warped to WGS84
     assert aerial is not None and aerial["image"].startswith("data:image/png;base64,")
     left, bottom, right, top = aerial["bounds"]

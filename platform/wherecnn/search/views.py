@@ -305,6 +305,7 @@ def build_deck(
         layers=layers,
         initial_view_state=view,
         tooltip=tooltip,
+        # No web basemap unless settings.basemap_url names one. map_style stays pydeck's default sentinel:
+        # Streamlit then draws no basemap, where map_style=None makes it fetch one from basemaps.cartocdn.com.
         map_provider=None,
-        map_style=None,  # no web basemap unless settings.basemap_url names one
     )
