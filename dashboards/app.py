@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 from wherecnn.config import get_settings
 from wherecnn.search.client import BackendError, LocalBackend, RemoteBackend
+from wherecnn.search.engine import HEATMAP_CMAP
 from wherecnn.search.query import GeoPrior
 from wherecnn.search.saliency import overlay
 from wherecnn.search.views import aerial_overlay, build_deck, find_aerial, png_data_url
@@ -109,10 +110,10 @@ def run_explain(_backend: Any, key: str, data: bytes, tile_id: str, heading: flo
 
 @st.cache_data(show_spinner=False)
 def colour_scale() -> np.ndarray:
-    """The heat map's colour scale (inferno, as `rasterise` paints it), low → high."""
+    """The heat map's colour scale (the colormap `rasterise` paints it with), low → high."""
     from matplotlib import colormaps
 
-    ramp = colormaps["inferno"](np.linspace(0.0, 1.0, 256))[:, :3]
+    ramp = colormaps[HEATMAP_CMAP](np.linspace(0.0, 1.0, 256))[:, :3]
     return np.repeat((ramp[None] * 255).astype(np.uint8), 14, axis=0)
 
 
@@ -285,16 +286,10 @@ if truth is not None:
 else:
     m[4].metric("Search time", f"{view.timings.get('total_ms', 0):.0f} ms")
 placed = "placed in metres" if best.get("position_source") == "refined" else "at the tile's centre"
-heading_note = (
-    ""
-    if best.get("heading_deg") is None
-    else f" · heading {best['heading_deg']:.0f}° ({best.get('heading_source')}"
-    + (
-        f", confidence {best['heading_confidence']:.0%})"
-        if best.get("heading_confidence") is not None
-        else ")"
-    )
-)
+heading_note = ""
+if best.get("heading_deg") is not None:
+    sure = "" if best.get("heading_confidence") is None else f", confidence {best['heading_confidence']:.0%}"
+    heading_note = f" · heading {best['heading_deg']:.0f}° ({best.get('heading_source')}{sure})"
 st.markdown(
     f"**Best guess:** {best['city']} at {best['lat']:.6f}, {best['lon']:.6f} (tile `{best['tile_id']}`, "
     f"{placed}){heading_note}"

@@ -268,6 +268,11 @@ class IndexSummary:
     def skipped_total(self) -> int:
         return int(sum(self.skipped.values()))
 
+    @property
+    def skipped_text(self) -> str:
+        """The skips by reason, as people read them ("missing 3, unreadable 2"; "none")."""
+        return ", ".join(f"{k} {v}" for k, v in self.skipped.items()) or "none"
+
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "skipped_total": self.skipped_total}
 
@@ -729,9 +734,7 @@ def run_index(
             summary.up_to_date, summary.version, summary.points = True, vs.live_version(), vs.count()
             summary.switched = True
             # what the run that built it skipped, as its rejects file says
-            summary.skipped = dict(
-                sorted(Counter(r["reason"] for r in rejects_of(run_path / "rejects.jsonl")).items())
-            )
+            summary.skipped = skip_counts(rejects_of(run_path / "rejects.jsonl"))
             console.print(
                 f"[green]up to date[/]: live version {summary.version} already holds this job ({tag})"
             )
@@ -783,7 +786,7 @@ def run_index(
         summary.seconds = time.perf_counter() - start
         summary.embedded = progress.embedded
         summary.tiles_per_s = summary.embedded / summary.seconds if summary.seconds > 0 else 0.0
-        summary.skipped = dict(sorted(Counter(r["reason"] for r in rejects).items()))
+        summary.skipped = skip_counts(rejects)
         write_rejects(run_path / "rejects.jsonl", rejects)
         summary.points = vs.count()
         if switch:
@@ -861,13 +864,17 @@ def print_summary(summary: IndexSummary, console: Any, title: str = "index") -> 
     table.add_row("manifest tiles", str(summary.manifest_tiles))
     table.add_row("already present (resumed)", str(summary.already_present))
     table.add_row("embedded this run", str(summary.embedded))
-    skipped = ", ".join(f"{k} {v}" for k, v in summary.skipped.items()) or "none"
-    table.add_row("skipped", f"{summary.skipped_total} ({skipped})")
+    table.add_row("skipped", f"{summary.skipped_total} ({summary.skipped_text})")
     table.add_row("points in version", str(summary.points))
     table.add_row("tiles/s", f"{summary.tiles_per_s:.1f} ({summary.engine}, {summary.seconds:.1f} s)")
     table.add_row("version", f"{summary.version} ({'live' if summary.switched else 'not switched'})")
     table.add_row("rejects file", summary.rejects_file)
     console.print(table)
+
+
+def skip_counts(rejects: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Rejected tiles counted by reason, reasons in order."""
+    return dict(sorted(Counter(r["reason"] for r in rejects).items()))
 
 
 def rejects_of(path: str | Path) -> list[dict[str, Any]]:

@@ -152,13 +152,12 @@ def validate(
         raise ValidationError(
             f"{summary.version} holds {points} points, fewer than reindex_min_points "
             f"({settings.reindex_min_points}): {summary.skipped_total} of {len(frame)} tiles were skipped "
-            f"({_reasons(summary.skipped)})"
+            f"({summary.skipped_text})"
         )
     if share < settings.reindex_min_embedded:
         raise ValidationError(
             f"{summary.version} holds {points} of the manifest's {len(frame)} tiles ({share:.1%}), under "
-            f"reindex_min_embedded ({settings.reindex_min_embedded:.0%}); skipped: "
-            f"{_reasons(summary.skipped)}"
+            f"reindex_min_embedded ({settings.reindex_min_embedded:.0%}); skipped: {summary.skipped_text}"
         )
     if live_points and not allow_shrink and points < (1.0 - settings.reindex_max_shrink) * live_points:
         raise ValidationError(
@@ -197,10 +196,6 @@ def validate(
             f"(source changed during the run, or a different model?): " + "; ".join(failures[:5])
         )
     return checks
-
-
-def _reasons(skipped: dict[str, int]) -> str:
-    return ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"
 
 
 # --------------------------------------------------------------------------------------------- entry

@@ -163,9 +163,10 @@ class Retriever:
         embed, part = self.aerial, None
         if s.refine_views == "first" and self.first_view is not None:
             embed, part = self.first_view
-        best, spacing = self._stored_views(qs, todo, part)
-        if part is not None:
+        dim = qs.shape[1]  # what the index stores a view as
+        if part is not None:  # the query as the fine stage compares it, at every heading
             qs = np.stack([part(q) for q in qs])
+        best, spacing = self._stored_views(qs, dim, todo, part)
         levels = [(list(range(len(todo))), s.refine_centres), (None, s.refine_local)]
         for keep, centres in levels:
             if centres <= 1:
@@ -176,10 +177,11 @@ class Retriever:
             scores = self._score(qs, [todo[i][1] for i in keep], lattices, embed)
             for i, shifts, sc in zip(keep, lattices, scores, strict=True):
                 cand = todo[i][0]
-                cand.view_scores = cand.view_scores + sc.max(axis=1).tolist()
-                if sc.size and float(sc.max()) > best[i].score:
-                    v = int(sc.max(axis=1).argmax())
-                    best[i] = _View(float(sc[v].max()), shifts[v], sc[v])
+                per_view = sc.max(axis=1)  # a view scores its best heading
+                cand.view_scores = cand.view_scores + per_view.tolist()
+                if per_view.size and float(per_view.max()) > best[i].score:
+                    v = int(per_view.argmax())
+                    best[i] = _View(float(per_view[v]), shifts[v], sc[v])
                 cand.score = _pooled(np.asarray(cand.view_scores), s.view_pool)
                 spacing[i] = spacing[i] / centres
         for (cand, window), view in zip(todo, best, strict=True):
@@ -194,12 +196,14 @@ class Retriever:
     def _stored_views(
         self,
         qs: np.ndarray,
+        dim: int,
         todo: Sequence[tuple[Candidate, TileWindow]],
         part: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> tuple[list[_View], list[float]]:
         """Each candidate's best stored view and the stored views' spacing in pixels; sets its view scores
-        (and its score: `view_pool` of them) from what the index holds, compared by ``part`` of each vector
-        where the fine stage scores one test-time view. ``qs``: the query at each heading, [headings, dim]."""
+        (and its score: `view_pool` of them) from what the index holds, compared by ``part`` of each stored
+        vector where the fine stage scores one test-time view. ``qs``: the query at each heading as the fine
+        stage compares it (already ``part`` of the query vectors); ``dim``: a stored view's length."""
         k = self.settings.index_views
         stored: dict[str, np.ndarray] = {}
         retrieve = getattr(self.store, "retrieve", None)
@@ -208,8 +212,6 @@ class Retriever:
                 p.tile_id: np.asarray(p.vector, dtype=np.float32)
                 for p in retrieve([c.tile_id for c, _ in todo])
             }
-        dim = qs.shape[1]
-        qp = qs if part is None else np.stack([part(q) for q in qs])
         best, spacing = [], []
         for cand, window in todo:
             vectors = stored.get(cand.tile_id)
@@ -219,7 +221,7 @@ class Retriever:
                 spacing.append(float(window.cell_px))
                 continue
             rows = vectors.reshape(-1, dim)
-            sc = (rows if part is None else np.stack([part(r) for r in rows])) @ qp.T  # views x headings
+            sc = (rows if part is None else np.stack([part(r) for r in rows])) @ qs.T  # views x headings
             per_view = sc.max(axis=1)
             cand.view_scores = per_view.tolist()
             cand.score = _pooled(per_view, self.settings.view_pool)

@@ -50,6 +50,8 @@ CONFIDENCE_TEMPERATURE = 0.05
 # Hits fetched per city for the confidence estimate, even when fewer are returned.
 CONFIDENCE_POOL = 20
 DEFAULT_SEPARATION_M = 100.0
+# The heat map's matplotlib colormap (the dashboard draws its colour scale from the same name).
+HEATMAP_CMAP = "inferno"
 
 
 class Bounds(NamedTuple):
@@ -562,13 +564,13 @@ class SearchEngine:
         *,
         heading_deg: float | None = None,
         fov_deg: float | None = None,
-        cmap: str = "inferno",
+        cmap: str = HEATMAP_CMAP,
     ) -> HeatMap:
         """The query's similarity to every tile of `city` (the paper's city-scale geolocalization map)."""
         (city,) = self.resolve_cities([city])
         vector = (
             image
-            if _is_vector(image)
+            if _is_vector(image, int(self.embedder.embed_dim))
             else self.embed(self.prepare(image), heading_deg=heading_deg, fov_deg=fov_deg)
         )
         ids, vectors, payloads = self.city_vectors(city)
@@ -596,7 +598,7 @@ def rasterise(
     lons: np.ndarray,
     scores: np.ndarray,
     *,
-    cmap: str = "inferno",
+    cmap: str = HEATMAP_CMAP,
     max_side: int = 1024,
 ) -> HeatMap:
     """Paint each tile's score into the cell of the city's tile grid at its centre (max where cells collide).
@@ -646,9 +648,12 @@ def _grid_step(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.median(nn)) if len(nn) else 100.0
 
 
-def _is_vector(obj: Any) -> bool:
-    """A query vector (or one per heading) rather than an image."""
-    return isinstance(obj, np.ndarray) and obj.dtype.kind == "f" and obj.ndim in (1, 2)
+def _is_vector(obj: Any, dim: int) -> bool:
+    """A query vector (or one per heading: [n, dim]) rather than an image (a float grayscale image is 2-D
+    too, but not ``dim`` wide)."""
+    return (
+        isinstance(obj, np.ndarray) and obj.dtype.kind == "f" and obj.ndim in (1, 2) and obj.shape[-1] == dim
+    )
 
 
 def _heading_confidence(top: Candidate, headings: Headings | None) -> float | None:
