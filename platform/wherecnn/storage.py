@@ -15,10 +15,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from wherecnn.config import Settings
 
 __all__ = [
     "ImageDecodeError",
@@ -36,6 +39,8 @@ __all__ = [
     "decode_image",
     "load_image",
     "s3_client",
+    "s3_endpoint",
+    "arrow_fs",
 ]
 
 
@@ -115,14 +120,43 @@ _clients: dict[tuple[str | None, str, int], Any] = {}
 _clients_lock = threading.Lock()
 
 
+def s3_endpoint(settings: Settings | None = None) -> str | None:
+    """The S3 endpoint (MinIO, moto) from the settings, else ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``;
+    None = AWS."""
+    from wherecnn.config import get_settings
+
+    s = settings or get_settings()
+    env = os.environ
+    return s.s3_endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+
+
 def _s3_settings() -> tuple[str | None, str, int]:
     from wherecnn.config import get_settings
 
     s = get_settings()
-    env = os.environ
-    endpoint = s.s3_endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     region = s.s3_region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return endpoint, region, int(s.s3_max_attempts)
+    return s3_endpoint(s), region, int(s.s3_max_attempts)
+
+
+def arrow_fs(uri: str, settings: Settings | None = None) -> tuple[Any, str]:
+    """pyarrow filesystem + path for a URI (what pyarrow, Ray Data and Ray Train's ``storage_filesystem``
+    take); S3 with the explicit endpoint where one is set."""
+    import pyarrow.fs as pafs
+
+    from wherecnn.config import get_settings
+
+    if uri.startswith("s3://"):
+        s = settings or get_settings()
+        endpoint = s3_endpoint(s)
+        kwargs: dict[str, Any] = {"region": s.s3_region}
+        if endpoint:
+            parsed = urlparse(endpoint)
+            kwargs["endpoint_override"] = parsed.netloc or parsed.path
+            kwargs["scheme"] = parsed.scheme or "http"
+        return pafs.S3FileSystem(**kwargs), uri[len("s3://") :]
+    if uri.startswith("file://"):
+        return pafs.LocalFileSystem(), urlparse(uri).path
+    return pafs.LocalFileSystem(), str(Path(uri).absolute())
 
 
 def s3_client(endpoint_url: str | None = None) -> Any:

@@ -737,10 +737,9 @@ def _run_ray(opts: TrainOptions) -> dict[str, Any]:
         started = True
     try:
         gpu = torch.cuda.is_available() if opts.device == "auto" else opts.device.startswith("cuda")
-        if storage.is_s3(opts.out):
-            storage_path, name = opts.out.rstrip("/") + "-ray", "run"
-        else:
-            storage_path, name = os.path.abspath(opts.out) + "-ray", "run"
+        # Ray Train's own checkpoints beside ours; S3 through pyarrow with the configured endpoint (MinIO)
+        ray_out = (opts.out.rstrip("/") if storage.is_s3(opts.out) else os.path.abspath(opts.out)) + "-ray"
+        filesystem, storage_path = storage.arrow_fs(ray_out)
         config = asdict(opts) | {
             "data": os.path.abspath(opts.data),
             "out": opts.out if storage.is_s3(opts.out) else os.path.abspath(opts.out),
@@ -753,7 +752,7 @@ def _run_ray(opts: TrainOptions) -> dict[str, Any]:
                 num_workers=opts.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}
             ),
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-            run_config=RunConfig(storage_path=storage_path, name=name),
+            run_config=RunConfig(storage_path=storage_path, storage_filesystem=filesystem, name="run"),
         )
         result = trainer.fit()
         if result.error:
