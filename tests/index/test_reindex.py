@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,5 +206,169 @@ def test_a_reindex_never_leaves_the_live_index_worse(
     if fault == "shrunk":  # the source really shrank: say so, and it switches
         result = run_reindex(source, CKPT, writer, allow_shrink=True, **kwargs)
         assert result.summary.switched and reader.count() == 2 and result.checks["live_points"] == 8
+    writer.close()
+    reader.close()
+
+
+# ------------------------------------------------------------- faults before building, and during the switch
+
+
+@contextlib.contextmanager
+def failing_listings(times: int | None) -> Iterator[dict[str, int]]:
+    """S3 listings in pages of 5 keys whose second and later pages fail with a connection error ``times``
+    times (None: always), injected into the client `wherecnn.storage` lists with."""
+    from botocore.exceptions import EndpointConnectionError
+    from wherecnn import storage
+
+    client = storage.s3_client()
+    counts = {"left": -1 if times is None else times, "failed": 0}
+
+    def small_pages(params: dict[str, object], **_: object) -> None:
+        params["MaxKeys"] = 5
+
+    def fail(request: object, **_: object) -> None:
+        url = str(getattr(request, "url", ""))
+        if "continuation-token" in url and counts["left"] != 0:
+            counts["left"] -= 1
+            counts["failed"] += 1
+            raise EndpointConnectionError(endpoint_url=url)
+
+    events = client.meta.events
+    events.register("before-parameter-build.s3.ListObjectsV2", small_pages)
+    events.register("before-send.s3.ListObjectsV2", fail)
+    try:
+        yield counts
+    finally:
+        events.unregister("before-parameter-build.s3.ListObjectsV2", small_pages)
+        events.unregister("before-send.s3.ListObjectsV2", fail)
+
+
+UNREADABLE_SOURCES = ("duplicate_ids", "listing_fails", "listing_flaky")
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("fault", UNREADABLE_SOURCES)
+def test_a_source_that_cannot_be_read_whole_builds_nothing(
+    fault: str, backend: str, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Duplicate tile ids or a listing that keeps failing stop the reindex before it builds a version (the
+    live one and its points untouched, no version left behind); a listing that fails once is retried and
+    the reindex goes through with every number right; a rerun once the source is fixed goes through."""
+    from wherecnn.storage import StorageError
+
+    monkeypatch.setenv("WHERECNN_S3_MAX_ATTEMPTS", "2")  # one retry: a failure that persists fails fast
+    reset_settings_cache()
+    writer, reader = open_pair(backend, tmp_path)
+    old, _ = make_tile_set(tmp_path / "old", n_good=8, seed=1, prefix="old")
+    run_index(str(old), CKPT, writer, use_ray=False, run_dir=tmp_path / "r0", show_progress=False)
+    live, versions = writer.live_version(), [i.version for i in writer.versions()]
+    manifest, bad = make_tile_set(tmp_path / "new", n_good=12, seed=7, prefix="new")
+    bucket = f"unreadable-{fault.replace('_', '-')}-{backend}"
+    source = upload(manifest.parent, s3_env, bucket, "src")
+    kwargs = {"use_ray": False, "run_dir": tmp_path / "rx", "show_progress": False, "samples": 2}
+    s3 = boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1")
+    if fault == "duplicate_ids":
+        frame = pd.read_parquet(manifest)
+        twin = frame.iloc[[0]].assign(uri=frame["uri"].iloc[1])  # one id, two images
+        body = io.BytesIO()
+        pd.concat([frame, twin]).to_parquet(body, index=False)
+        s3.put_object(Bucket=bucket, Key="src/tiles.parquet", Body=body.getvalue())
+        with pytest.raises(ValueError, match="duplicate tile_id"):
+            run_reindex(source, CKPT, writer, **kwargs)
+        s3.put_object(Bucket=bucket, Key="src/tiles.parquet", Body=manifest.read_bytes())  # fixed
+    elif fault == "listing_fails":
+        with failing_listings(None) as counts, pytest.raises(StorageError, match="cannot list"):
+            run_reindex(source, CKPT, writer, **kwargs)
+        assert counts["failed"] >= 2  # retried, and every try failed
+    if fault != "listing_flaky":
+        assert writer.live_version() == live and reader.count() == 8
+        assert [i.version for i in writer.versions()] == versions  # nothing built, nothing left building
+    with failing_listings(1 if fault == "listing_flaky" else 0) as counts:
+        result = run_reindex(source, CKPT, writer, **kwargs)
+    assert counts["failed"] == (1 if fault == "listing_flaky" else 0)
+    assert result.summary.switched and result.previous == live and result.absent == 1  # the missing tile
+    assert reader.count() == 12 and reader.tile_ids() == set(pd.read_parquet(manifest)["tile_id"]) - set(bad)
+    writer.close()
+    reader.close()
+
+
+class Killed(BaseException):
+    """Stands for the process dying where a kill cannot reach (an in-process server store)."""
+
+
+_KILL_EDGE = """
+import os, signal, sys
+from wherecnn.index.reindex import run_reindex
+from wherecnn.index.store import edge
+
+source, checkpoint, store, run_dir, when = sys.argv[1:]
+write = edge._atomic_write_json
+
+def dying(path, data):
+    if path.name == edge.POINTER and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(path, data)
+    if path.name == edge.POINTER and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+edge._atomic_write_json = dying
+run_reindex(source, checkpoint, store, use_ray=False, run_dir=run_dir, show_progress=False, samples=2)
+"""
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_kill_during_the_switch_leaves_one_whole_live_version(
+    when: str, backend: str, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed just before or just after the live pointer moves (Edge: the writer process SIGKILLed around
+    its pointer file; server: the call dying around the alias move), readers see the old index or the new
+    one, whole; the rerun finishes the same version without embedding again."""
+    writer, reader = open_pair(backend, tmp_path)
+    old, _ = make_tile_set(tmp_path / "old", n_good=8, seed=1, prefix="old")
+    run_index(str(old), CKPT, writer, use_ray=False, run_dir=tmp_path / "r0", show_progress=False)
+    live = writer.live_version()
+    manifest, bad = make_tile_set(tmp_path / "new", n_good=12, seed=7, prefix="new")
+    source = upload(manifest.parent, s3_env, f"kill-{when}-{backend}", "src")
+    run_dir = tmp_path / "rx"
+    if backend == "edge":
+        writer.close()
+        argv = [
+            sys.executable,
+            "-c",
+            _KILL_EDGE,
+            source,
+            CKPT,
+            f"edge://{tmp_path / 'idx'}",
+            str(run_dir),
+            when,
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        writer = EdgeStore(tmp_path / "idx", settings=get_settings())
+    else:
+        move = ServerStore._move_alias
+
+        def dying(self: ServerStore, version: str) -> None:
+            if when == "before":
+                raise Killed
+            move(self, version)
+            raise Killed
+
+        monkeypatch.setattr(ServerStore, "_move_alias", dying)
+        with pytest.raises(Killed):
+            run_reindex(source, CKPT, writer, use_ray=False, run_dir=run_dir, show_progress=False, samples=2)
+        monkeypatch.setattr(ServerStore, "_move_alias", move)
+    reader.refresh()
+    built = next(i.version for i in writer.versions() if i.version != live)
+    assert writer.live_version() == (live if when == "before" else built)
+    assert reader.count() == (8 if when == "before" else 12)
+    result = run_reindex(source, CKPT, writer, use_ray=False, run_dir=run_dir, show_progress=False, samples=2)
+    assert result.summary.version == built and len(writer.versions()) == 2  # finished, not rebuilt
+    assert result.previous == live and result.summary.switched
+    assert writer.live_version() == built and reader.count() == 12
+    assert reader.tile_ids() == set(pd.read_parquet(manifest)["tile_id"]) - set(bad)
+    infos = writer.versions()
+    assert [i.live for i in infos].count(True) == 1 and {i.status for i in infos} == {"ready"}
     writer.close()
     reader.close()

@@ -27,7 +27,6 @@ import pandas as pd
 from wherecnn.config import Settings, get_settings
 from wherecnn.index.pipeline import (
     IndexSummary,
-    arrow_fs,
     load_embedder,
     load_tile,
     manifest_uri,
@@ -69,7 +68,7 @@ def _listing(source: str, frame: pd.DataFrame, inventory: str | None, settings: 
     if inventory:
         import pyarrow.parquet as pq
 
-        fs, path = arrow_fs(inventory, settings)
+        fs, path = storage.arrow_fs(inventory, settings)
         inv = pq.read_table(path, filesystem=fs).to_pandas()
         if "key" not in inv.columns:
             raise ValueError(f"inventory {inventory}: expected a `key` column (and optionally `bucket`)")
@@ -270,6 +269,10 @@ def run_reindex(
     owned = isinstance(store, str)
     vs = open_store(store, settings=settings) if isinstance(store, str) else store
     try:
+        resumed = _validated_and_finished(vs, state, run_path) if switch else None
+        if resumed is not None:
+            console.print(f"resuming reindex: {resumed.summary.version} was validated; switching to it")
+            return _switch(vs, run_path, resumed, settings)
         # the live version's size as recorded (Edge: without opening it, which a reader may hold)
         live_points = next((i.points for i in vs.versions() if i.live), None)
         summary = run_index(
@@ -297,23 +300,49 @@ def run_reindex(
                 json.dumps({**summary.to_json(), "failed": str(exc)}, indent=1)
             )
             raise
-        _save_state(run_path, status="validated", version=summary.version, checks=result.checks)
+        result.previous = vs.live_version()
+        _save_state(
+            run_path, status="validated", version=summary.version, checks=result.checks, absent=absent,
+            previous=result.previous, summary=summary.to_json(),
+        )  # fmt: skip
         if not switch:
             console.print(f"validated {summary.version}; not switched (rerun without --no-switch to switch)")
             vs.detach()
             return result
-        result.previous = vs.live_version()
-        vs.switch(summary.version)
-        summary.switched = True
-        result.pruned = vs.prune(settings.retention)
-        _save_state(run_path, status="switched", switched_at=time.time())
-        (run_path / "summary.json").write_text(
-            json.dumps({**summary.to_json(), "checks": result.checks}, indent=1)
-        )
-        return result
+        return _switch(vs, run_path, result, settings)
     finally:
         if owned:
             vs.close()
+
+
+def _validated_and_finished(vs: VectorStore, state: dict[str, Any], run_path: Path) -> ReindexResult | None:
+    """A run killed while switching: validated, its version finished (``ready``) and either still waiting or
+    already live, with the live version still the one it was validated against. Its rerun only switches:
+    nothing is embedded or validated again. (A ``--no-switch`` run leaves its version building: the rerun
+    resumes it and validates it again.)"""
+    version = state.get("version")
+    if state.get("status") != "validated" or not version:
+        return None
+    info = next((i for i in vs.versions() if i.version == version), None)
+    if info is None or info.status != "ready" or vs.live_version() not in (version, state.get("previous")):
+        return None
+    fields = {k: v for k, v in state["summary"].items() if k != "skipped_total"}
+    return ReindexResult(
+        summary=IndexSummary(**fields), previous=state.get("previous"), manifest=str(run_path / FROZEN),
+        absent=int(state.get("absent", 0)), checks=dict(state.get("checks", {})),
+    )  # fmt: skip
+
+
+def _switch(vs: VectorStore, run_path: Path, result: ReindexResult, settings: Settings) -> ReindexResult:
+    """Make the validated version live (a no-op when it already is), prune, and record the run as switched."""
+    vs.switch(result.summary.version)
+    result.summary.switched = True
+    result.pruned = vs.prune(settings.retention)
+    _save_state(run_path, status="switched", switched_at=time.time())
+    (run_path / "summary.json").write_text(
+        json.dumps({**result.summary.to_json(), "checks": result.checks}, indent=1)
+    )
+    return result
 
 
 def _append_absent(path: Path, absent: pd.DataFrame) -> None:
