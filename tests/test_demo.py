@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,12 @@ def test_demo_runs_every_stage_and_prints_the_summary(demo_run) -> None:
     text = proc.stdout
     assert "Per city" in text and "Sample searches" in text and "Next steps" in text
     assert "make dashboard" in text and "wherecnn search" in text
+    # the terminal gets progress and results, not Ray's log lines (C++: "[date E pid tid] file.cc:N: ...";
+    # Python: "date<TAB>WARNING file.py:N -- ...")
+    ray_lines = re.findall(
+        r"^.*(?:\] \w+\.cc:\d+:|\t(?:WARNING|ERROR) \w+\.py:\d+ --).*$", text + proc.stderr, re.M
+    )
+    assert not ray_lines, ray_lines[:5]
 
 
 def test_demo_index_holds_every_grid_tile_once(demo_run) -> None:

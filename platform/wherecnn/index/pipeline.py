@@ -14,11 +14,13 @@ unreadable, wrong size) are skipped, counted by reason and listed in ``rejects.j
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -27,11 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
+from wherecnn import storage
 from wherecnn.config import Settings, get_settings
 from wherecnn.index.store import StoreError, TilePoint, VectorStore, open_store, store_kind
 from wherecnn.retrieval.settings import RetrievalSettings
@@ -39,6 +41,7 @@ from wherecnn.retrieval.views import TileWindow, cell_shifts, cut_views, with_wi
 
 REQUIRED = ("tile_id", "city", "lat", "lon", "uri")
 REASONS = ("missing", "unreadable", "wrong_size", "bad_row")
+RAY_LOG = "ray.log"  # in the run folder: what Ray itself printed while the job ran (`ray_output_to`)
 SIZE_TOLERANCE_PX = 1
 BOUNDS = ("min_lat", "min_lon", "max_lat", "max_lon")
 
@@ -46,33 +49,8 @@ BOUNDS = ("min_lat", "min_lon", "max_lat", "max_lon")
 # --------------------------------------------------------------------------------------------- manifest
 
 
-def s3_endpoint(settings: Settings | None = None) -> str | None:
-    s = settings or get_settings()
-    return s.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-
-def arrow_fs(uri: str, settings: Settings | None = None) -> tuple[Any, str]:
-    """pyarrow filesystem + path for a URI; S3 with an explicit endpoint (MinIO, moto) where one is set."""
-    import pyarrow.fs as pafs
-
-    if uri.startswith("s3://"):
-        s = settings or get_settings()
-        endpoint = s3_endpoint(s)
-        kwargs: dict[str, Any] = {"region": s.s3_region}
-        if endpoint:
-            parsed = urlparse(endpoint)
-            kwargs["endpoint_override"] = parsed.netloc or parsed.path
-            kwargs["scheme"] = parsed.scheme or "http"
-        return pafs.S3FileSystem(**kwargs), uri[len("s3://") :]
-    if uri.startswith("file://"):
-        return pafs.LocalFileSystem(), urlparse(uri).path
-    return pafs.LocalFileSystem(), str(Path(uri).absolute())
-
-
 def manifest_uri(tiles: str) -> str:
     """A tiles manifest (.parquet) as given, or ``tiles.parquet`` inside a folder/prefix."""
-    from wherecnn import storage
-
     return tiles if tiles.endswith(".parquet") else storage.join(tiles, "tiles.parquet")
 
 
@@ -82,8 +60,6 @@ def _base(uri: str) -> str:
 
 def resolve_uri(uri: Any, base: str) -> Any:
     """Relative tile URIs are relative to the manifest's folder (local or S3)."""
-    from wherecnn import storage
-
     if not isinstance(uri, str) or not uri or "://" in uri or uri.startswith("/"):
         return uri
     if base.startswith("s3://"):
@@ -96,7 +72,7 @@ def read_tile_manifest(tiles: str, settings: Settings | None = None) -> pd.DataF
     import pyarrow.parquet as pq
 
     uri = manifest_uri(tiles)
-    fs, path = arrow_fs(uri, settings)
+    fs, path = storage.arrow_fs(uri, settings)
     try:
         table = pq.read_table(path, filesystem=fs)
     except FileNotFoundError as exc:
@@ -157,13 +133,11 @@ _fs_cache: dict[tuple[str, str | None], Any] = {}
 def read_uri(uri: str, settings: Settings | None = None) -> bytes:
     """Tile bytes; S3 through pyarrow's S3FileSystem (one per process and endpoint), else the local file."""
     if uri.startswith("s3://"):
-        key = ("s3", s3_endpoint(settings))
+        key = ("s3", storage.s3_endpoint(settings))
         if key not in _fs_cache:
-            _fs_cache[key] = arrow_fs(uri, settings)[0]
+            _fs_cache[key] = storage.arrow_fs(uri, settings)[0]
         with _fs_cache[key].open_input_stream(uri[len("s3://") :]) as fh:
             return bytes(fh.read())
-    from wherecnn import storage
-
     return storage.read_bytes(uri)
 
 
@@ -171,8 +145,6 @@ def load_tile(
     row: dict[str, Any], *, tile_size: int | None = None, settings: Settings | None = None
 ) -> tuple[np.ndarray | None, str | None, str]:
     """(image, None, "") for a good tile, else (None, reason, detail); never raises for a bad tile."""
-    from wherecnn import storage
-
     uri = row.get("uri")
     try:
         lat, lon = float(row["lat"]), float(row["lon"])
@@ -529,6 +501,28 @@ def _ray_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(keep)}
 
 
+@contextlib.contextmanager
+def ray_output_to(path: Path) -> Iterator[None]:
+    """While Ray runs in this process, what Ray itself prints (its C++ core worker writes straight to file
+    descriptor 2, its Python loggers to the stderr they were handed) goes to ``path``, in the run folder;
+    what we print (through ``sys.stderr``, which keeps pointing at the terminal) still reaches the user."""
+    sys.stderr.flush()
+    terminal_fd = os.dup(2)
+    terminal = open(terminal_fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=True)  # noqa: SIM115
+    before = sys.stderr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as log:
+        os.dup2(log.fileno(), 2)
+        sys.stderr = terminal
+        try:
+            yield
+        finally:
+            sys.stderr = before
+            terminal.flush()
+            os.dup2(terminal_fd, 2)
+            terminal.close()
+
+
 def ensure_ray(settings: Settings) -> bool:
     """Start (or join) Ray; True when this call started it (so the caller shuts it down)."""
     import ray
@@ -574,7 +568,7 @@ def _run_ray(
     from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = False  # our progress line stands for them
     ctx.print_on_execution_start = False
     settings_json = settings.model_dump()
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -584,8 +578,11 @@ def _run_ray(
     # enough of them for the loaders to run ahead of the actors
     block_rows = max(batch_size, min(8 * batch_size, math.ceil(len(rows) / max(4.0, 4 * cluster_cpus))))
     ds = ray.data.from_pandas([rows.iloc[i : i + block_rows] for i in range(0, len(rows), block_rows)])
+    # no more loaders than blocks, no more model actors than batches (a small job would start idle ones)
+    loaders = max(1, min(int(cluster_cpus), math.ceil(len(rows) / block_rows)))
+    actors = max(1, min(workers, math.ceil(len(rows) / batch_size)))
     # logical CPUs: always leave one for the load/write tasks, else the actors starve them
-    actor_cpus = max(0.25, min(1.0, (cluster_cpus - 1.0) / max(1, workers)))
+    actor_cpus = max(0.25, min(1.0, (cluster_cpus - 1.0) / actors))
     gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
     ds = ds.map_batches(
         _ray_load,
@@ -595,13 +592,13 @@ def _run_ray(
         num_cpus=0.25,
         # at most one loader per core: each extra concurrent task is another Python worker to start
         # (~1.4 s of CPU to import Ray, pandas and wherecnn), which is what made the load stage slow
-        compute=TaskPoolStrategy(size=max(1, int(cluster_cpus))),
+        compute=TaskPoolStrategy(size=loaders),
     ).map_batches(
         _EmbedActor,
         batch_format="numpy",
         batch_size=batch_size,
         fn_constructor_args=(checkpoint, "cuda" if gpu else "cpu", threads, index_views),
-        compute=ActorPoolStrategy(size=max(1, workers)),
+        compute=ActorPoolStrategy(size=actors),
         num_gpus=1 if gpu else 0,
         num_cpus=0 if gpu else actor_cpus,
     )
@@ -758,21 +755,28 @@ def run_index(
             elif use_ray:
                 uri = store_uri_of(vs)
                 vs.close()  # Edge: let the Ray writer hold the version dir
-                started = ensure_ray(settings)
+                # imported first: Ray's loggers take the stderr they find at import (then pointed at the log)
+                import ray.data  # noqa: F401
+
+                with ray_output_to(run_path / RAY_LOG):
+                    started = ensure_ray(settings)
                 try:
                     n_threads = threads or max(
                         1, (settings.num_cpus or os.cpu_count() or 1) // max(1, workers)
                     )
-                    rejects = _run_ray(
-                        todo, uri, tag, checkpoint=checkpoint, device=device,
-                        batch_size=batch_size, workers=workers, threads=n_threads, tile_size=tile_size,
-                        settings=settings, progress=progress, index_views=retrieval.index_views,
-                    )  # fmt: skip
+                    with ray_output_to(run_path / RAY_LOG):
+                        rejects = _run_ray(
+                            todo, uri, tag, checkpoint=checkpoint, device=device,
+                            batch_size=batch_size, workers=workers, threads=n_threads, tile_size=tile_size,
+                            settings=settings, progress=progress, index_views=retrieval.index_views,
+                        )  # fmt: skip
                 finally:
                     if started:
                         import ray
 
-                        ray.shutdown()
+                        with ray_output_to(run_path / RAY_LOG):
+                            ray.shutdown()
+                    console.print(f"Ray's own messages: {run_path / RAY_LOG}", soft_wrap=True)
                 vs.begin_version(tag)
             else:
                 if threads:
