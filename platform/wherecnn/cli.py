@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 # Order is the order `--help` lists them in.
-_AREAS = ("synth", "data", "train", "evaluate", "index", "search", "demo")
+_AREAS = ("synth", "data", "train", "evaluate", "index", "search", "demo", "config")
 
 for _area in _AREAS:
     importlib.import_module(f"wherecnn.commands.{_area}").register(app)

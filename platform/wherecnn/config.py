@@ -141,6 +141,29 @@ def get_settings(**overrides: Any) -> Settings:
     return base.model_copy(update=clean) if clean else base
 
 
+SECRETS = frozenset({"qdrant_api_key", "api_key"})  # shown as set or not, never their values
+
+
+def settings_sources(settings: Settings | None = None) -> dict[str, tuple[Any, str]]:
+    """Each platform setting's value and where it came from: ``env WHERECNN_<NAME>``, the TOML file, or
+    ``default`` (secrets as ``<set>``)."""
+    import tomllib
+
+    settings = settings or get_settings()
+    path = _toml_path()
+    in_toml = tomllib.loads(path.read_text()) if path is not None and path.exists() else {}
+    env = {k.upper() for k in os.environ}
+    out: dict[str, tuple[Any, str]] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in SECRETS and value is not None:
+            value = "<set>"
+        var = f"WHERECNN_{name.upper()}"
+        source = f"env {var}" if var in env else (str(path) if name in in_toml else "default")
+        out[name] = (value, source)
+    return out
+
+
 def reset_settings_cache() -> None:
     """For tests that change the environment."""
     _cached.cache_clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -23,6 +24,27 @@ class Track(StrEnum):
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=JSON`` options as model config overrides (a value that is not JSON stays a string); a key
+    no model reads is a bad parameter."""
+    from wherecnn.models import check_overrides
+
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set {item!r}: expected KEY=JSON")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    try:
+        check_overrides(overrides)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from exc
+    return overrides
 
 
 def train(
@@ -109,7 +131,6 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
-    from wherecnn.models import check_overrides
     from wherecnn.train.loop import TrainOptions, run_training
 
     if (epochs is None) == (minutes is None):
@@ -118,19 +139,7 @@ def train(
         raise typer.BadParameter(
             f"{data} has no pairs.parquet (expected `wherecnn synth`/`ingest` output)", param_hint="--data"
         )
-    overrides = {}
-    for item in set_:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set {item!r}: expected KEY=JSON")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    try:
-        check_overrides(overrides)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--set") from exc
+    overrides = parse_overrides(set_)
     opts = TrainOptions(
         data=str(data),
         out=out,

@@ -59,6 +59,8 @@ __all__ = [
     "list_models",
     "load_config",
     "model_from_config",
+    "recipe_on_track",
+    "resolve_config",
     "track_config",
     "unknown_keys",
 ]
@@ -175,6 +177,47 @@ def track_config(
     section = dict((config.get(track) or {}).get("model") or {})
     check_overrides(section)
     return merge(merge(config, section), overrides or {})
+
+
+def resolve_config(
+    name: str, track: str | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config a model of ``name`` trained on ``track`` gets (`build_model`'s), and where each setting
+    came from, by dotted key: the registered config file, its track section's ``model`` settings, or an
+    override."""
+    check_overrides(overrides or {})
+    base = load_config(name)
+    section = dict((base.get(track) or {}).get("model") or {}) if track else {}
+    config = (
+        track_config(merge(base, overrides or {}), track, overrides)
+        if track
+        else merge(base, overrides or {})
+    )
+    origin = f"configs/{name}.json"
+    sources = dict.fromkeys(flatten(base), origin)
+    sources.update(dict.fromkeys(flatten(section), f"{origin} {track}.model"))
+    sources.update(dict.fromkeys(flatten(merge({}, overrides or {})), "override"))
+    return config, {key: sources.get(key, origin) for key in flatten(config)}
+
+
+def recipe_on_track(config: dict[str, Any], track: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """What training reads on ``track``: the ``train`` section with the track section's keys over it (e.g.
+    `dual-cpu`'s ``lr``, zoom and fresh places on offset and photo), and which section each came from."""
+    train = dict(config.get("train") or {})
+    section = {k: v for k, v in dict(config.get(track) or {}).items() if k != "model"}
+    recipe = train | section
+    return recipe, {k: (track if k in section else "train") for k in recipe}
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to leaf values (``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def model_from_config(config: dict[str, Any]) -> TwoBranchModel:

@@ -111,6 +111,19 @@ class RetrievalSettings(BaseModel):
         return self.model_dump()
 
     @classmethod
+    def sources(
+        cls, recorded: dict[str, Any] | None, version: str | None = None
+    ) -> dict[str, tuple[Any, str]]:
+        """Each setting as search resolves it for an index version whose record holds ``recorded`` (its
+        pinned settings), and where it came from: that version or the default."""
+        resolved = cls.from_dict(recorded)
+        pinned = set(recorded or {})
+        return {
+            name: (getattr(resolved, name), f"index {version or ''}".strip() if name in pinned else "default")
+            for name in cls.model_fields
+        }
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any] | None, **overrides: Any) -> RetrievalSettings:
         """Settings from an index version's record (missing keys take the defaults), then ``overrides``."""
         return cls.model_validate({**(data or {}), **{k: v for k, v in overrides.items() if v is not None}})

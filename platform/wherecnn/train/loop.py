@@ -33,7 +33,7 @@ from wherecnn.data.torchdata import (
     load_pairs,
     zoom_range,
 )
-from wherecnn.models import build_model, model_from_config
+from wherecnn.models import build_model, model_from_config, recipe_on_track
 from wherecnn.models.base import TwoBranchModel
 from wherecnn.train.checkpoint import load_checkpoint, manifest_digest, save_checkpoint
 from wherecnn.train.losses import gather_with_grad, make_loss
@@ -318,8 +318,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     # the track's own section (offset, photo) replaces train.augment_* and the fresh places' pool on that
     # track, e.g. dual-cpu's zoom is off on both; offset's shift moves camera-centred tiles, so it applies
     # only to those
-    track_cfg = {"offset": offset_cfg, "photo": photo_cfg}.get(opts.track, {})
-    on_track = train_cfg | track_cfg  # the train section with the track section's keys over it
+    on_track, _ = recipe_on_track(cfg, opts.track)  # the train section with the track section's keys over it
     lr = float(opts.lr or on_track.get("lr", 1e-3))  # dual-cpu: 2e-3 on offset, 1e-3 elsewhere
     fresh = None
     n_fresh, fresh_epochs, spread = _fresh_settings(opts, on_track)
