@@ -140,9 +140,12 @@ def test_offset_track_can_train_on_camera_centred_tiles(fake_pairs: Path, tmp_pa
     assert card["data"]["pairs_track"] == "offset" and model_gallery_centres(card["config"], "offset") == 1
 
 
-def test_offset_shift_curriculum_moves_the_shift_epoch_by_epoch(
-    fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("track", "pairs"), [("offset", "centred"), ("photo", "panorama")])
+def test_shift_curriculum_moves_the_shift_epoch_by_epoch(
+    track: str, pairs: str, fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Both tracks that train on camera-centred tiles (offset's; photo's, cut from the same panoramas) can
+    shift them, with the curriculum from their own section."""
     shifts: list[float] = []
 
     class Spy(PairDataset):
@@ -152,10 +155,8 @@ def test_offset_shift_curriculum_moves_the_shift_epoch_by_epoch(
             return super().batch(indices, augment)
 
     monkeypatch.setattr("wherecnn.train.loop.PairDataset", Spy)
-    offset = {"pairs": "centred", "augment_shift": 0.05, "shift_start": 0.0, "shift_anneal": 0.5}
-    train_func(
-        _opts(fake_pairs, tmp_path / "o", epochs=2, track="offset", overrides={**TINY, "offset": offset})
-    )
+    section = {"pairs": pairs, "augment_shift": 0.05, "shift_start": 0.0, "shift_anneal": 0.5}
+    train_func(_opts(fake_pairs, tmp_path / "o", epochs=2, track=track, overrides={**TINY, track: section}))
     # epoch 1 of 2 starts at shift_start, epoch 2 (half-way, the end of the anneal) at augment_shift
     assert shifts and sorted(set(shifts)) == [0.0, 0.05] and shifts[0] == 0.0 and shifts[-1] == 0.05
 

@@ -134,6 +134,7 @@ def config_keys() -> frozenset[str]:
     augment = [k.split(".", 1)[1] for k in keys if k.startswith("train.augment_")]
     # what training reads from a track section over train's (`train.loop`), and the section's model settings
     on_track = [*augment, "lr", "fresh_places", "fresh_epochs", "fresh_area_share", "model"]
+    on_track += ["shift_start", "shift_anneal"]  # the shift curriculum of tracks on camera-centred tiles
     keys.update(f"{track}.{sub}" for track in ("offset", "photo") for sub in on_track)
     return frozenset(keys)
 

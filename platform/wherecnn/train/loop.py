@@ -350,8 +350,12 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         std=cfg.get("std", (0.229, 0.224, 0.225)),
     )
 
+    # the tracks that train on camera-centred tiles (offset's, and photo's cut from the same panoramas) may
+    # shift them: the track section's augment_shift, with its shift_start/shift_anneal curriculum
+    shifted = centred or from_pano
+
     def setting(key: str, default: Any) -> Any:
-        if key == "augment_shift" and not centred:
+        if key == "augment_shift" and not shifted:
             return train_cfg.get(key, default)
         return on_track.get(key, default)
 
@@ -373,9 +377,9 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                 print(f"fresh places: zoom in only ({zoom[0]:g}-1x a tile's ground)", flush=True)
     # photo.fov_start_deg: a curriculum from panorama sectors that wide down to the photos' own field of view
     fov_start = photo_cfg.get("fov_start_deg") if from_pano else None
-    # offset.shift_start: a curriculum from camera-centred tiles shifted that much to offset.augment_shift
+    # <track>.shift_start: a curriculum from camera-centred tiles shifted that much to <track>.augment_shift
     shift_start = (
-        float(offset_cfg["shift_start"]) if centred and offset_cfg.get("shift_start") is not None else None
+        float(on_track["shift_start"]) if shifted and on_track.get("shift_start") is not None else None
     )
     shift_end = float(augment["shift"])
     val_set = PairDataset(frame=val_frame, **common)
@@ -533,7 +537,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             augment["shift"] = _anneal(
                 shift_start,
                 shift_end,
-                float(offset_cfg.get("shift_anneal", 0.5)),
+                float(on_track.get("shift_anneal", 0.5)),
                 position(loop["elapsed_s"], epoch),
             )
         if mine_every and epoch > 0 and epoch % mine_every == 0:
