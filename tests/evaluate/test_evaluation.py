@@ -123,7 +123,8 @@ def test_a_models_card_sets_its_gallery_centres_and_view_pool(tiny_world: Path) 
 
 def test_a_models_card_sets_its_hub_correction(fake_world: Path) -> None:
     from wherecnn.evaluate.evaluation import evaluate_embedder
-    from wherecnn.evaluate.metrics import hub_scores, retrieval_metrics
+    from wherecnn.evaluate.metrics import retrieval_metrics
+    from wherecnn.similarity import hub_scores
 
     class Carded(MeanColour):
         card = {"config": {"hub_correction": {"weight": 0.5, "neighbours": 3}}}

@@ -223,7 +223,7 @@ def test_hub_correction_scores_as_evaluation_does(tiny_index: TinyIndex) -> None
     """A hub correction (the retrieval setting's weight, the model config's neighbours): every tile scores its
     cosine with the query minus the weight times its hubness among its city's tiles, in the ranking and the
     heat map alike. Off by default, whatever the model config says."""
-    from wherecnn.evaluate.metrics import hub_scores
+    from wherecnn.similarity import hub_scores
 
     from .conftest import PixelEmbedder
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +48,3 @@ def test_explain_shows_the_photo_where_it_faces_and_the_tile(backend: Any) -> No
     assert np.isfinite(out["score"])
     _check_overlays(out, backend.engine.embedder, heading=90.0)
     assert backend.explain(data, "no-such-tile", heading_deg=90.0, fov_deg=90.0) is None
-
-
-def test_explain_falls_back_to_gradient_saliency(backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "wherecnn.evaluate.activations", None)  # evaluation not installed
-    data = _photo_bytes()
-    top = str(backend.search(data, cities=None, k=1).ranked["tile_id"].iloc[0])
-    out = backend.explain(data, top, heading_deg=200.0, fov_deg=90.0)
-    assert out is not None and out["method"] == "gradient"
-    _check_overlays(out, backend.engine.embedder, heading=200.0)

@@ -19,14 +19,13 @@ import pandas as pd
 from wherecnn.data.manifest import WINDOW_COLUMNS
 from wherecnn.evaluate.metrics import (
     DEFAULT_KS,
-    HubCorrection,
     RetrievalResult,
     balanced_pair_ap,
     evaluate_retrieval,
-    hub_corrected,
     localisation_error,
     summarize,
 )
+from wherecnn.similarity import HubCorrection, hub_corrected
 
 TOPK = 5
 PR_GRID = np.linspace(0.0, 1.0, 101)
@@ -289,7 +288,7 @@ def embed_gallery_views(
     """(N, len(scales) x centres², d): each tile re-cut from its source raster around centres x centres
     points of its grid cell (`centre_shifts`), for queries taken anywhere in the tile, showing ``scales``
     times the tile's side of ground (resampled to the tile's pixels; scale-major order); a tile scores as
-    its best view (or the mean of its best few, `metrics.pool_views`)."""
+    its best view (or the mean of its best few, `similarity.pool_views`)."""
     from wherecnn.data.formats.geotiff import Window, shifted_views
     from wherecnn.storage import load_image
 
@@ -370,8 +369,8 @@ def evaluate_embedder(
     alike). None: the embedder's model card says (`model_gallery_centres`, `model_gallery_scales`,
     `model_view_pool`; one view for embedders without one, such as the baselines).
 
-    The model card's ``hub_correction`` (`metrics.HubCorrection`; none for the baselines) scores every view
-    minus its weight times the view's hubness in the city's gallery (`metrics.hub_scores`);
+    The model card's ``hub_correction`` (`similarity.HubCorrection`; none for the baselines) scores every view
+    minus its weight times the view's hubness in the city's gallery (`similarity.hub_scores`);
     ``hub_correction`` replaces its weight (0 turns it off).
     """
     config = (getattr(embedder, "card", None) or {}).get("config") or {}

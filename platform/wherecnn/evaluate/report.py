@@ -20,7 +20,7 @@ import numpy as np
 
 from wherecnn.evaluate.baselines import DEEP, HANDCRAFTED
 from wherecnn.evaluate.evaluation import CitySet, EvalRun
-from wherecnn.evaluate.metrics import tile_scores
+from wherecnn.similarity import tile_scores
 
 INIT_ROWS = ("random", "imagenet", "places")
 TABLE_KEYS = (
@@ -206,8 +206,8 @@ def plot_examples(section: Section, path: Path, n: int = 4) -> bool:
 def plot_activations(section: Section, path: Path, n: int = 3) -> bool:
     if section.embedder is None or getattr(section.embedder, "model", None) is None:
         return False
-    from wherecnn.evaluate.activations import pair_maps
     from wherecnn.evaluate.evaluation import number_or_none
+    from wherecnn.models.activations import pair_maps
 
     picks = _example_queries(section.main, n)
     if not picks:

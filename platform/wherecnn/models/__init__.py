@@ -37,7 +37,7 @@ Config keys shared by every model:
 - ``tta``: test-time views ``{"flip": bool, "phases": n}`` (`TwoBranchModel.test_views`): what `Embedder`
   and so the index embed; training and its validation use the plain view. ``dual-cpu``: mirrored x 2 phases;
 - ``hub_correction``: ``{"weight": w, "neighbours": k}``: evaluation and search score each gallery view
-  minus w times its mean similarity to its k most similar other tiles of the city (`evaluate.metrics.
+  minus w times its mean similarity to its k most similar other tiles of the city (`similarity.
   hub_scores`), so generic views stop outranking particular ones; ``dual-cpu`` sets it on the offset track
   (``offset.model``: w 0.5, k 200).
 """

@@ -1,7 +1,7 @@
 """The one retrieval path: a query vector in, ranked answers with positions in metres out.
 
 1. **Coarse**: one store query per searched city (cities and the geo prior pushed down as filters), scores
-   minus the model's hub correction (`metrics.HubCorrection`, each tile's hubness among its city's tiles).
+   minus the model's hub correction (`similarity.HubCorrection`, each tile's hubness among its city's tiles).
 2. **Fine**: the best ``candidates`` tiles over all searched cities are seen again from a lattice of view
    centres over their ground cell, cut from the source raster at query time (`views.cut_views`); a tile
    then scores the mean of its best views, and its position is its best view's centre. The best few are

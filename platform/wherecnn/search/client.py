@@ -143,24 +143,16 @@ class LocalBackend:
 
         query = self.engine.prepare(data)
         fov = infer_fov(query, fov_deg)
-        try:
-            from wherecnn.evaluate.activations import pair_maps
-        except ImportError:  # evaluation not installed: plain gradient saliency
-            pair_maps = None
-        if pair_maps is not None:
-            maps = pair_maps(embedder, query, tile, heading_deg=heading_deg, fov_deg=fov)
-            return {
-                "ground_view": maps.ground,
-                "aerial_view": maps.aerial,
-                "ground_saliency": maps.ground_cam,
-                "aerial_saliency": maps.aerial_cam,
-                "score": np.float32(maps.score),
-                "method": "Grad-CAM",
-            }
-        from wherecnn.search.saliency import match_saliency
+        from wherecnn.models.activations import pair_maps
 
-        return match_saliency(embedder, query, tile, heading_deg=heading_deg, fov_deg=fov) | {
-            "method": "gradient"
+        maps = pair_maps(embedder, query, tile, heading_deg=heading_deg, fov_deg=fov)
+        return {
+            "ground_view": maps.ground,
+            "aerial_view": maps.aerial,
+            "ground_saliency": maps.ground_cam,
+            "aerial_saliency": maps.aerial_cam,
+            "score": np.float32(maps.score),
+            "method": "Grad-CAM",
         }
 
 

@@ -22,13 +22,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from wherecnn.evaluate.metrics import HubCorrection, hub_scores
 from wherecnn.retrieval.headings import Headings, circular_deg
 from wherecnn.retrieval.path import POSITION_REFINED, Candidate, Retriever, payload_location
 from wherecnn.retrieval.settings import RetrievalSettings
 from wherecnn.search.errors import EmptyIndexError, IndexMismatchError, UnknownCityError
 from wherecnn.search.geoutil import distance_m, local_to_latlon, local_xy
 from wherecnn.search.query import GeoPrior, check_k, infer_fov, load_query
+from wherecnn.similarity import HubCorrection, hub_scores
 
 RANKED_COLUMNS = [
     "city",
@@ -204,7 +204,7 @@ class SearchEngine:
         self._tile_index: dict[str, dict[str, Any]] | None = None
         self._version: str | None = None
         # the hub correction: each tile scores its cosine minus the weight times its hubness among its city's
-        # tiles (metrics.hub_scores; neighbours from the model config), weight from the retrieval settings
+        # tiles (similarity.hub_scores; neighbours from the model config), weight from the retrieval settings
         # unless ``hub_weight`` replaces it
         card = getattr(embedder, "card", None) or {}
         self._model_config: dict[str, Any] = card.get("config") or {}
@@ -343,7 +343,7 @@ class SearchEngine:
             return self._city_vectors[city]
 
     def city_hubness(self, city: str) -> dict[str, float]:
-        """Each tile's hubness among its city's tiles (`metrics.hub_scores`), by tile id; cached per index
+        """Each tile's hubness among its city's tiles (`similarity.hub_scores`), by tile id; cached per index
         version (the first search of a city with the hub correction reads all its vectors)."""
         with self._lock:
             self._follow_version()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from wherecnn.evaluate.activations import pair_maps
 from wherecnn.models import build_model
+from wherecnn.models.activations import pair_maps
 from wherecnn.models.embedder import Embedder
 
 
