@@ -68,6 +68,42 @@ def build_tiny_index(root: Path, console: Any) -> tuple[str, str, str]:
     return f"edge://{root / 'index'}", str(root / "checkpoint"), str(data)
 
 
+def gallery(demo_dir: Path | None, console: Any) -> tuple[str, str, str, str, Any]:
+    """(store, checkpoint, data, what it is, a temporary folder to clean up or None): a `wherecnn demo`
+    folder's, else a tiny synthetic world indexed with an untrained model."""
+    if demo_dir is not None:
+        store_uri = f"edge://{(demo_dir / 'index').resolve()}"
+        return store_uri, str(demo_dir / "checkpoint"), str(demo_dir / "data"), f"demo {demo_dir}", None
+    tmp = tempfile.TemporaryDirectory(prefix="wherecnn-bench-")
+    store_uri, ckpt, data_dir = build_tiny_index(Path(tmp.name), console)
+    return store_uri, ckpt, data_dir, "tiny synthetic world, untrained dual-cpu", tmp
+
+
+def start_server(store_uri: str, ckpt: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`wherecnn serve` (one uvicorn worker) in its own process on a free loopback port, so clients don't
+    share its GIL; returns once ``/readyz`` answers: (the process, its URL)."""
+    import httpx
+
+    url = f"http://127.0.0.1:{(port := _free_port())}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHERECNN_")} | {"WHERECNN_DEVICE": "cpu"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "wherecnn", "serve", "--store", store_uri, "--checkpoint", ckpt,
+         "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=30).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            os.killpg(server.pid, signal.SIGTERM)
+            raise SystemExit(f"search API did not become ready (exit {server.poll()})")
+        time.sleep(0.5)
+
+
 def query_images(data_dir: str, n: int) -> list[tuple[str, bytes]]:
     """Test-split captures (panoramas and photos alternating), as the bytes a client would upload."""
     from wherecnn import storage
@@ -160,51 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     console = Console(width=max(Console().width, 110))
-    tmp = None
-    if args.demo_dir is not None:
-        store_uri = f"edge://{(args.demo_dir / 'index').resolve()}"
-        ckpt, data_dir = str(args.demo_dir / "checkpoint"), str(args.demo_dir / "data")
-        source = f"demo {args.demo_dir}"
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="wherecnn-bench-")
-        store_uri, ckpt, data_dir = build_tiny_index(Path(tmp.name), console)
-        source = "tiny synthetic world, untrained dual-cpu"
+    store_uri, ckpt, data_dir, source, tmp = gallery(args.demo_dir, console)
     images = query_images(data_dir, 32)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    # The server is its own process (`wherecnn serve`, one uvicorn worker): clients don't share its GIL.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WHERECNN_")} | {"WHERECNN_DEVICE": "cpu"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wherecnn",
-            "serve",
-            "--store",
-            store_uri,
-            "--checkpoint",
-            ckpt,
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    server, url = start_server(store_uri, ckpt)
     levels = []
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                ready = httpx.get(f"{url}/readyz", timeout=30)
-                if ready.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"search API did not become ready (exit {server.poll()})")
-            time.sleep(0.5)
+        ready = httpx.get(f"{url}/readyz", timeout=30)
         model = ready.json().get("model")
         cities = httpx.get(f"{url}/v1/cities", timeout=30).json()["cities"]
         n_tiles = sum(c["tiles"] for c in cities)

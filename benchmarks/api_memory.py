@@ -20,9 +20,7 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_latency import _free_port, build_tiny_index, query_images  # noqa: E402
+from api_latency import gallery, query_images, start_server  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "api_memory.json"
 LARGE_SIDE = 6000
@@ -96,33 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     from wherecnn.search.query import QUERY_MAX_SIDE
 
     console = Console(width=max(Console().width, 110))
-    tmp = None
-    if args.demo_dir is not None:
-        store_uri = f"edge://{(args.demo_dir / 'index').resolve()}"
-        ckpt, data_dir = str(args.demo_dir / "checkpoint"), str(args.demo_dir / "data")
-        source = f"demo {args.demo_dir}"
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="wherecnn-bench-")
-        store_uri, ckpt, data_dir = build_tiny_index(Path(tmp.name), console)
-        source = "tiny synthetic world, untrained dual-cpu"
+    store_uri, ckpt, data_dir, source, tmp = gallery(args.demo_dir, console)
     ordinary = query_images(data_dir, 16)
     with console.status(f"making {LARGE_SIDE} x {LARGE_SIDE} JPEGs…"):
         large = [(f"large-{i}.jpg", large_jpeg(i)) for i in range(4)]
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WHERECNN_")} | {"WHERECNN_DEVICE": "cpu"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "wherecnn", "serve", "--store", store_uri, "--checkpoint", ckpt,
-         "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    server, url = start_server(store_uri, ckpt)
     phases: dict[str, Any] = {}
     try:
-        deadline = time.monotonic() + 180
-        while not _ready(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the search API did not come up")
-            time.sleep(0.5)
         send(url, ordinary, 8, 1)  # warm: model, store and allocator in their steady state
         phases["warm"] = memory_mb(server.pid)
         for phase, images in (
@@ -175,15 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     ratio = (big["peak_mb"] - warm) / max(1.0, base["peak_mb"] - warm)
     console.print(f"peak growth, large / ordinary: {ratio:.2f}x; wrote {args.out}")
     return 0 if big["errors"] == 0 and base["errors"] == 0 else 1
-
-
-def _ready(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/readyz", timeout=30).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 if __name__ == "__main__":
