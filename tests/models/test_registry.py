@@ -276,3 +276,15 @@ def test_test_time_views_are_checked() -> None:
     with torch.no_grad():
         v = wcnn.embed_aerial_views(torch.zeros(2, 3, *wcnn.aerial_size))
     assert v.shape == (2, 2 * wcnn.embed_dim)
+
+
+def test_a_train_override_that_the_tracks_own_section_shadows_is_named() -> None:
+    from wherecnn.models import recipe_on_track, resolve_config, shadowed_overrides
+
+    overrides = {"train.lr": 0.01, "train.batch_size": 32}
+    # dual-cpu's offset section sets its own lr: train.lr changes nothing there, batch_size does
+    assert shadowed_overrides("dual-cpu", "offset", overrides) == {"lr": 0.002}
+    recipe, sources = recipe_on_track(resolve_config("dual-cpu", "offset", overrides)[0], "offset")
+    assert (recipe["lr"], sources["lr"]) == (0.002, "offset") and recipe["batch_size"] == 32
+    assert shadowed_overrides("dual-cpu", "aligned", overrides) == {}
+    assert shadowed_overrides("dual-cpu", "offset", {"offset.lr": 0.01}) == {}

@@ -131,6 +131,7 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
+    from wherecnn.models import list_models, shadowed_overrides
     from wherecnn.train.loop import TrainOptions, run_training
 
     if (epochs is None) == (minutes is None):
@@ -140,6 +141,12 @@ def train(
             f"{data} has no pairs.parquet (expected `wherecnn synth`/`ingest` output)", param_hint="--data"
         )
     overrides = parse_overrides(set_)
+    shadowed = shadowed_overrides(model, track.value, overrides) if model in list_models() else {}
+    for key, wins in shadowed.items():
+        Console(stderr=True).print(
+            f"[yellow]note[/]: --set train.{key} changes nothing on the {track.value} track: its own "
+            f"{track.value}.{key} ({wins}) wins; set {track.value}.{key} instead"
+        )
     opts = TrainOptions(
         data=str(data),
         out=out,

@@ -61,6 +61,7 @@ __all__ = [
     "model_from_config",
     "recipe_on_track",
     "resolve_config",
+    "shadowed_overrides",
     "track_config",
     "unknown_keys",
 ]
@@ -208,6 +209,15 @@ def recipe_on_track(config: dict[str, Any], track: str) -> tuple[dict[str, Any],
     section = {k: v for k, v in dict(config.get(track) or {}).items() if k != "model"}
     recipe = train | section
     return recipe, {k: (track if k in section else "train") for k in recipe}
+
+
+def shadowed_overrides(name: str, track: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The ``train.*`` overrides that change nothing on ``track`` because its own section sets the same key
+    (e.g. ``train.lr`` on `dual-cpu`'s offset track, whose ``offset.lr`` wins), with the value that wins."""
+    config = merge(load_config(name), overrides)
+    section = {k: v for k, v in dict(config.get(track) or {}).items() if k != "model"}
+    wanted = dict(merge({}, overrides).get("train") or {})
+    return {key: section[key] for key in wanted if key in section}
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
