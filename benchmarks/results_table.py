@@ -30,14 +30,11 @@ COLUMNS = (
     ("city_right", "city right", "{:.2f}"),
     ("heading_error_median_deg", "heading error (median)", "{:.0f}°"),
 )
-# Query kinds in the order the table lists them: (kind, heading) -> what the first column says.
+# Query kinds in the order the table lists them: (kind, heading, field of view) -> the first column.
+HEADINGS = {"given": "heading given", "noisy": "heading ±20° off", "unknown": "heading unknown"}
 KINDS = {
-    ("panorama", "given"): "panorama, heading given",
-    ("panorama", "noisy"): "panorama, heading ±20° off",
-    ("panorama", "unknown"): "panorama, heading unknown",
-    ("photo", "given"): "90° photo, heading given",
-    ("photo", "noisy"): "90° photo, heading ±20° off",
-    ("photo", "unknown"): "90° photo, heading unknown",
+    **{("panorama", h, None): f"panorama, {text}" for h, text in HEADINGS.items()},
+    **{("photo", h, fov): f"{fov:g}° photo, {text}" for fov in (90.0, 60.0) for h, text in HEADINGS.items()},
 }
 
 
@@ -58,27 +55,28 @@ def _cell(values: list[float], fmt: str) -> str:
 def table(runs: list[dict[str, Any]]) -> str:
     """Markdown: a row per query kind and mode, the runs' mean (and range) in each cell, and a line saying on
     what."""
-    modes: dict[tuple[str, str, str, bool], list[dict[str, Any]]] = {}
+    modes: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for run in runs:
-        kind = (run.get("kind", "panorama"), run.get("heading", "given"))
+        kind = run.get("kind", "panorama")
+        fov = run.get("fov_deg", 90.0 if kind == "photo" else None)  # the world's photos are 90 degrees
+        kind = (kind, run.get("heading", "given"), None if fov is None else float(fov))
         for row in run["rows"]:
             if row["variant"] == "default" and not row.get("exact"):
                 modes.setdefault((*kind, row["protocol"], row["city_given"]), []).append(row)
     order = list(KINDS)
     head = ["query", *(label for _, label, _ in COLUMNS), "query time p50"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for (kind, heading, protocol, given), rows in sorted(
+    for (kind, heading, fov, protocol, given), rows in sorted(
         modes.items(),
         key=lambda m: (
-            order.index(m[0][:2]) if m[0][:2] in order else len(order),
-            m[0][2] != "cross-area",
-            not m[0][3],
+            order.index(m[0][:3]) if m[0][:3] in order else len(order),
+            m[0][3] != "cross-area",
+            not m[0][4],
         ),
     ):
         what = {"cross-area": "unseen cities", "same-area": "new places, seen cities"}.get(protocol, protocol)
-        name = f"{KINDS.get((kind, heading), f'{kind}, heading {heading}')}: {what} ({protocol}), city " + (
-            "given" if given else "unknown"
-        )
+        label = KINDS.get((kind, heading, fov), f"{kind}, heading {heading}")
+        name = f"{label}: {what} ({protocol}), city " + ("given" if given else "unknown")
         cells = [
             _cell([r["overall"][key] for r in rows if key in r["overall"]], fmt) for key, _, fmt in COLUMNS
         ]

@@ -132,8 +132,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 engine.warm()  # what a server computes before it reports ready
                 engine.search(queries["uri"].iloc[0], cities=[queries["city"].iloc[0]])  # the model's kernels
                 outcomes = answer_queries(
-                    engine, queries, tiles, city_given=given, heading=args.heading, seed=args.seed
-                )
+                    engine, queries, tiles, city_given=given, heading=args.heading, seed=args.seed,
+                    photo_fov_deg=args.photo_fov,
+                )  # fmt: skip
                 result = ServedRun(protocol, given, outcomes, retrieval=settings.as_dict())
                 ms = outcomes["search_ms"].to_numpy()
                 row = {"variant": name, "exact": exact, **result.to_json()}
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "checkpoint": checkpoint_info(args.checkpoint),
         "data": str(args.data),
-        "kind": args.kind,
+        "kind": "photo" if args.photo_fov else args.kind,
+        "fov_deg": args.photo_fov or (90.0 if args.kind == "photo" else None),
         "heading": args.heading,
         "per_city": args.per_city,
         "seed": args.seed,
@@ -183,6 +185,12 @@ def main() -> None:
     p.add_argument("--keep-store", help="build the index here (edge://DIR) and keep it for --store")
     p.add_argument("--protocols", type=lambda s: s.split(","), default=["cross-area", "same-area"])
     p.add_argument("--kind", default="panorama")
+    p.add_argument(
+        "--photo-fov",
+        type=float,
+        help="cut a photo of this field of view, facing a random direction, from each panorama query "
+        "(fields of view the world has no photos of, e.g. 60)",
+    )
     p.add_argument("--per-city", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", help="test (report) or val (choose settings on)")

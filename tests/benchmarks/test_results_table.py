@@ -52,4 +52,10 @@ def test_cells_are_the_mean_and_range_over_runs(tmp_path: Path) -> None:
     photo = next(i for i, line in enumerate(lines) if line.startswith("| 90° photo, heading unknown: unseen"))
     assert photo > next(i for i, line in enumerate(lines) if line.startswith("| panorama, heading given"))
     assert "| 0.30 |" in lines[photo] and "12°" in lines[photo]
+    # photos of another field of view (cut from the panoramas): their own row, after the 90-degree ones
+    sixty = run(0, 0.1) | {"kind": "photo", "heading": "given", "fov_deg": 60.0}
+    (tmp_path / "served-test-seed0-photo60.json").write_text(json.dumps(sixty))
+    lines = rt.table(rt.load_runs(tmp_path)).splitlines()
+    row60 = next(i for i, line in enumerate(lines) if line.startswith("| 60° photo, heading given: unseen"))
+    assert row60 > photo and "| 0.10 |" in lines[row60]
     assert "2 run(s) (seeds 0, 1)" in lines[-1]

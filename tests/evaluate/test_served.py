@@ -129,3 +129,23 @@ def test_a_turned_panorama_faces_where_it_says(tmp_path: Path) -> None:
         assert heading == pytest.approx((10.0 + round(yaw / 360 * 256) * 360 / 256) % 360)
         same = ground_view(turned, (64, 256), heading_deg=heading, fov_deg=360.0)
         assert np.array_equal(same, ground_view(pano, (64, 256), heading_deg=10.0, fov_deg=360.0)), yaw
+
+
+def test_a_photo_cut_from_a_panorama_faces_where_it_says(tmp_path: Path) -> None:
+    """The 60-degree protocol cuts photos from the panoramas: the photo's centre shows the panorama's column
+    in the direction it was cut, and the bearing it reports adds that direction to the panorama's."""
+    from PIL import Image
+    from wherecnn.evaluate.served import photo_from_panorama
+
+    pano = np.zeros((64, 256, 3), dtype=np.uint8)
+    pano[..., 0] = np.arange(256, dtype=np.uint8)[None, :]  # red = the column
+    path = tmp_path / "pano.png"
+    Image.fromarray(pano).save(path)
+    for direction in (100.0, 200.0, 300.0):  # away from the seam, where red jumps from 255 to 0
+        photo, bearing = photo_from_panorama(str(path), 10.0, direction, 60.0, size=64)
+        assert photo.shape == (64, 64, 3) and bearing == pytest.approx((10.0 + direction) % 360)
+        centre = float(photo[32, 31:33, 0].mean())
+        expected = direction / 360 * 256
+        assert abs(centre - expected) <= 2.0, direction
+        # 60 degrees wide: the left edge is 30 degrees (about 21 columns) left of the centre, not 45
+        assert abs(expected - float(photo[32, 0, 0]) - 30 / 360 * 256) <= 3.0, direction

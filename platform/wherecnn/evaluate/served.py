@@ -168,6 +168,7 @@ def answer_queries(
     k: int = 10,
     heading: str = "given",
     seed: int = 0,
+    photo_fov_deg: float | None = None,
     on_query: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
     """Send each query through ``engine.search`` (field of view as the capture records it; the heading
@@ -176,7 +177,9 @@ def answer_queries(
     first answer whose tile contains the camera in the best-guess city's list (inf when none of the first
     ``k`` does). With the heading noisy or unknown a panorama is first turned to a random yaw (a camera
     mounted at any angle; `turned_panorama`): the world's panoramas all face north, which a search that tries
-    north first would otherwise get right for free. Noise and yaws are seeded."""
+    north first would otherwise get right for free. With ``photo_fov_deg``, each panorama is first cut into a
+    photo of that field of view facing a random direction (`photo_from_panorama`; for fields of view the
+    world has no photos of). Noise, yaws and directions are seeded."""
     from wherecnn.geo import distance_m
     from wherecnn.retrieval.headings import circular_deg
 
@@ -185,6 +188,7 @@ def answer_queries(
     rng = np.random.default_rng(seed)
     noise = rng.uniform(-NOISY_HEADING_DEG, NOISY_HEADING_DEG, len(queries))
     yaws = rng.uniform(0.0, 360.0, len(queries))
+    directions = rng.uniform(0.0, 360.0, len(queries))
 
     bounds = tiles.set_index("tile_id")[["min_lat", "min_lon", "max_lat", "max_lon"]]
     rows = []
@@ -192,7 +196,10 @@ def answer_queries(
         truth = number_or_none(q.heading_deg)
         image: Any = q.uri
         fov = number_or_none(q.fov_deg)
-        if heading != "given" and truth is not None and (fov is None or fov >= 360):
+        if photo_fov_deg is not None and truth is not None and (fov is None or fov >= 360):
+            image, truth = photo_from_panorama(q.uri, truth, float(directions[i]), photo_fov_deg)
+            fov = photo_fov_deg
+        elif heading != "given" and truth is not None and (fov is None or fov >= 360):
             image, truth = turned_panorama(q.uri, truth, float(yaws[i]))
         t0 = time.perf_counter()
         res = engine.search(
@@ -202,7 +209,7 @@ def answer_queries(
             heading_deg=None
             if heading == "unknown" or truth is None
             else truth + (float(noise[i]) if heading == "noisy" else 0.0),
-            fov_deg=number_or_none(q.fov_deg),
+            fov_deg=fov,
         )
         ms = (time.perf_counter() - t0) * 1e3
         best = res.best
@@ -253,6 +260,19 @@ def turned_panorama(uri: str, heading_deg: float, yaw_deg: float) -> tuple[np.nd
     width = image.shape[1]
     shift = int(round(yaw_deg / 360.0 * width)) % width
     return np.roll(image, -shift, axis=1), (heading_deg + shift * 360.0 / width) % 360.0
+
+
+def photo_from_panorama(
+    uri: str, heading_deg: float, direction_deg: float, fov_deg: float, size: int = 128
+) -> tuple[np.ndarray, float]:
+    """A ``fov_deg`` pinhole photo cut from a synthetic-world panorama (left edge facing ``heading_deg``, its
+    rows spanning +-45 degrees) looking ``direction_deg`` right of that edge: the image and its bearing."""
+    from wherecnn import storage
+    from wherecnn.data.synthetic.render import photos_from_panoramas
+
+    pano = storage.decode_image(storage.read_bytes(uri), name=uri)
+    photo = photos_from_panoramas(pano[None], np.array([direction_deg]), size=size, fov_deg=fov_deg)[0]
+    return photo, (heading_deg + direction_deg) % 360.0
 
 
 def evaluate_served(
