@@ -57,7 +57,8 @@ def plain_loop(manifest: Path, threads: int, batch: int) -> dict[str, Any]:
     """The baseline: one process, read + decode + embed in batches, torch with `threads` threads."""
     import torch
     from wherecnn import storage
-    from wherecnn.index.pipeline import load_embedder, read_tile_manifest
+    from wherecnn.index.manifest import read_tile_manifest
+    from wherecnn.index.tiles import load_embedder
 
     torch.set_num_threads(threads)
     frame = read_tile_manifest(str(manifest))

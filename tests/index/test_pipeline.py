@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from wherecnn.config import get_settings
-from wherecnn.index.pipeline import read_tile_manifest, rejects_of, run_index
+from wherecnn.index.manifest import read_tile_manifest
+from wherecnn.index.pipeline import run_index
 from wherecnn.index.store import open_store
+from wherecnn.index.summary import rejects_of
 from wherecnn.models.embedder import Embedder
 
 CKPT = "untrained:dual-cpu"

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from wherecnn.geo import distance_m
-from wherecnn.index.pipeline import tile_payload
 from wherecnn.index.store import Hit
+from wherecnn.index.tiles import tile_payload
 from wherecnn.retrieval.headings import Headings
 from wherecnn.retrieval.path import POSITION_REFINED, POSITION_TILE_CENTRE, Candidate, Retriever
 from wherecnn.retrieval.settings import RetrievalSettings

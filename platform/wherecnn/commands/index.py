@@ -91,13 +91,14 @@ def register(app: typer.Typer) -> None:
         if not tiles:
             raise typer.BadParameter("--tiles is required (or use a subcommand: versions, rollback, prune)")
         from wherecnn.config import get_settings
-        from wherecnn.index.pipeline import print_summary, run_index
+        from wherecnn.index.pipeline import run_index
+        from wherecnn.index.summary import print_summary
 
         settings = get_settings(store=store, checkpoint=checkpoint, device=device)
         console = _console()
         frame = None
         if kind:
-            from wherecnn.index.pipeline import read_tile_manifest
+            from wherecnn.index.manifest import read_tile_manifest
 
             frame = read_tile_manifest(tiles, settings)
             if "kind" not in frame.columns or not (frame["kind"].astype(str) == kind).any():
@@ -206,8 +207,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rebuild the index from S3 into a new version, validate, switch atomically, prune old versions."""
         from wherecnn.config import get_settings
-        from wherecnn.index.pipeline import print_summary
         from wherecnn.index.reindex import ValidationError, run_reindex
+        from wherecnn.index.summary import print_summary
 
         settings = get_settings(store=store, checkpoint=checkpoint, device=device)
         console = _console()

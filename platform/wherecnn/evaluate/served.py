@@ -33,7 +33,7 @@ NOISY_HEADING_DEG = 20.0
 
 def grid_tiles(data_dir: str | Path) -> pd.DataFrame:
     """The manifest's grid tiles (every tile where the manifest has no ``kind``): the served gallery."""
-    from wherecnn.index.pipeline import read_tile_manifest
+    from wherecnn.index.manifest import read_tile_manifest
 
     tiles = read_tile_manifest(str(Path(data_dir) / "tiles.parquet"))
     if "kind" in tiles.columns:
@@ -79,7 +79,7 @@ def anywhere_queries(
 
     Columns: capture_id, city, lat, lon, heading_deg, fov_deg, uri (absolute)."""
     from wherecnn.data.manifest import read_captures, split_column
-    from wherecnn.index.pipeline import resolve_uri
+    from wherecnn.index.manifest import resolve_uri
 
     caps = pd.DataFrame(read_captures(data_dir).drop(columns="geometry"))
     caps = caps[(split_column(caps, protocol) == split).to_numpy()]

@@ -25,16 +25,11 @@ import numpy as np
 import pandas as pd
 
 from wherecnn.config import Settings, get_settings
-from wherecnn.index.pipeline import (
-    IndexSummary,
-    load_embedder,
-    load_tile,
-    manifest_uri,
-    read_tile_manifest,
-    run_index,
-    store_key,
-)
+from wherecnn.index.manifest import manifest_uri, read_tile_manifest
+from wherecnn.index.pipeline import run_index, store_key
 from wherecnn.index.store import VectorStore, open_store
+from wherecnn.index.summary import IndexSummary
+from wherecnn.index.tiles import load_embedder, load_tile
 
 FROZEN = "manifest.parquet"
 STATE = "state.json"
