@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         name, _, spec = item.partition("=")
         variants[name] = json.loads(spec)
     rows = []
+    fovs: set[float] = set()  # the photos' fields of view, as the captures record them
     vs = open_store(store, read_only=True)
     try:
         recorded = vs.live_about().get("retrieval")
@@ -113,6 +114,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.data, protocol=protocol, kind=args.kind, per_city=args.per_city, seed=args.seed,
                 split=args.split, cities=args.cities,
             )  # fmt: skip
+            if args.kind == "photo":
+                fovs.update(float(f) for f in queries["fov_deg"].dropna())
             plan = [(name, spec, True, False) for name, spec in variants.items()]
             if args.hub_weight is not None:
                 plan.append((f"hub weight {args.hub_weight:g}", {"hub_weight": args.hub_weight}, True, False))
@@ -149,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": checkpoint_info(args.checkpoint),
         "data": str(args.data),
         "kind": "photo" if args.photo_fov else args.kind,
-        "fov_deg": args.photo_fov or (90.0 if args.kind == "photo" else None),
+        "fov_deg": args.photo_fov or (fovs.pop() if len(fovs) == 1 else None),
         "heading": args.heading,
         "per_city": args.per_city,
         "seed": args.seed,

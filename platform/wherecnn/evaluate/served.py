@@ -256,7 +256,7 @@ def turned_panorama(uri: str, heading_deg: float, yaw_deg: float) -> tuple[np.nd
     image and the bearing its left edge now faces."""
     from wherecnn import storage
 
-    image = storage.decode_image(storage.read_bytes(uri), name=uri)
+    image = storage.load_image(uri)
     width = image.shape[1]
     shift = int(round(yaw_deg / 360.0 * width)) % width
     return np.roll(image, -shift, axis=1), (heading_deg + shift * 360.0 / width) % 360.0
@@ -270,7 +270,7 @@ def photo_from_panorama(
     from wherecnn import storage
     from wherecnn.data.synthetic.render import photos_from_panoramas
 
-    pano = storage.decode_image(storage.read_bytes(uri), name=uri)
+    pano = storage.load_image(uri)
     photo = photos_from_panoramas(pano[None], np.array([direction_deg]), size=size, fov_deg=fov_deg)[0]
     return photo, (heading_deg + direction_deg) % 360.0
 

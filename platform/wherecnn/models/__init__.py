@@ -166,9 +166,7 @@ def build_model(name: str, track: str | None = None, **overrides: Any) -> TwoBra
     """Build a registered model; keyword overrides are merged into its config. An override no model
     reads is an error (a misspelt key would otherwise change nothing, silently). With ``track``, that
     track section's ``model`` settings are merged in too (`track_config`)."""
-    check_overrides(overrides)
-    config = merge(load_config(name), overrides)
-    return model_from_config(track_config(config, track, overrides) if track else config)
+    return model_from_config(resolve_config(name, track, overrides)[0])
 
 
 def track_config(
@@ -214,10 +212,9 @@ def recipe_on_track(config: dict[str, Any], track: str) -> tuple[dict[str, Any],
 def shadowed_overrides(name: str, track: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The ``train.*`` overrides that change nothing on ``track`` because its own section sets the same key
     (e.g. ``train.lr`` on `dual-cpu`'s offset track, whose ``offset.lr`` wins), with the value that wins."""
-    config = merge(load_config(name), overrides)
-    section = {k: v for k, v in dict(config.get(track) or {}).items() if k != "model"}
+    recipe, sections = recipe_on_track(merge(load_config(name), overrides), track)
     wanted = dict(merge({}, overrides).get("train") or {})
-    return {key: section[key] for key in wanted if key in section}
+    return {key: recipe[key] for key in wanted if sections.get(key) == track}
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
