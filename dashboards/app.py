@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from wherecnn.config import get_settings
 from wherecnn.search.client import BackendError, LocalBackend, RemoteBackend
-from wherecnn.search.engine import HEATMAP_CMAP
+from wherecnn.search.heatmap import HEATMAP_CMAP
 from wherecnn.search.query import GeoPrior
 from wherecnn.search.saliency import overlay
 from wherecnn.search.views import aerial_overlay, build_deck, find_aerial, png_data_url

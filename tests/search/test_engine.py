@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,6 @@ from wherecnn.search import (
     SearchEngine,
     UnknownCityError,
 )
-from wherecnn.search.engine import RANKED_COLUMNS
 
 if TYPE_CHECKING:
     from .conftest import TinyIndex
@@ -174,35 +172,6 @@ def test_every_answer_says_how_its_heading_was_found(tiny_index: TinyIndex) -> N
         assert {"heading_deg", "heading_source", "heading_confidence"} <= set(as_json)
         assert result.records()[0]["heading_deg"] is not None
         assert result.query["heading_source"] == source
-
-
-def test_geojson_and_csv(engine: SearchEngine, tiny_index: TinyIndex) -> None:
-    t = tiny_index.tile("beta-g0505")
-    result = engine.search(t["image"], k=2, true_lat=t["lat"], true_lon=t["lon"])
-    gj = json.loads(json.dumps(result.to_geojson()))
-    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == 4
-    first = gj["features"][0]
-    assert first["geometry"]["coordinates"] == [first["properties"]["lon"], first["properties"]["lat"]]
-    assert gj["best"]["tile_id"] == "beta-g0505"
-    csv = result.to_csv().splitlines()
-    assert csv[0] == ",".join(RANKED_COLUMNS) and "heading_deg" in RANKED_COLUMNS and len(csv) == 5
-
-
-def test_heatmap_on_the_city_grid(engine: SearchEngine, tiny_index: TinyIndex) -> None:
-    t = tiny_index.tile("alpha-g0104")
-    hm = engine.heatmap(t["image"], "alpha")
-    assert hm.image.shape == (tiny_index.grid, tiny_index.grid, 4) and hm.image.dtype == np.uint8
-    assert hm.step_m == pytest.approx(50.0, rel=0.02)
-    # row 0 is the north edge: grid row r=1 (second from the south) is raster row grid-2; column c=4.
-    assert np.unravel_index(np.nanargmax(hm.scores), hm.scores.shape) == (tiny_index.grid - 2, 4)
-    assert hm.image[tiny_index.grid - 2, 4, 3] == hm.image[..., 3].max()
-    lats = [x["lat"] for x in tiny_index.tiles if x["city"] == "alpha"]
-    lons = [x["lon"] for x in tiny_index.tiles if x["city"] == "alpha"]
-    assert hm.bounds.min_lat < min(lats) < max(lats) < hm.bounds.max_lat
-    assert hm.bounds.min_lon < min(lons) < max(lons) < hm.bounds.max_lon
-    assert hm.to_png().startswith(b"\x89PNG")
-    with pytest.raises(UnknownCityError):
-        engine.heatmap(t["image"], "nowhere")
 
 
 def test_city_info_and_tile_payload(engine: SearchEngine, tiny_index: TinyIndex) -> None:

@@ -1,6 +1,6 @@
 """The search engine: a ground image in, ranked locations per city out; plus the HTTP API (`api`)."""
 
-from wherecnn.search.engine import BestGuess, Bounds, CityInfo, HeatMap, SearchEngine, SearchResult, rasterise
+from wherecnn.search.engine import SearchEngine
 from wherecnn.search.errors import (
     BadParameterError,
     EmptyIndexError,
@@ -9,7 +9,9 @@ from wherecnn.search.errors import (
     SearchInputError,
     UnknownCityError,
 )
+from wherecnn.search.heatmap import HeatMap, rasterise
 from wherecnn.search.query import GeoPrior, load_query
+from wherecnn.search.results import BestGuess, Bounds, CityInfo, SearchResult
 
 __all__ = [
     "BadParameterError",

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wherecnn.search.engine import RANKED_COLUMNS, Bounds
 from wherecnn.search.query import GeoPrior
+from wherecnn.search.results import RANKED_COLUMNS, Bounds
 
 
 class BackendError(RuntimeError):

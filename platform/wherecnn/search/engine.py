@@ -10,14 +10,11 @@ the best are the same place seen by overlapping tiles, not a rival).
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,22 +23,12 @@ from wherecnn.retrieval.headings import Headings, circular_deg
 from wherecnn.retrieval.path import POSITION_REFINED, Candidate, Retriever, payload_location
 from wherecnn.retrieval.settings import RetrievalSettings
 from wherecnn.search.errors import EmptyIndexError, IndexMismatchError, UnknownCityError
-from wherecnn.search.geoutil import distance_m, local_to_latlon, local_xy
+from wherecnn.search.geoutil import distance_m
+from wherecnn.search.heatmap import HEATMAP_CMAP, HeatMap, rasterise
 from wherecnn.search.query import GeoPrior, check_k, infer_fov, load_query
+from wherecnn.search.results import RANKED_COLUMNS, BestGuess, Bounds, CityInfo, SearchResult
 from wherecnn.similarity import HubCorrection, hub_scores
 
-RANKED_COLUMNS = [
-    "city",
-    "rank",
-    "lat",
-    "lon",
-    "score",
-    "tile_id",
-    "uri",
-    "distance_m",
-    "position_source",
-    "heading_deg",
-]
 # A rival heading is at least this far from the best (one bearing column of the azimuth head).
 HEADING_RIVAL_DEG = 45.0
 # Margin → confidence: tanh(margin / (2T)); T is the contrastive temperature the models settle near,
@@ -50,131 +37,6 @@ CONFIDENCE_TEMPERATURE = 0.05
 # Hits fetched per city for the confidence estimate, even when fewer are returned.
 CONFIDENCE_POOL = 20
 DEFAULT_SEPARATION_M = 100.0
-# The heat map's matplotlib colormap (the dashboard draws its colour scale from the same name).
-HEATMAP_CMAP = "inferno"
-
-
-class Bounds(NamedTuple):
-    min_lat: float
-    min_lon: float
-    max_lat: float
-    max_lon: float
-
-    def as_deck(self) -> list[float]:
-        """deck.gl BitmapLayer order: [left, bottom, right, top]."""
-        return [self.min_lon, self.min_lat, self.max_lon, self.max_lat]
-
-
-@dataclass(frozen=True)
-class BestGuess:
-    lat: float
-    lon: float
-    score: float
-    confidence: float
-    city: str
-    tile_id: str
-    margin: float
-    position_source: str = "tile_centre"  # "refined": placed in metres by the fine stage
-    heading_deg: float | None = None  # the camera's heading (degrees clockwise from north) with the answer
-    heading_source: str | None = None  # "given" | "refined" | "estimated" (None: not known)
-    heading_confidence: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "lat": self.lat,
-            "lon": self.lon,
-            "score": self.score,
-            "confidence": self.confidence,
-            "city": self.city,
-            "tile_id": self.tile_id,
-            "margin": self.margin,
-            "position_source": self.position_source,
-            "heading_deg": self.heading_deg,
-            "heading_source": self.heading_source,
-            "heading_confidence": self.heading_confidence,
-        }
-
-
-@dataclass
-class SearchResult:
-    """`ranked`: GeoDataFrame (city, rank, lat, lon, score, tile_id, uri, distance_m, geometry) sorted by
-    city then rank; `best`: the overall best guess (None when nothing matched);
-    `timings`: milliseconds per stage."""
-
-    ranked: Any  # geopandas.GeoDataFrame
-    best: BestGuess | None
-    timings: dict[str, float] = field(default_factory=dict)
-    query: dict[str, Any] = field(default_factory=dict)
-
-    def records(self) -> list[dict[str, Any]]:
-        """Plain rows (no geometry), NaN distances as None: JSON-safe."""
-        rows = []
-        for r in self.ranked.drop(columns="geometry").to_dict("records"):
-            rows.append(
-                {k: (None if isinstance(v, float) and math.isnan(v) else _py(v)) for k, v in r.items()}
-            )
-        return rows
-
-    def to_geojson(self) -> dict[str, Any]:
-        """A FeatureCollection of the ranked points; the best guess and the query ride along as members."""
-        features = [
-            {
-                "type": "Feature",
-                "geometry": {"type": "Point", "coordinates": [row["lon"], row["lat"]]},
-                "properties": row,
-            }
-            for row in self.records()
-        ]
-        return {
-            "type": "FeatureCollection",
-            "features": features,
-            "best": self.best.as_dict() if self.best else None,
-            "query": self.query,
-        }
-
-    def to_csv(self) -> str:
-        return self.ranked.drop(columns="geometry").to_csv(index=False)
-
-
-@dataclass
-class HeatMap:
-    """Similarity of a query to every tile of a city, rasterised on the city's tile grid.
-
-    `image` is H×W×4 uint8 RGBA (transparent where the city has no tile), `scores` the same grid as floats
-    (NaN where empty), `bounds` the WGS84 extent of the raster's outer pixel edges.
-    """
-
-    city: str
-    image: np.ndarray
-    scores: np.ndarray
-    bounds: Bounds
-    step_m: float
-
-    def to_png(self) -> bytes:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(self.image, mode="RGBA").save(buf, format="PNG")
-        return buf.getvalue()
-
-    def to_data_url(self) -> str:
-        import base64
-
-        return "data:image/png;base64," + base64.b64encode(self.to_png()).decode("ascii")
-
-
-@dataclass(frozen=True)
-class CityInfo:
-    name: str
-    tiles: int
-    bounds: Bounds | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "tiles": self.tiles,
-            "bounds": self.bounds._asdict() if self.bounds else None,
-        }
 
 
 class SearchEngine:
@@ -592,62 +454,6 @@ class SearchEngine:
         return self.embed(self.prepare(image), heading_deg=heading_deg, fov_deg=fov_deg)
 
 
-def rasterise(
-    city: str,
-    lats: np.ndarray,
-    lons: np.ndarray,
-    scores: np.ndarray,
-    *,
-    cmap: str = HEATMAP_CMAP,
-    max_side: int = 1024,
-) -> HeatMap:
-    """Paint each tile's score into the cell of the city's tile grid at its centre (max where cells collide).
-
-    The grid step is the median nearest-neighbour spacing of tile centres, which is the regular grid's step
-    even when off-grid (place-centred) tiles are mixed in.
-    """
-    from matplotlib import colormaps
-
-    if len(scores) == 0:
-        raise EmptyIndexError("city", f"city {city!r} has no tiles in the index")
-    lat0, lon0 = float(np.mean(lats)), float(np.mean(lons))
-    x, y = local_xy(lats, lons, lat0=lat0, lon0=lon0)
-    step = _grid_step(x, y)
-    span = max(float(x.max() - x.min()), float(y.max() - y.min()))
-    step = max(step, span / (max_side - 1)) if span > 0 else step
-    cols = np.rint((x - x.min()) / step).astype(int)
-    rows = np.rint((y.max() - y) / step).astype(int)
-    grid = np.full((rows.max() + 1, cols.max() + 1), -np.inf, dtype=np.float64)
-    np.maximum.at(grid, (rows, cols), scores.astype(np.float64))
-    filled = np.isfinite(grid)
-    values = np.where(filled, grid, np.nan)
-    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-    norm = np.where(filled, (np.nan_to_num(values, nan=lo) - lo) / (hi - lo if hi > lo else 1.0), 0.0)
-    rgba = (colormaps[cmap](norm) * 255).astype(np.uint8)
-    rgba[..., 3] = np.where(filled, (70 + 170 * norm).astype(np.uint8), 0)
-    half = step / 2
-    min_lat, min_lon = local_to_latlon(
-        np.array(x.min() - half), np.array(y.min() - half), lat0=lat0, lon0=lon0
-    )
-    max_lat, max_lon = local_to_latlon(
-        np.array(x.min() + step * grid.shape[1] - half), np.array(y.max() + half), lat0=lat0, lon0=lon0
-    )
-    bounds = Bounds(float(min_lat), float(min_lon), float(max_lat), float(max_lon))
-    return HeatMap(city=city, image=rgba, scores=values.astype(np.float32), bounds=bounds, step_m=float(step))
-
-
-def _grid_step(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 2:
-        return 100.0
-    from sklearn.neighbors import NearestNeighbors
-
-    pts = np.column_stack([x, y])
-    dist, _ = NearestNeighbors(n_neighbors=2).fit(pts).kneighbors(pts)
-    nn = dist[:, 1]
-    nn = nn[nn > 1e-6]
-    return float(np.median(nn)) if len(nn) else 100.0
-
-
 def _is_vector(obj: Any, dim: int) -> bool:
     """A query vector (or one per heading: [n, dim]) rather than an image (a float grayscale image is 2-D
     too, but not ``dim`` wide)."""
@@ -684,13 +490,3 @@ def _payload_bounds(payloads: Sequence[dict[str, Any]]) -> Bounds | None:
     return Bounds(
         min(a for a, _ in locs), min(o for _, o in locs), max(a for a, _ in locs), max(o for _, o in locs)
     )
-
-
-def _py(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_py)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wherecnn.search.engine import Bounds
+from wherecnn.search.results import Bounds
 
 TRUE_COLOUR = [40, 220, 90]
 CONE_COLOUR = [60, 200, 255]
