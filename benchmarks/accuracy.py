@@ -67,7 +67,8 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def train_model(args: argparse.Namespace, model: str, track: str, protocol: str, out: Path) -> dict[str, Any]:
-    from wherecnn.train.loop import TrainOptions, run_training
+    from wherecnn.train.loop import run_training
+    from wherecnn.train.options import TrainOptions
 
     minutes = args.where_cnn_minutes if model == "where-cnn" and args.where_cnn_minutes else args.minutes
     if args.reuse and (out / "model_card.json").exists():
@@ -265,6 +266,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     from wherecnn.evaluate.baselines import KINDS
+    from wherecnn.evaluate.pipeline import EvaluateOptions
+    from wherecnn.train.options import TrainOptions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -276,16 +279,16 @@ def main() -> None:
     parser.add_argument("--tracks", type=_csv, default=list(TRACKS))
     parser.add_argument("--protocols", type=_csv, default=list(PROTOCOLS))
     parser.add_argument("--baselines", type=_csv, default=list(KINDS))
-    parser.add_argument("--baseline-pairs", type=int, default=1500)
+    parser.add_argument("--baseline-pairs", type=int, default=EvaluateOptions.baseline_pairs)
     parser.add_argument("--deep-weights", default=None, help="Local ResNet-18 weights (else random init).")
     parser.add_argument("--max-gallery", type=int, default=None)
     parser.add_argument("--work", type=Path, default=Path("var/accuracy"), help="Checkpoints go here.")
     parser.add_argument(
         "--reuse", action="store_true", help="Evaluate existing checkpoints instead of training."
     )
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=TrainOptions.workers)
+    parser.add_argument("--device", default=TrainOptions.device)
+    parser.add_argument("--seed", type=int, default=TrainOptions.seed)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
         "--set",

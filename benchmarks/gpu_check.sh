@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh WORLD OUT_DIR      # WORLD: a world from `wherecnn synth --size tiny`
 #   DEVICE=cpu STEPS=1 MODELS=where-cnn bash benchmarks/gpu_check.sh WORLD OUT_DIR   # rehearse it here (no NCCL step)
 #
-# 1. NCCL: rank 0's "stop now" broadcast (`_Ctx.agree`) and the embedding all-gather on an NCCL group,
+# 1. NCCL: rank 0's "stop now" broadcast (`RunContext.agree`) and the embedding all-gather on an NCCL group,
 #    the backend Ray Train uses on GPUs (one GPU here: a group of one, collectives still dispatched).
 # 2. benchmarks/train_step.py on the GPU: bf16 autocast against fp32 for dual-cpu, dual-resnet, where-cnn.
 # 3. End to end on the GPU: train dual-cpu 2 epochs (bf16), resume to 3, evaluate (report) on the GPU;
@@ -41,7 +41,7 @@ step nccl "$PY" - <<'EOF'
 import torch
 import torch.distributed as dist
 
-from wherecnn.train.loop import _Ctx
+from wherecnn.train.context import RunContext
 from wherecnn.train.losses import gather_with_grad
 
 dist.init_process_group("nccl", init_method="tcp://127.0.0.1:29517", rank=0, world_size=1)
@@ -50,7 +50,7 @@ try:
     print("a CPU tensor broadcast on NCCL worked")
 except Exception as e:  # what `agree` did before it put its flag on the run's device
     print("a CPU tensor broadcast on NCCL fails:", type(e).__name__, str(e).splitlines()[0])
-ctx = _Ctx("cuda")
+ctx = RunContext("cuda")
 ctx.world = 2  # take the collective path
 assert ctx.agree(True) is True and ctx.agree(False) is False
 x = torch.randn(8, 4, device="cuda", requires_grad=True)

@@ -39,7 +39,7 @@ def best_of(rounds: int, cases: dict[str, Callable[[], None]]) -> dict[str, floa
 
 
 def batch_rows(data: str, rounds: int, batches: int) -> list[dict[str, Any]]:
-    from wherecnn.data.torchdata import PairDataset, load_pairs
+    from wherecnn.data.datasets import PairDataset, load_pairs
 
     frame = load_pairs(data, track="aligned", protocol="cross-area", split="train").iloc[: 64 * batches]
     base = {"rotation": "quarter", "flip": True, "color": 0.0, "scale": None}

@@ -73,7 +73,7 @@ def main() -> None:
     out = args.out or str(Path(__file__).parent / "results" / f"train_step{suffix}.json")
 
     from wherecnn.models import build_model
-    from wherecnn.train.loop import mixed_precision
+    from wherecnn.train.optim import mixed_precision
 
     torch.manual_seed(0)
     rows = []

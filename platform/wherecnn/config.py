@@ -32,19 +32,22 @@ def _toml_path() -> Path | None:
 FULL_SCAN_POINTS = 200_000
 
 
+DEMO_DIR = "var/demo-small"  # where `make demo` (`wherecnn demo`) writes: the local defaults point into it
+
+
 class Settings(BaseSettings):
     """Every knob of the platform; see docs/deploy.md for the table of env vars."""
 
     model_config = SettingsConfigDict(env_prefix="WHERECNN_", extra="ignore")
 
     # where things live
-    data_dir: str = Field("var/data", description="Synthetic world / ingested manifests folder.")
+    data_dir: str = Field(f"{DEMO_DIR}/data", description="Synthetic world / ingested manifests folder.")
     work_dir: str = Field("var", description="Runs, checkpoints, reports, frozen manifests.")
     store: str = Field(
-        "edge://var/index", description="Vector store URI: edge:///path or http(s)://host:6333."
+        f"edge://{DEMO_DIR}/index", description="Vector store URI: edge:///path or http(s)://host:6333."
     )
     collection: str = Field("tiles", description="Collection (server) / store name (edge).")
-    checkpoint: str = Field("var/checkpoints/dual-cpu", description="Default checkpoint for index/search.")
+    checkpoint: str = Field(f"{DEMO_DIR}/checkpoint", description="Default checkpoint for index/search.")
 
     # S3 (credentials come from the usual AWS_* env vars or a service account)
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); None = AWS.")

@@ -159,7 +159,8 @@ def run_demo(
 
     # 2. the default model, trained on places that are training places under both protocols
     def train() -> dict[str, Any]:
-        from wherecnn.train.loop import TrainOptions, run_training
+        from wherecnn.train.loop import run_training
+        from wherecnn.train.options import TrainOptions
 
         opts = TrainOptions(
             data=str(paths.data), out=str(paths.checkpoint), model="dual-cpu", minutes=minutes,

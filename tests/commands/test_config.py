@@ -27,8 +27,9 @@ def test_the_track_section_and_its_model_settings_say_where_they_come_from() -> 
     assert photo["model"]["channels"]["source"] == "configs/dual-cpu.json"
     offset = _show("--track", "offset")
     assert offset["recipe"]["lr"] == {"value": 0.002, "source": "configs/dual-cpu.json offset"}
-    assert offset["recipe"]["batch_size"] == {"value": 64, "source": "configs/dual-cpu.json train"}
-    assert _show()["recipe"]["lr"] == {"value": 0.001, "source": "configs/dual-cpu.json train"}  # aligned
+    assert offset["recipe"]["weight_decay"] == {"value": 0.0001, "source": "configs/dual-cpu.json train"}
+    assert offset["recipe"]["batch_size"] == {"value": 64, "source": "default (models.schema)"}
+    assert _show()["recipe"]["lr"] == {"value": 0.001, "source": "default (models.schema)"}  # aligned
     # an override shows as one, and a track's own key still wins over train's, as in training
     over = _show(
         "--track", "offset", "--set", "embed_dim=64", "--set", "train.lr=0.01", "--set", "offset.lr=0.003"

@@ -93,12 +93,14 @@ def test_tiles_without_raster_windows_fall_back_to_one_view(fake_world: Path) ->
 def test_a_models_card_sets_its_gallery_centres_and_view_pool(tiny_world: Path) -> None:
     from wherecnn.evaluate.evaluation import evaluate_embedder
     from wherecnn.evaluate.metrics import retrieval_metrics
+    from wherecnn.models.schema import Offset
 
-    class Carded(MeanColour):
-        card = {"config": {"offset": {"gallery_centres": 3, "view_pool": 9}}}
+    class Carded(MeanColour):  # a model card's config holds every offset setting (models.schema)
+        card = {"config": {"offset": Offset(gallery_centres=3, view_pool=9).model_dump()}}
 
     class TwoScales(MeanColour):
-        card = {"config": {"offset": {"gallery_centres": 3, "gallery_scales": [1.0, 0.8], "view_pool": 2}}}
+        offset = Offset(gallery_centres=3, gallery_scales=[1.0, 0.8], view_pool=2)
+        card = {"config": {"offset": offset.model_dump()}}
 
     sets = city_sets(tiny_world, protocol="same-area", track="offset", max_gallery=10, max_queries=4)[:1]
     run = evaluate_embedder(Carded(), sets, name="m", protocol="same-area", track="offset")

@@ -118,7 +118,7 @@ def test_a_turned_panorama_faces_where_it_says(tmp_path: Path) -> None:
     """The unknown-heading protocol turns each panorama to a random yaw; the bearing it reports is the one
     the model's canvas needs to see the original view again."""
     from PIL import Image
-    from wherecnn.data.torchdata import ground_view
+    from wherecnn.data.ground import ground_view
     from wherecnn.evaluate.served import turned_panorama
 
     pano = np.random.default_rng(0).integers(0, 255, (64, 256, 3), dtype=np.uint8)

@@ -8,7 +8,8 @@ import boto3
 import numpy as np
 import pytest
 import torch
-from wherecnn.data.torchdata import ground_view, to_tensor
+from wherecnn.data.ground import ground_view
+from wherecnn.data.normalise import to_tensor
 from wherecnn.models import build_model
 from wherecnn.models.embedder import Embedder
 from wherecnn.train.checkpoint import save_checkpoint
@@ -127,7 +128,8 @@ def test_a_checkpoint_can_be_loaded_with_other_test_time_views(tmp_path: Path) -
     emb = Embedder.untrained("dual-cpu", seed=3)
     _write(emb.model, str(tmp_path / "ckpt"))
     one = Embedder.from_checkpoint(str(tmp_path / "ckpt"), device="cpu", tta={})
-    assert one.embed_dim == 128 and one.model_id.endswith("-tta1") and one.card["config"]["tta"] == {}
+    assert one.embed_dim == 128 and one.model_id.endswith("-tta1")
+    assert one.card["config"]["tta"] == {"flip": False, "phases": 1}  # {}: the schema's one plain view
     same = Embedder.from_checkpoint(str(tmp_path / "ckpt"), device="cpu", tta=emb.model.config["tta"])
     assert same.model_id == Embedder.from_checkpoint(str(tmp_path / "ckpt"), device="cpu").model_id
     tiles = _images(np.random.default_rng(4), 2, 96, 96)

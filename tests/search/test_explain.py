@@ -24,7 +24,7 @@ def _photo_bytes() -> bytes:
 
 
 def _check_overlays(out: dict[str, Any], embedder: Any, heading: float) -> None:
-    from wherecnn.data.torchdata import MEAN_RGB
+    from wherecnn.data.normalise import MEAN_RGB
 
     g, a = out["ground_view"], out["aerial_view"]
     assert g.shape == (*embedder.ground_size, 3) and g.dtype == np.uint8

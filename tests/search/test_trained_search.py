@@ -17,7 +17,8 @@ def test_true_tile_of_training_captures_ranks_first(tmp_path: Path) -> None:
     from wherecnn.index.store import TilePoint, open_store
     from wherecnn.models.embedder import Embedder
     from wherecnn.search import SearchEngine
-    from wherecnn.train.loop import TrainOptions, run_training
+    from wherecnn.train.loop import run_training
+    from wherecnn.train.options import TrainOptions
 
     spec = importlib.util.spec_from_file_location("root_conftest", Path(__file__).parents[1] / "conftest.py")
     assert spec and spec.loader

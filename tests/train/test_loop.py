@@ -14,16 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from wherecnn.data.torchdata import MinedBatchSampler, PairDataset
+from wherecnn.data.datasets import PairDataset
+from wherecnn.data.samplers import MinedBatchSampler
 from wherecnn.models.embedder import Embedder
 from wherecnn.train.checkpoint import load_checkpoint
-from wherecnn.train.loop import (
-    TrainOptions,
-    _anneal,
-    _fresh_settings,
-    mixed_precision,
-    train_func,
-)
+from wherecnn.train.loop import train_func
+from wherecnn.train.options import TrainOptions
 
 from .tiny import TINY_DUAL_CPU
 
@@ -154,7 +150,7 @@ def test_shift_curriculum_moves_the_shift_epoch_by_epoch(
                 shifts.append(float(self.augment["shift"]))
             return super().batch(indices, augment)
 
-    monkeypatch.setattr("wherecnn.train.loop.PairDataset", Spy)
+    monkeypatch.setattr("wherecnn.train.data.PairDataset", Spy)
     section = {"pairs": pairs, "augment_shift": 0.05, "shift_start": 0.0, "shift_anneal": 0.5}
     train_func(_opts(fake_pairs, tmp_path / "o", epochs=2, track=track, overrides={**TINY, track: section}))
     # epoch 1 of 2 starts at shift_start, epoch 2 (half-way, the end of the anneal) at augment_shift
@@ -168,63 +164,6 @@ def test_photo_track_can_train_on_photos_cut_from_panoramas(fake_pairs: Path, tm
         train_func(_opts(fake_pairs, tmp_path / pairs, epochs=2, track="photo", overrides=overrides))
         card = json.loads((tmp_path / pairs / "model_card.json").read_text())
         assert card["data"]["track"] == "photo" and card["data"]["pairs_track"] == trained_on
-
-
-class _Augmented(Exception):
-    """Raised by the spy dataset with the training augmentation, ending the run there."""
-
-
-def _training_augment(data: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **kw: object) -> dict:
-    def spy(*args: object, augment: dict | None = None, **kwargs: object) -> PairDataset:
-        if augment is not None:
-            raise _Augmented(augment)
-        return PairDataset(*args, augment=augment, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr("wherecnn.train.loop.PairDataset", spy)
-    with pytest.raises(_Augmented) as caught:
-        train_func(_opts(data, out, epochs=1, **kw))
-    return caught.value.args[0]
-
-
-def test_a_track_section_replaces_the_train_augmentation_on_its_track(
-    fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # dual-cpu's config: train.augment_scale [0.75, 1.6]; offset and photo.augment_scale null (zoom cost R@1)
-    aligned = _training_augment(fake_pairs, tmp_path / "a", monkeypatch)
-    assert aligned["scale"] == [0.75, 1.6] and aligned["shift"] == 0.0
-    photo = _training_augment(fake_pairs, tmp_path / "p", monkeypatch, track="photo")
-    assert photo["scale"] is None and photo["photo_fov"] == 90.0
-    offset = _training_augment(fake_pairs, tmp_path / "o", monkeypatch, track="offset")
-    assert offset["scale"] is None and offset["shift"] == 0.05 and offset["photo_fov"] is None
-    zoomed = {**TINY, "photo": {"augment_scale": [0.8, 1.25], "augment_flip": False}}
-    photo = _training_augment(fake_pairs, tmp_path / "z", monkeypatch, track="photo", overrides=zoomed)
-    assert photo["scale"] == [0.8, 1.25] and photo["flip"] is False
-    # offset's shift moves camera-centred tiles: on the track's own (offset) pairs train.augment_shift holds
-    own = {**TINY, "offset": {"pairs": "track"}, "train": {"augment_shift": 0.02}}
-    offset = _training_augment(fake_pairs, tmp_path / "t", monkeypatch, track="offset", overrides=own)
-    assert offset["shift"] == 0.02 and offset["scale"] is None
-
-
-def test_mixed_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert mixed_precision(cuda, "auto") and not mixed_precision(cuda, "fp32")
-    assert mixed_precision(cpu, "bf16") and not mixed_precision(cpu, "fp32")
-    for native in (True, False):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n, raising=False)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-        assert mixed_precision(cpu, "auto") is native
-    with pytest.raises(ValueError, match="precision"):
-        mixed_precision(cpu, "fp16")
-
-
-def test_curricula_move_linearly_over_the_first_share_of_training() -> None:
-    assert _anneal(360.0, 90.0, 0.5, 0.0) == 360.0
-    assert _anneal(360.0, 90.0, 0.5, 0.25) == 225.0
-    assert _anneal(360.0, 90.0, 0.5, 0.5) == 90.0 == _anneal(360.0, 90.0, 0.5, 0.9)
-    assert _anneal(360.0, 90.0, 0.0, 0.0) == 90.0
-    assert _anneal(0.0, 0.05, 0.5, 0.25) == pytest.approx(0.025)  # offset's shift grows the same way
 
 
 def test_killed_run_resumes_to_the_end(fake_pairs: Path, tmp_path: Path) -> None:
@@ -304,7 +243,7 @@ def test_fresh_pools_keep_mined_batches_between_minings(
 ) -> None:
     """Mined every 2 epochs on a pool that renews a share every epoch: the epoch between minings still
     trains on mined batches, the table carried over to it -- the new places without mined neighbours."""
-    import wherecnn.train.loop as loop_module
+    import wherecnn.train.data as data_module
 
     tables: dict[int, np.ndarray] = {}
 
@@ -313,7 +252,7 @@ def test_fresh_pools_keep_mined_batches_between_minings(
             tables[epoch] = self.neighbours
             super().set_epoch(epoch)
 
-    monkeypatch.setattr(loop_module, "MinedBatchSampler", Recording)
+    monkeypatch.setattr(data_module, "MinedBatchSampler", Recording)
     overrides = {**TINY, "train": {"mine_every": 2, "mine_k": 8, "neighbours_per_group": 4}}
     kw = dict(
         fresh_places=32, fresh_epochs=2, protocol="same-area", val_size=8, epochs=4, overrides=overrides
@@ -339,26 +278,6 @@ def test_a_track_section_sets_its_own_fresh_pool_and_lr(tiny_world: Path, tmp_pa
         card = json.loads((tmp_path / track / "model_card.json").read_text())
         got = (card["data"]["fresh_places"], card["data"]["fresh_epochs"], card["train"]["lr"])
         assert got == ((32, 2, 0.002) if track == "offset" else (48, 3, 0.001))  # aligned: train's
-
-
-def test_fresh_places_default_from_the_model_config_on_synthetic_worlds(
-    tiny_world: Path, fake_pairs: Path, tmp_path: Path
-) -> None:
-    """The config's train.fresh_places, fresh_epochs and style_spread apply on a synthetic world; the
-    options win."""
-    cfg = {"fresh_places": 2500, "fresh_epochs": 6, "style_spread": 1.5}
-
-    def settings(data: Path, **kw: object) -> tuple[int, int, float | None]:
-        return _fresh_settings(TrainOptions(data=str(data), out=str(tmp_path), epochs=1, **kw), cfg)  # type: ignore[arg-type]
-
-    assert settings(tiny_world) == (2500, 6, 1.5)
-    assert settings(fake_pairs) == (0, 6, None)  # no synthetic.json: nothing to render new places from
-    assert settings(tiny_world, fresh_places=0) == (0, 6, None)
-    assert settings(tiny_world, fresh_places=64, fresh_epochs=2, style_spread=0) == (64, 2, None)
-    assert settings(fake_pairs, fresh_places=64) == (64, 6, 1.5)  # asked for: FreshPlaces says what lacks
-    assert _fresh_settings(TrainOptions(data=str(tiny_world), out="x", epochs=1), {}) == (0, 3, None)
-    with pytest.raises(ValueError, match="needs fresh_places"):
-        TrainOptions(data=str(tiny_world), out="x", epochs=1, fresh_places=0, style_spread=1.5)
 
 
 def test_fresh_places_for_photos_are_panoramas(

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from wherecnn.models import load_config, merge
 from wherecnn.train.losses import (
     contrastive_loss,
     gather_with_grad,
@@ -67,7 +68,8 @@ def test_make_loss_reads_the_config() -> None:
 
     m = M()
     for name in ("contrastive", "triplet", "infonce"):
-        assert float(make_loss({"loss": {"name": name}})(g, a, m)) >= 0
+        config = merge(load_config("dual-cpu"), {"loss": {"name": name}})
+        assert float(make_loss(config)(g, a, m)) >= 0
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss({"loss": {"name": "hinge"}})
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from wherecnn.data.torchdata import PairDataset, load_pairs
+from wherecnn.data.datasets import PairDataset, load_pairs
 from wherecnn.models import build_model
-from wherecnn.train.loop import TrainOptions, train_func
+from wherecnn.train.loop import train_func
 from wherecnn.train.mining import carry_neighbours, embed_dataset, neighbour_table
+from wherecnn.train.options import TrainOptions
 
 from .tiny import TINY_DUAL_CPU
 

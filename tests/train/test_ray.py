@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from wherecnn.models.embedder import Embedder
-from wherecnn.train.loop import TrainOptions, run_training
+from wherecnn.train.loop import run_training
+from wherecnn.train.options import TrainOptions
 
 from .tiny import TINY_DUAL_CPU
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import typer
 
-from wherecnn.commands.train import Track, parse_overrides
+from wherecnn.commands.choices import Track
+from wherecnn.commands.train import parse_overrides
 
 config_app = typer.Typer(help="Show the resolved settings.", no_args_is_help=True)
 
@@ -37,14 +38,13 @@ def show(
 
     if model not in list_models():
         raise typer.BadParameter(f"unknown model {model!r}; registered: {', '.join(list_models())}")
-    overrides = parse_overrides(set_)
+    overrides = parse_overrides(set_, model)
     config, config_sources = resolve_config(model, track.value, overrides)
     recipe, recipe_sections = recipe_on_track(config, track.value)
-    set_keys = {k for k, v in config_sources.items() if v == "override"}
-    recipe_sources = {
-        key: ("override" if f"{section}.{key}" in set_keys else f"configs/{model}.json {section}")
-        for key, section in recipe_sections.items()
-    }
+    recipe_sources = {}
+    for key, section in recipe_sections.items():
+        source = config_sources[f"{section}.{key}"]
+        recipe_sources[key] = f"{source} {section}" if source.startswith("configs/") else source
     architecture = {
         key: (value, config_sources[key])
         for key, value in flatten(config).items()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from wherecnn.config import DEMO_DIR
+
 
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
@@ -13,9 +15,7 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     size: str = typer.Option("small", "--size", help="Synthetic world size: tiny | small | full."),
-    out: Path = typer.Option(
-        Path("var/demo-small"), "--out", help="Demo folder (data, checkpoint, index, report)."
-    ),
+    out: Path = typer.Option(Path(DEMO_DIR), "--out", help="Demo folder (data, checkpoint, index, report)."),
     minutes: float | None = typer.Option(
         None, "--minutes", min=0.05, help="Training budget (default: 1 tiny, 10 small, 30 full)."
     ),

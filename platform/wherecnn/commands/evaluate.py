@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from wherecnn.commands.choices import Protocol, Track
 from wherecnn.evaluate.baselines import KINDS
-
-
-class Protocol(StrEnum):
-    same_area = "same-area"
-    cross_area = "cross-area"
-
-
-class Track(StrEnum):
-    aligned = "aligned"
-    offset = "offset"
-    photo = "photo"
+from wherecnn.evaluate.pipeline import EvaluateOptions
 
 
 def register(app: typer.Typer) -> None:
@@ -132,7 +122,10 @@ def evaluate(
         "0 turns it off).",
     ),
     baseline_pairs: int = typer.Option(
-        1500, "--baseline-pairs", min=3, help="Training pairs for each baseline's CCA."
+        EvaluateOptions.baseline_pairs,
+        "--baseline-pairs",
+        min=3,
+        help="Training pairs for each baseline's CCA.",
     ),
     deep_weights: Path | None = typer.Option(
         None,
@@ -145,8 +138,10 @@ def evaluate(
         help='Test-time views of the checkpoint, JSON, e.g. \'{"flip": true, "phases": 2}\' (4 views) or '
         "'{}' (one): replaces the checkpoint config's `tta` (default: keep it).",
     ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-    seed: int = typer.Option(0, "--seed", help="Seed for gallery/query caps and balanced-AP sampling."),
+    device: str = typer.Option(EvaluateOptions.device, "--device", help="auto | cpu | cuda | cuda:N."),
+    seed: int = typer.Option(
+        EvaluateOptions.seed, "--seed", help="Seed for gallery/query caps and balanced-AP sampling."
+    ),
     store: str | None = typer.Option(
         None,
         "--store",
@@ -154,7 +149,10 @@ def evaluate(
         "default: index the world's grid tiles into OUT/index first.",
     ),
     served_queries: int = typer.Option(
-        30, "--served-queries", min=0, help="Held-out places a city sent through the search engine (0: skip)."
+        EvaluateOptions.served_queries,
+        "--served-queries",
+        min=0,
+        help="Held-out places a city sent through the search engine (0: skip).",
     ),
 ) -> None:
     """Evaluate a checkpoint: the anywhere protocol through the search engine (hit@1/10, error in metres,
@@ -164,7 +162,7 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    from wherecnn.evaluate.pipeline import EvaluateOptions, evaluate_checkpoint
+    from wherecnn.evaluate.pipeline import evaluate_checkpoint
 
     console = Console()
     unknown = [b for b in baseline if b not in KINDS]

@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import typer
 
-
-class Protocol(StrEnum):
-    same_area = "same-area"
-    cross_area = "cross-area"
-    both = "both"
-
-
-class Track(StrEnum):
-    aligned = "aligned"
-    offset = "offset"
-    photo = "photo"
+from wherecnn.commands.choices import Track, TrainProtocol
+from wherecnn.train.options import TrainOptions
 
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``--set KEY=JSON`` options as model config overrides (a value that is not JSON stays a string); a key
-    no model reads is a bad parameter."""
-    from wherecnn.models import check_overrides
+def parse_overrides(items: list[str], model: str) -> dict[str, Any]:
+    """``--set KEY=JSON`` options as overrides of registered model ``model``'s config (a value that is not
+    JSON stays a string); a key its config cannot hold, or a value it refuses, is a bad parameter."""
+    from wherecnn.models import check_overrides, list_models
 
     overrides: dict[str, Any] = {}
     for item in items:
@@ -40,8 +30,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    if model not in list_models():
+        return overrides  # training refuses the model itself
     try:
-        check_overrides(overrides)
+        check_overrides(model, overrides)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--set") from exc
     return overrides
@@ -52,7 +44,9 @@ def train(
         ..., "--data", help="Folder with captures/tiles/pairs.parquet (e.g. `wherecnn synth` output)."
     ),
     model: str = typer.Option(
-        "dual-cpu", "--model", help="Registered model name (dual-cpu, where-cnn, dual-resnet, dual-convnext)."
+        TrainOptions.model,
+        "--model",
+        help="Registered model name (dual-cpu, where-cnn, dual-resnet, dual-convnext).",
     ),
     out: str = typer.Option(..., "--out", help="Checkpoint folder or s3:// prefix (written every epoch)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Train this many epochs."),
@@ -60,10 +54,12 @@ def train(
         None, "--minutes", min=0.05, help="Or: train for this wall-clock budget."
     ),
     workers: int = typer.Option(
-        0, "--workers", min=0, help="Ray Train workers (0 = local loop without Ray)."
+        TrainOptions.workers, "--workers", min=0, help="Ray Train workers (0 = local loop without Ray)."
     ),
-    protocol: Protocol = typer.Option(Protocol.same_area, "--protocol", help="Which split is training data."),
-    track: Track = typer.Option(Track.aligned, "--track", help="aligned | offset | photo pairs."),
+    protocol: TrainProtocol = typer.Option(
+        TrainProtocol(TrainOptions.protocol), "--protocol", help="Which split is training data."
+    ),
+    track: Track = typer.Option(Track(TrainOptions.track), "--track", help="aligned | offset | photo pairs."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint in --out."),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=2, help="Global batch (default: model config)."
@@ -71,12 +67,16 @@ def train(
     lr: float | None = typer.Option(
         None,
         "--lr",
-        help="Peak learning rate (default: the model config's lr, its track section's else train's; "
-        "dual-cpu: 2e-3 on offset, 1e-3 elsewhere).",
+        help="Peak learning rate (default: the model config's lr, its track section's else train's: "
+        "`wherecnn config show --track T`).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed: same seed, same run on CPU."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (local loop)."),
-    val_size: int = typer.Option(256, "--val-size", min=0, help="Held-out pairs for the in-loop Recall@1."),
+    seed: int = typer.Option(TrainOptions.seed, "--seed", help="Seed: same seed, same run on CPU."),
+    device: str = typer.Option(
+        TrainOptions.device, "--device", help="auto | cpu | cuda | cuda:N (local loop)."
+    ),
+    val_size: int = typer.Option(
+        TrainOptions.val_size, "--val-size", min=0, help="Held-out pairs for the in-loop Recall@1."
+    ),
     max_pairs: int | None = typer.Option(None, "--max-pairs", min=1, help="Train on a random subset."),
     fresh_places: int | None = typer.Option(
         None,
@@ -84,16 +84,15 @@ def train(
         min=0,
         help="Synthetic worlds: render this many new training places per epoch (in the protocol's "
         "training area, and in new cities) instead of reusing the manifest's pairs. Default: the model "
-        "config's fresh_places (its track section's, else train's) on a world made by `wherecnn synth` "
-        "(dual-cpu: 2500; 1250 on offset and photo), else 0; 0 turns it off.",
+        "config's fresh_places (its track section's, else train's) on a world made by `wherecnn synth`, "
+        "else 0; 0 turns it off.",
     ),
     fresh_epochs: int | None = typer.Option(
         None,
         "--fresh-epochs",
         min=1,
         help="Epochs each fresh place is trained on (the pool holds that many epochs' places). Default: "
-        "the model config's fresh_epochs (its track section's, else train's; dual-cpu: 6 on offset and "
-        "photo), else 3.",
+        "the model config's fresh_epochs (its track section's, else train's).",
     ),
     style_spread: float | None = typer.Option(
         None,
@@ -101,7 +100,7 @@ def train(
         min=0.0,
         help="Fresh places: build the new cities in random styles blended from the training cities' "
         "styles, each knob scaled by up to this factor (>= 1). Default: the model config's "
-        "train.style_spread (dual-cpu: 1.5); 0 keeps the training styles.",
+        "train.style_spread; 0 keeps the training styles.",
     ),
     set_: list[str] = typer.Option(
         [],
@@ -132,7 +131,7 @@ def train(
     from rich.table import Table
 
     from wherecnn.models import list_models, shadowed_overrides
-    from wherecnn.train.loop import TrainOptions, run_training
+    from wherecnn.train.loop import run_training
 
     if (epochs is None) == (minutes is None):
         raise typer.BadParameter("give exactly one of --epochs or --minutes")
@@ -140,7 +139,7 @@ def train(
         raise typer.BadParameter(
             f"{data} has no pairs.parquet (expected `wherecnn synth`/`ingest` output)", param_hint="--data"
         )
-    overrides = parse_overrides(set_)
+    overrides = parse_overrides(set_, model)
     shadowed = shadowed_overrides(model, track.value, overrides) if model in list_models() else {}
     for key, wins in shadowed.items():
         Console(stderr=True).print(

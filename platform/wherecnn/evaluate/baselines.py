@@ -27,8 +27,6 @@ GROUND_SIZE = (64, 256)  # north-aligned 360° canvas, as the learned models see
 AERIAL_SIZE = (64, 64)
 DEEP_GROUND_SIZE = (64, 256)
 DEEP_AERIAL_SIZE = (96, 96)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------------------------------- descriptors
@@ -174,7 +172,7 @@ class _DeepFeatures:
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
-        from wherecnn.data.torchdata import to_tensor
+        from wherecnn.data.normalise import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
         out = []
         with torch.inference_mode():
@@ -221,7 +219,7 @@ class BaselineEmbedder:
 
     # -- raw descriptors
     def _prep_ground(self, images: Sequence[np.ndarray], headings: Any, fovs: Any) -> list[np.ndarray]:
-        from wherecnn.data.torchdata import ground_view, image_fov
+        from wherecnn.data.ground import ground_view, image_fov
         from wherecnn.models.embedder import _per_image, _rgb
 
         n = len(images)
@@ -233,7 +231,7 @@ class BaselineEmbedder:
         return out
 
     def _prep_aerial(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        from wherecnn.data.torchdata import resize
+        from wherecnn.data.ground import resize
         from wherecnn.models.embedder import _rgb
 
         return [resize(_rgb(im), self.aerial_size) for im in images]
@@ -304,7 +302,7 @@ def fit_baseline(
     seed: int = 0,
 ) -> BaselineEmbedder:
     """A baseline fitted on (at most ``max_pairs``) training pairs of the track under the protocol."""
-    from wherecnn.data.torchdata import load_pairs
+    from wherecnn.data.datasets import load_pairs
     from wherecnn.evaluate.evaluation import load_images, number_or_none
 
     pairs = load_pairs(data_dir, track=track, protocol=protocol, split="train")

@@ -227,8 +227,9 @@ def embed_gallery(embedder: EmbedderLike, uris: Sequence[str], batch: int = 256)
 
 
 def _offset_gallery_setting(config: dict[str, Any], track: str, key: str) -> int:
-    """A model config's ``offset.<key>`` for the `offset` track (1 when unset), else 1."""
-    return int((config.get("offset") or {}).get(key, 1)) if track == "offset" else 1
+    """A model config's ``offset.<key>`` for the `offset` track, else (and for baselines, which have no
+    config) 1."""
+    return int(config["offset"][key]) if track == "offset" and config else 1
 
 
 def model_gallery_centres(config: dict[str, Any], track: str) -> int:
@@ -240,7 +241,7 @@ def model_gallery_centres(config: dict[str, Any], track: str) -> int:
 def model_gallery_scales(config: dict[str, Any], track: str) -> tuple[float, ...]:
     """The ground scales a model's multi-view gallery is cut at: offset.gallery_scales for `offset`, else
     (1.0,) (each view shows its tile's side of ground)."""
-    scales = (config.get("offset") or {}).get("gallery_scales") if track == "offset" else None
+    scales = config["offset"]["gallery_scales"] if track == "offset" and config else None
     return _check_scales(scales or (1.0,))
 
 

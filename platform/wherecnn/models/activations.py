@@ -74,7 +74,8 @@ def pair_maps(
     """Grad-CAM and activation maps for one (ground, aerial) pair of an `Embedder` (needs ``.model``)."""
     import torch
 
-    from wherecnn.data.torchdata import resize, to_tensor
+    from wherecnn.data.ground import resize
+    from wherecnn.data.normalise import to_tensor
     from wherecnn.models.embedder import _rgb
 
     model = getattr(embedder, "model", None)

@@ -33,9 +33,9 @@ def _alexnet_features(batch_norm: bool = False) -> nn.Sequential:
 class WhereCNN(TwoBranchModel):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
-        batch_norm = bool(config.get("batch_norm", False))
+        batch_norm = bool(config["batch_norm"])
         self.ground_trunk = _alexnet_features(batch_norm)
-        self.aerial_trunk = self.ground_trunk if config.get("shared") else _alexnet_features(batch_norm)
+        self.aerial_trunk = self.ground_trunk if config["shared"] else _alexnet_features(batch_norm)
         state = pretrained_state(config, "alexnet")
         if state is not None:
             init_from(self.ground_trunk, state, prefix="features.")
@@ -44,7 +44,7 @@ class WhereCNN(TwoBranchModel):
         # pooled grids keep coarse layout: 2x8 for the panorama (azimuth), 3x3 for the tile
         self.ground_pool = nn.AdaptiveAvgPool2d((2, 8))
         self.aerial_pool = nn.AdaptiveAvgPool2d((3, 3))
-        hidden = int(config.get("hidden", 1024))
+        hidden = int(config["hidden"])
         self.ground_head = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(0.3),

@@ -82,16 +82,16 @@ class DualBackbone(TwoBranchModel):
         super().__init__(config)
         name = str(config["backbone"])
         self.ground_trunk, channels = _backbone(name)
-        self.aerial_trunk = self.ground_trunk if config.get("shared") else _backbone(name)[0]
+        self.aerial_trunk = self.ground_trunk if config["shared"] else _backbone(name)[0]
         state = pretrained_state(config, name)
         if state is not None:
             prefix = "" if name.startswith("resnet") else "features."
             init_from(self.ground_trunk, _strip_resnet(state) if not prefix else state, prefix=prefix)
             if self.aerial_trunk is not self.ground_trunk:
                 init_from(self.aerial_trunk, _strip_resnet(state) if not prefix else state, prefix=prefix)
-        self.polar = bool(config.get("polar", False))
+        self.polar = bool(config["polar"])
         if self.polar:
-            size = config.get("polar_size") or config["ground_size"]
+            size = config["polar_size"] or config["ground_size"]
             self.register_buffer("grid", polar_grid((int(size[0]), int(size[1]))), persistent=False)
         self.ground_pool, self.aerial_pool = GeM(), GeM()
         self.ground_proj = nn.Linear(channels, self.embed_dim)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wherecnn.data.torchdata import CANVAS_LAYOUTS
+from wherecnn.data.ground import CANVAS_LAYOUTS
 
 
 class TwoBranchModel(nn.Module):
@@ -34,12 +34,12 @@ class TwoBranchModel(nn.Module):
         self.embed_dim = int(config["embed_dim"])
         self.ground_size: tuple[int, int] = (int(config["ground_size"][0]), int(config["ground_size"][1]))
         self.aerial_size: tuple[int, int] = (int(config["aerial_size"][0]), int(config["aerial_size"][1]))
-        loss = config.get("loss", {})
-        temperature = float(loss.get("temperature", 0.07))
+        loss = config["loss"]
+        temperature = float(loss["temperature"])
         # log(1/T), CLIP-style; learnable only when the config says so
         self.logit_scale = nn.Parameter(
             torch.tensor(math.log(1.0 / temperature)),
-            requires_grad=bool(loss.get("learn_temperature", False)),
+            requires_grad=bool(loss["learn_temperature"]),
         )
 
     def place(self, device: torch.device) -> TwoBranchModel:
@@ -71,17 +71,12 @@ class TwoBranchModel(nn.Module):
 
     def test_views(self) -> list[tuple[bool, int]]:
         """(mirrored, bearing turn in input pixels) of each test-time view, from the config's ``tta``."""
-        tta = self.config.get("tta") or {}
-        unknown = set(tta) - {"flip", "phases"}
-        if unknown:
-            raise ValueError(f"tta: unknown key(s) {sorted(unknown)}; known: flip, phases")
-        phases = int(tta.get("phases", 1))
-        if phases < 1:
-            raise ValueError(f"tta phases must be >= 1, got {phases}")
+        tta = self.config["tta"]
+        phases = int(tta["phases"])
         step = 0
         if phases > 1:
             column = self.bearing_column_px
-            if self.config.get("ground_layout", "canvas") not in CANVAS_LAYOUTS:
+            if self.config["ground_layout"] not in CANVAS_LAYOUTS:
                 raise ValueError(
                     f"tta phases {phases}: turning needs a 360° canvas, ground_layout in {CANVAS_LAYOUTS}"
                 )
@@ -91,7 +86,7 @@ class TwoBranchModel(nn.Module):
                     f"multiple of {phases} pixels to turn by (bearing_column_px={column})"
                 )
             step = column // phases
-        flips = (False, True) if tta.get("flip") else (False,)
+        flips = (False, True) if tta["flip"] else (False,)
         return [(mirror, p * step) for mirror in flips for p in range(phases)]
 
     @property
@@ -129,7 +124,7 @@ class TwoBranchModel(nn.Module):
     def embed_ground_views(self, x: Tensor) -> Tensor:
         """The concatenated, normalised embeddings of the ground views (`test_views`)."""
         parts = []
-        canvas = self.config.get("ground_layout", "canvas") in CANVAS_LAYOUTS
+        canvas = self.config["ground_layout"] in CANVAS_LAYOUTS
         for mirror, turn in self.test_views():
             v = x
             if mirror:  # the canvas's bearings h -> -h (as `augment_pair` mirrors it)

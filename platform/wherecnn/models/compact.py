@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wherecnn.data.torchdata import CANVAS_LAYOUTS, MEAN_RGB
+from wherecnn.data.ground import CANVAS_LAYOUTS
+from wherecnn.data.normalise import MEAN_RGB
 from wherecnn.models.backbones import polar_grid, to_polar
 from wherecnn.models.base import TwoBranchModel
 
@@ -82,13 +83,11 @@ class Trunk(nn.Module):
             ConvBlock(ci, co, s, p) for ci, co, s, p in zip(cins, channels, strides, pools, strict=True)
         )
         # config ``mixstyle``: {"p", "alpha", "after": block indices} (off when absent)
-        mix = mixstyle or {}
-        self.mix_after = {int(i) for i in mix.get("after", [])}
+        mix = mixstyle or {"after": []}
+        self.mix_after = {int(i) for i in mix["after"]}
         if not self.mix_after <= set(range(len(channels))):
             raise ValueError(f"mixstyle after {sorted(self.mix_after)}: the trunk has {len(channels)} blocks")
-        self.mix = (
-            MixStyle(float(mix.get("p", 0.5)), float(mix.get("alpha", 0.1))) if self.mix_after else None
-        )
+        self.mix = MixStyle(float(mix["p"]), float(mix["alpha"])) if self.mix_after else None
 
     def forward(self, x: Tensor, circular: bool) -> Tensor:
         for i, block in enumerate(self.blocks):
@@ -148,14 +147,14 @@ class CompactTwoBranch(TwoBranchModel):
         channels = [int(c) for c in config["channels"]]
         strides = [int(s) for s in config["strides"]]
         pools = [bool(p) for p in config["pools"]]
-        mixstyle = config.get("mixstyle")
+        mixstyle = config["mixstyle"]
         self.ground_trunk = Trunk(channels, strides, pools, mixstyle)
         self.aerial_trunk = (
-            self.ground_trunk if config.get("shared") else Trunk(channels, strides, pools, mixstyle)
+            self.ground_trunk if config["shared"] else Trunk(channels, strides, pools, mixstyle)
         )
-        mid = int(config.get("head_channels", 32))
-        self.head = str(config.get("head", "spatial"))
-        self.polar = bool(config.get("polar", False))
+        mid = int(config["head_channels"])
+        self.head = str(config["head"])
+        self.polar = bool(config["polar"])
         if self.head == "azimuth" and not self.polar:
             raise ValueError("the azimuth head needs polar: true (tile columns must be bearings)")
         if self.head not in ("spatial", "azimuth"):
@@ -191,7 +190,7 @@ class CompactTwoBranch(TwoBranchModel):
 
     @property
     def embedding_columns(self) -> int | None:
-        canvas = self.config.get("ground_layout", "canvas") in CANVAS_LAYOUTS
+        canvas = self.config["ground_layout"] in CANVAS_LAYOUTS
         return self.aerial_head_columns if self.head == "azimuth" and canvas else None
 
     def turned_aerial_features(self, x: Tensor, turn: int) -> Tensor:

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from wherecnn.data.torchdata import CANVAS_VFOV_DEG, ground_view, image_fov, resize, to_tensor
+from wherecnn.data.ground import ground_view, image_fov, resize
+from wherecnn.data.normalise import to_tensor
 from wherecnn.models import TwoBranchModel, build_model, model_from_config
+from wherecnn.models.schema import validate_config
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "model_card.json"
@@ -47,9 +49,9 @@ class Embedder:
         self.card: dict[str, Any] = card or {"model_id": model_id, "config": model.config}
         self.batch_size = batch_size
         cfg = model.config
-        self.mean, self.std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
-        self.ground_layout = str(cfg.get("ground_layout", "canvas"))
-        self.canvas_vfov_deg = float(cfg.get("canvas_vfov_deg", CANVAS_VFOV_DEG))
+        self.mean, self.std = cfg["mean"], cfg["std"]
+        self.ground_layout = str(cfg["ground_layout"])
+        self.canvas_vfov_deg = float(cfg["canvas_vfov_deg"])
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -91,11 +93,12 @@ class Embedder:
         model_id = str(
             card.get("model_id") or f"{payload['config']['name']}-{hashlib.sha256(blob).hexdigest()[:12]}"
         )
-        if tta is not None and dict(tta) != (payload["config"].get("tta") or {}):
+        if tta is not None and model.config["tta"] != validate_config(payload["config"])["tta"]:
             model_id = f"{model_id}-tta{len(model.test_views())}"
-            card = {**card, "model_id": model_id, "config": config}
+            card = {**card, "model_id": model_id}
         card.setdefault("model_id", model_id)
-        card.setdefault("config", config)
+        # the config as the model reads it: checked, each setting a stored config predates at its default
+        card = {**card, "config": model.config}
         return cls(model, model_id=model_id, card=card, device=device)
 
     # ------------------------------------------------------------ properties

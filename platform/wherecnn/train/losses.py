@@ -61,16 +61,16 @@ def infonce_loss(
 
 def make_loss(config: dict[str, Any]) -> Any:
     """``fn(ground, aerial, model) -> loss`` for a model config's ``loss`` section."""
-    spec = dict(config.get("loss") or {"name": "infonce"})
-    name = spec.get("name", "infonce")
+    spec = config["loss"]
+    name = spec["name"]
     if name == "contrastive":
-        margin, k = float(spec.get("margin", 0.5)), int(spec.get("negatives_per_positive", 4))
+        margin, k = float(spec["margin"]), int(spec["negatives_per_positive"])
         return lambda g, a, model: contrastive_loss(g, a, margin=margin, negatives_per_positive=k)
     if name == "triplet":
-        alpha = float(spec.get("alpha", 10.0))
+        alpha = float(spec["alpha"])
         return lambda g, a, model: soft_margin_triplet_loss(g, a, alpha=alpha)
     if name == "infonce":
-        smoothing = float(spec.get("label_smoothing", 0.0))
+        smoothing = float(spec["label_smoothing"])
         return lambda g, a, model: infonce_loss(g, a, _logit_scale(model), label_smoothing=smoothing)
     raise ValueError(
         f"model config {config.get('name')!r}: unknown loss {name!r} (contrastive|triplet|infonce)"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wherecnn.data.torchdata import PairDataset
+from wherecnn.data.datasets import PairDataset
 
 
 @torch.inference_mode()
