@@ -23,6 +23,13 @@ def make_fake_world(root: Path, *, places: int = 8, grid: int = 3, seed: int = 0
     rng = np.random.default_rng(seed)
     caps, tiles, pairs = [], [], []
     d = 0.0009  # ~100 m
+
+    def tile(tid: str, city: str, lat: float, lon: float, kind: str, split: str) -> dict:
+        uri = _img(root / city / "tiles" / f"{tid}.png", rng, (32, 32))
+        box = dict(min_lat=lat - d / 2, max_lat=lat + d / 2, min_lon=lon - d / 2, max_lon=lon + d / 2)
+        ids = dict(tile_id=tid, city=city, lat=lat, lon=lon)
+        return dict(**ids, gsd_m=0.78, kind=kind, uri=uri, split=split, **box)
+
     for ci, (city, (lat0, lon0)) in enumerate(CITIES.items()):
         grid_ids = []
         for r in range(grid):
@@ -30,22 +37,7 @@ def make_fake_world(root: Path, *, places: int = 8, grid: int = 3, seed: int = 0
                 tid = f"{city}-g{r}{c}"
                 lat, lon = lat0 + r * d / 2, lon0 + c * d / 2
                 grid_ids.append((tid, lat, lon))
-                tiles.append(
-                    dict(
-                        tile_id=tid,
-                        city=city,
-                        lat=lat,
-                        lon=lon,
-                        gsd_m=0.78,
-                        kind="grid",
-                        uri=_img(root / city / "tiles" / f"{tid}.png", rng, (32, 32)),
-                        split="gallery",
-                        min_lat=lat - d / 2,
-                        max_lat=lat + d / 2,
-                        min_lon=lon - d / 2,
-                        max_lon=lon + d / 2,
-                    )
-                )
+                tiles.append(tile(tid, city, lat, lon, "grid", "gallery"))
         for p in range(places):
             pid = f"{city}-{p:03d}"
             split = "test" if p % 2 else "train"
@@ -69,22 +61,7 @@ def make_fake_world(root: Path, *, places: int = 8, grid: int = 3, seed: int = 0
                     )
                 )
             tid = f"{pid}-tile"
-            tiles.append(
-                dict(
-                    tile_id=tid,
-                    city=city,
-                    lat=lat,
-                    lon=lon,
-                    gsd_m=0.78,
-                    kind="centred",
-                    uri=_img(root / city / "tiles" / f"{tid}.png", rng, (32, 32)),
-                    split=split,
-                    min_lat=lat - d / 2,
-                    max_lat=lat + d / 2,
-                    min_lon=lon - d / 2,
-                    max_lon=lon + d / 2,
-                )
-            )
+            tiles.append(tile(tid, city, lat, lon, "centred", split))
             near = min(grid_ids, key=lambda g: (g[1] - lat) ** 2 + (g[2] - lon) ** 2)[0]
             semis = [g[0] for g in grid_ids if g[0] != near][:2]
             pairs += [

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -209,35 +209,20 @@ def _validate_local(
 
 
 def _read_geo(path: Path, report: ValidationReport) -> pd.DataFrame | None:
+    """A GeoParquet table, its CRS checked; plain parquet is read and reported as not GeoParquet."""
     import geopandas as gpd
 
     name = path.name
-    if not path.exists():
-        report.add(Problem(name, None, None, "missing-file", f"{path} does not exist"))
-        return None
     try:
-        frame = gpd.read_parquet(path)
+        frame = _read_plain(path, report, reader=gpd.read_parquet, passing=(ValueError,))
     except ValueError as exc:  # plain parquet without GeoParquet metadata
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc2:
-            report.add(Problem(name, None, None, "unreadable", f"cannot read {path}: {exc2}"))
-            return None
-        report.add(
-            Problem(
-                name,
-                None,
-                "geometry",
-                "not-geoparquet",
-                f"not a GeoParquet file (no 'geo' metadata / geometry column): {exc}",
-            )
-        )
-        report.rows[name] = len(frame)
-        return frame.reset_index(drop=True)
-    except Exception as exc:
-        report.add(Problem(name, None, None, "unreadable", f"cannot read {path}: {exc}"))
+        frame = _read_plain(path, report)
+        if frame is not None:
+            message = f"not a GeoParquet file (no 'geo' metadata / geometry column): {exc}"
+            report.add(Problem(name, None, "geometry", "not-geoparquet", message))
+        return frame
+    if frame is None:
         return None
-    report.rows[name] = len(frame)
     crs = frame.crs
     if crs is None:
         report.add(
@@ -245,16 +230,25 @@ def _read_geo(path: Path, report: ValidationReport) -> pd.DataFrame | None:
         )
     elif crs.to_epsg() != 4326:
         report.add(Problem(name, None, "geometry", "crs", f"CRS is {crs.to_string()}; expected {CRS}"))
-    return frame.reset_index(drop=True)
+    return frame
 
 
-def _read_plain(path: Path, report: ValidationReport) -> pd.DataFrame | None:
+def _read_plain(
+    path: Path,
+    report: ValidationReport,
+    reader: Callable[[Path], pd.DataFrame] = pd.read_parquet,
+    passing: tuple[type[Exception], ...] = (),
+) -> pd.DataFrame | None:
+    """A parquet table with its rows counted, or None with the problem reported (missing, unreadable);
+    ``passing`` errors of ``reader`` are the caller's to handle."""
     name = path.name
     if not path.exists():
         report.add(Problem(name, None, None, "missing-file", f"{path} does not exist"))
         return None
     try:
-        frame = pd.read_parquet(path)
+        frame = reader(path)
+    except passing:
+        raise
     except Exception as exc:
         report.add(Problem(name, None, None, "unreadable", f"cannot read {path}: {exc}"))
         return None
@@ -304,28 +298,9 @@ def _check_table(
 def _check_type(name: str, col: pd.Series, field_name: str, kind: str, report: ValidationReport) -> None:
     actual = col.dtype.kind
     if kind == "f":
-        if actual in "fiu":
-            return
-        if actual == "O":  # maybe numbers stored as strings: report rows that are not numbers
-            report.add(
-                Problem(
-                    name,
-                    None,
-                    field_name,
-                    "wrong-type",
-                    f"column {field_name!r} has dtype {col.dtype}; expected float",
-                )
-            )
-            return
-        report.add(
-            Problem(
-                name,
-                None,
-                field_name,
-                "wrong-type",
-                f"column {field_name!r} has dtype {col.dtype}; expected float",
-            )
-        )
+        if actual not in "fiu":  # numbers stored as strings (object) included: the column is not numeric
+            message = f"column {field_name!r} has dtype {col.dtype}; expected float"
+            report.add(Problem(name, None, field_name, "wrong-type", message))
         return
     if kind == "O":
         if field_name == "semi_positive_tile_ids":
@@ -418,27 +393,39 @@ def _geometry_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nd
     return geoms, missing, types
 
 
-def _check_points(name: str, frame: pd.DataFrame, report: ValidationReport) -> None:
-    import shapely
-
+def _geometries_to_check(
+    name: str, frame: pd.DataFrame, report: ValidationReport, types_wanted: Sequence[str], what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The checks points and footprints share: lat/lon in range, a geometry where lat/lon are set, of one of
+    ``types_wanted`` (``what`` names it in the message). (geometries, lat, lon, rows to compare) or None
+    when there is nothing to compare."""
     valid = _check_lat_lon(name, frame, report)
     arrays = _geometry_arrays(frame)
     if arrays is None:
-        return
+        return None
     geoms, missing, types = arrays
+    noun = "geometry" if what == "a Point" else "footprint"
     for row in np.flatnonzero(missing & valid):
         report.add(
-            Problem(name, int(row), "geometry", "geometry-mismatch", "geometry is empty but lat/lon are set")
+            Problem(name, int(row), "geometry", "geometry-mismatch", f"{noun} is empty but lat/lon are set")
         )
-    wrong = ~missing & (types != "Point")
+    wrong = ~missing & ~np.isin(types, list(types_wanted))
     for row in np.flatnonzero(wrong):
-        report.add(
-            Problem(name, int(row), "geometry", "geometry-type", f"expected a Point, got {types[row]}")
-        )
+        report.add(Problem(name, int(row), "geometry", "geometry-type", f"expected {what}, got {types[row]}"))
     lat, lon = _num(frame, "lat"), _num(frame, "lon")
     check = ~missing & ~wrong & valid
     if lat is None or lon is None or not check.any():
+        return None
+    return geoms, lat, lon, check
+
+
+def _check_points(name: str, frame: pd.DataFrame, report: ValidationReport) -> None:
+    import shapely
+
+    found = _geometries_to_check(name, frame, report, ["Point"], "a Point")
+    if found is None:
         return
+    geoms, lat, lon, check = found
     x = np.full(len(frame), np.nan)
     y = np.full(len(frame), np.nan)
     x[check] = shapely.get_x(geoms[check])
@@ -462,26 +449,10 @@ def _check_points(name: str, frame: pd.DataFrame, report: ValidationReport) -> N
 def _check_footprints(name: str, frame: pd.DataFrame, report: ValidationReport) -> None:
     import shapely
 
-    valid = _check_lat_lon(name, frame, report)
-    arrays = _geometry_arrays(frame)
-    if arrays is None:
+    found = _geometries_to_check(name, frame, report, ["Polygon", "MultiPolygon"], "a footprint Polygon")
+    if found is None:
         return
-    geoms, missing, types = arrays
-    for row in np.flatnonzero(missing & valid):
-        report.add(
-            Problem(name, int(row), "geometry", "geometry-mismatch", "footprint is empty but lat/lon are set")
-        )
-    wrong = ~missing & ~np.isin(types, ["Polygon", "MultiPolygon"])
-    for row in np.flatnonzero(wrong):
-        report.add(
-            Problem(
-                name, int(row), "geometry", "geometry-type", f"expected a footprint Polygon, got {types[row]}"
-            )
-        )
-    lat, lon = _num(frame, "lat"), _num(frame, "lon")
-    check = ~missing & ~wrong & valid
-    if lat is None or lon is None or not check.any():
-        return
+    geoms, lat, lon, check = found
     idx = np.flatnonzero(check)
     grown = shapely.buffer(geoms[idx], _GEOM_TOL_DEG)
     inside = shapely.contains_xy(grown, lon[idx], lat[idx])
@@ -573,37 +544,20 @@ def _check_pairs(
     pairs: pd.DataFrame, capture_ids: set[str] | None, tile_ids: set[str] | None, report: ValidationReport
 ) -> None:
     _check_required_strings(PAIRS, pairs, ("capture_id", "tile_id", "track"), report)
-    if "capture_id" in pairs.columns and capture_ids is not None:
-        for row, cid in enumerate(pairs["capture_id"].to_numpy(dtype=object)):
-            if isinstance(cid, str) and cid not in capture_ids:
-                report.add(
-                    Problem(
-                        PAIRS, row, "capture_id", "dangling-capture", f"capture {cid!r} is not in {CAPTURES}"
-                    )
-                )
-    if "tile_id" in pairs.columns and tile_ids is not None:
-        for row, tid in enumerate(pairs["tile_id"].to_numpy(dtype=object)):
-            if isinstance(tid, str) and tid not in tile_ids:
-                report.add(
-                    Problem(
-                        PAIRS, row, "tile_id", "dangling-positive", f"positive tile {tid!r} is not in {TILES}"
-                    )
-                )
-    if "semi_positive_tile_ids" in pairs.columns and tile_ids is not None:
-        for row, ids in enumerate(pairs["semi_positive_tile_ids"].to_numpy(dtype=object)):
-            if ids is None or not isinstance(ids, (list, tuple, np.ndarray)):
-                continue
-            for tid in ids:
-                if isinstance(tid, str) and tid not in tile_ids:
-                    report.add(
-                        Problem(
-                            PAIRS,
-                            row,
-                            "semi_positive_tile_ids",
-                            "dangling-semi-positive",
-                            f"semi-positive tile {tid!r} is not in {TILES}",
-                        )
-                    )
+    # each id a pair names must be in its table: (column, the ids there, code, what the id is, table)
+    references = [
+        ("capture_id", capture_ids, "dangling-capture", "capture", CAPTURES),
+        ("tile_id", tile_ids, "dangling-positive", "positive tile", TILES),
+        ("semi_positive_tile_ids", tile_ids, "dangling-semi-positive", "semi-positive tile", TILES),
+    ]
+    for col, known, code, what, table in references:
+        if col not in pairs.columns or known is None:
+            continue
+        for row, value in enumerate(pairs[col].to_numpy(dtype=object)):
+            ids = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
+            for ref in ids:
+                if isinstance(ref, str) and ref not in known:
+                    report.add(Problem(PAIRS, row, col, code, f"{what} {ref!r} is not in {table}"))
     if {"capture_id", "tile_id", "track"} <= set(pairs.columns):
         dup = pairs.duplicated(subset=["capture_id", "tile_id", "track"], keep="first")
         for row in np.flatnonzero(dup.to_numpy()):
