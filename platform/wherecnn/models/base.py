@@ -25,7 +25,7 @@ class TwoBranchModel(nn.Module):
     concatenated and divided by sqrt(views), so the dot product of two such vectors is the mean of the views'
     cosines and the vectors stay unit length: one vector per image for the index, ``views * embed_dim`` long.
     The network is not invariant to a turn smaller than its output stride, so the views disagree where it is
-    unsure, and their mean ranks better (docs/evaluation.md).
+    unsure, and their mean ranks better (docs/experiments.md).
     """
 
     def __init__(self, config: dict[str, Any]) -> None:

@@ -59,7 +59,7 @@ class WeightAverage:
     """An exponential moving average of a model's weights and batch-norm statistics (``train.ema``: the
     decay per step), warmed up as ``min(decay, (1 + t) / (10 + t))`` so the first, random weights fade fast.
     Weight averaging helps domain generalisation elsewhere (SWAD, Cha et al. 2021); for `dual-cpu` under its
-    cosine schedule it did not (docs/evaluation.md), so it is off by default."""
+    cosine schedule it did not (docs/experiments.md), so it is off by default."""
 
     def __init__(self, model: TwoBranchModel, decay: float, step: int = 0) -> None:
         if not 0.0 < decay < 1.0:

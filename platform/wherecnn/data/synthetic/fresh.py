@@ -16,7 +16,7 @@ from and scaled around the training styles (`world.random_style`), never one the
 `dual-cpu` trains on them by default on a synthetic world (config ``train.fresh_places`` 2500, each kept
 for ``fresh_epochs`` 3, ``train.style_spread`` 1.5; its offset and photo sections render 1250 an epoch and
 keep each for 6: the same 7,500-pair pool for half the rendering). Measured (small world, cross-area,
-15 min; docs/evaluation.md): R@1 aligned 0.921 -> 0.938, offset 0.524 -> 0.598, photo 0.663 -> 0.699
+15 min; docs/experiments.md): R@1 aligned 0.921 -> 0.938, offset 0.524 -> 0.598, photo 0.663 -> 0.699
 against the manifest's fixed pairs; same-area unchanged (0.995 -> 0.994). With the earlier spatial-head
 network they had not helped. The gain is the new styles, not the new places: in the training styles only
 (``style_spread`` off) photo read 0.658; a spread of 2.0 read 0.681, and 20 new cities an epoch
