@@ -2,6 +2,8 @@
 
 Each file is one `benchmarks/served_accuracy.py --split test` run (one trained checkpoint, one seed): the
 anywhere protocol through the product for one query kind (panorama or photo; heading given, off or unknown).
+Only the runs of checkpoints trained on the demo's track (`wherecnn.demo.TRACK`: what `make demo` serves)
+count; the runs of candidates that were not adopted stay beside them for docs/experiments.md.
 One row per query kind and mode (protocol, city given or unknown) for the default retrieval settings; each
 cell the mean over runs, with the range (min-max) when there are several.
 
@@ -38,9 +40,13 @@ KINDS = {
 }
 
 
-def load_runs(results: Path = RESULTS) -> list[dict[str, Any]]:
-    """Every `served_accuracy.py --split test` run (a file per checkpoint and query kind)."""
-    return [json.loads(p.read_text()) for p in sorted(results.glob("served-test-*.json"))]
+def load_runs(results: Path = RESULTS, track: str | None = None) -> list[dict[str, Any]]:
+    """Every `served_accuracy.py --split test` run (a file per checkpoint and query kind) of a checkpoint
+    trained on ``track`` (default: the demo's)."""
+    if track is None:
+        from wherecnn.demo import TRACK as track
+    runs = [json.loads(p.read_text()) for p in sorted(results.glob("served-test-*.json"))]
+    return [run for run in runs if run["checkpoint"].get("track") == track]
 
 
 def _cell(values: list[float], fmt: str) -> str:
@@ -95,11 +101,14 @@ def _provenance(runs: list[dict[str, Any]]) -> str:
                    for r in runs})  # fmt: skip
     epochs = ", ".join(str(c.get("epochs")) for c in ck)
     seeds = ", ".join(str(c.get("seed")) for c in ck)
+    # each run's budget: its minutes, or its epochs where it was trained by epochs
+    budgets = [f"{c['minutes']:g} minutes" if c.get("minutes") else f"{c.get('epochs')} epochs" for c in ck]
+    budget = budgets[0] if len(set(budgets)) == 1 else ", ".join(budgets)
     queries = runs[0].get("per_city")
     return (
-        f"{len(ck)} run(s) (seeds {seeds}): `dual-cpu`, {ck[0].get('track')} track, trained "
-        f"{ck[0].get('minutes')} minutes on 2 cores of {', '.join(cpus)} ({ck[0].get('precision')}; "
-        f"{epochs} epochs); {queries} held-out places a city; query time in process, one query at a time."
+        f"{len(ck)} run(s) (seeds {seeds}): `dual-cpu`, {ck[0].get('track')} track, trained {budget} on 2 "
+        f"cores of {', '.join(cpus)} ({ck[0].get('precision')}; {epochs} epochs); {queries} held-out places "
+        "a city; query time in process, one query at a time."
     )
 
 

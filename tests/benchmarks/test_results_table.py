@@ -38,24 +38,29 @@ def test_cells_are_the_mean_and_range_over_runs(tmp_path: Path) -> None:
 
     for seed, hit in ((0, 0.6), (1, 0.8)):
         (tmp_path / f"served-test-seed{seed}.json").write_text(json.dumps(run(seed, hit)))
-    text = rt.table(rt.load_runs(tmp_path))
+    # a candidate trained on another track: not the served model, not in the table
+    candidate = run(2, 0.1)
+    candidate["checkpoint"]["track"] = "photo"
+    (tmp_path / "served-test-candidate-seed2.json").write_text(json.dumps(candidate))
+    text = rt.table(rt.load_runs(tmp_path, track="offset"))
     row = next(
         line for line in text.splitlines() if line.startswith("| panorama, heading given: unseen cities")
     )
     assert "0.70 (0.60–0.80)" in row and "250 ms" in row and "| — |" in row  # no city right: city given
     assert "2 run(s) (seeds 0, 1)" in text and "Test CPU" in text and "6, 6 epochs" in text
+    assert "trained 10 minutes on 2 cores" in text
     # another query kind of the same checkpoints: its own row, after the panorama rows, and no new run
     other = run(0, 0.3) | {"kind": "photo", "heading": "unknown"}
     other["rows"][0]["overall"] |= {"heading_error_median_deg": 12.0}
     (tmp_path / "served-test-photo-noheading-seed0.json").write_text(json.dumps(other))
-    lines = rt.table(rt.load_runs(tmp_path)).splitlines()
+    lines = rt.table(rt.load_runs(tmp_path, track="offset")).splitlines()
     photo = next(i for i, line in enumerate(lines) if line.startswith("| 90° photo, heading unknown: unseen"))
     assert photo > next(i for i, line in enumerate(lines) if line.startswith("| panorama, heading given"))
     assert "| 0.30 |" in lines[photo] and "12°" in lines[photo]
     # photos of another field of view (cut from the panoramas): their own row, after the 90-degree ones
     sixty = run(0, 0.1) | {"kind": "photo", "heading": "given", "fov_deg": 60.0}
     (tmp_path / "served-test-seed0-photo60.json").write_text(json.dumps(sixty))
-    lines = rt.table(rt.load_runs(tmp_path)).splitlines()
+    lines = rt.table(rt.load_runs(tmp_path, track="offset")).splitlines()
     row60 = next(i for i, line in enumerate(lines) if line.startswith("| 60° photo, heading given: unseen"))
     assert row60 > photo and "| 0.10 |" in lines[row60]
     assert "2 run(s) (seeds 0, 1)" in lines[-1]
