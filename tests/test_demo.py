@@ -37,7 +37,13 @@ def test_demo_runs_every_stage_and_prints_the_summary(demo_run) -> None:
         assert protocol["through_store"] is True
         assert 0.0 <= protocol["overall"]["hit@1"] <= 1.0 and protocol["overall"]["median_error_m"] >= 0.0
         assert ("city_right" in protocol["overall"]) == ("unknown" in key)
-    assert set(state["evaluate"]["centred"]) == {"same-area", "cross-area"}  # the report's paper comparison
+    centred = state["evaluate"]["centred"]
+    assert set(centred) == {"same-area", "cross-area"}  # the report's paper comparison
+    for protocol in centred.values():  # overall: counts summed over cities, rates averaged
+        cities = protocol["cities"].values()
+        for key in ("queries", "gallery"):
+            assert protocol["overall"][key] == sum(c[key] for c in cities), key
+        assert protocol["overall"]["R@1"] == pytest.approx(sum(c["R@1"] for c in cities) / len(cities))
     assert (out / "report" / "index.html").exists() and (out / "report" / "served.json").exists()
     assert (out / "checkpoint" / "model_card.json").exists()
     text = proc.stdout

@@ -2,7 +2,8 @@
 
 Per city (docs/contracts.md): queries are the city's test captures of the track under the protocol; the
 gallery is the city's grid tiles plus, for `aligned`/`photo`, its test centred tiles (`offset`: grid tiles
-only). Overall metrics are the mean over cities, so a big city does not drown a small one.
+only). Overall metrics are the mean over cities, so a big city does not drown a small one; the counts
+(queries, gallery) are totals.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from wherecnn.similarity import HubCorrection, hub_corrected
 
 TOPK = 5
 PR_GRID = np.linspace(0.0, 1.0, 101)
+COUNT_KEYS = ("queries", "gallery")  # per-city counts (`metrics.summarize`): summed, not averaged, overall
 
 
 class EmbedderLike(Protocol):
@@ -89,10 +91,14 @@ class EvalRun:
 
     @property
     def overall(self) -> dict[str, float]:
+        """Each metric's mean over cities; the counts (`COUNT_KEYS`: queries, gallery) are totals."""
         if not self.cities:
             return {}
         keys = self.cities[0].metrics.keys()
-        return {k: float(np.nanmean([c.metrics[k] for c in self.cities])) for k in keys}
+        return {
+            k: float((np.nansum if k in COUNT_KEYS else np.nanmean)([c.metrics[k] for c in self.cities]))
+            for k in keys
+        }
 
     @property
     def pr_curve(self) -> dict[str, list[float]]:
