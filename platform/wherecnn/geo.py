@@ -140,26 +140,26 @@ def from_utm(*, easting: Any, northing: Any, crs: CRS | str | int) -> tuple[Any,
     return _out(np.asarray(lat), scalar), _out(np.asarray(lon), scalar)
 
 
-def distance_m(*, lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
-    """Geodesic distance on the WGS84 ellipsoid in metres (Karney's algorithm via pyproj); vectorised."""
+def _inverse(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> tuple[Any, Any, Any]:
+    """The geodesic inverse problem from point 1 to point 2 (checked, broadcast): azimuths and distance."""
     a1, o1 = _as_array(lat1, "lat1"), _as_array(lon1, "lon1")
     a2, o2 = _as_array(lat2, "lat2"), _as_array(lon2, "lon2")
     check_lat_lon(lat=a1, lon=o1)
     check_lat_lon(lat=a2, lon=o2)
     a1, o1, a2, o2 = np.broadcast_arrays(a1, o1, a2, o2)
-    _, _, dist = GEOD.inv(o1, a1, o2, a2)
+    return GEOD.inv(o1, a1, o2, a2)
+
+
+def distance_m(*, lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
+    """Geodesic distance on the WGS84 ellipsoid in metres (Karney's algorithm via pyproj); vectorised."""
+    _, _, dist = _inverse(lat1, lon1, lat2, lon2)
     dist = np.asarray(dist, dtype=np.float64)
     return _out(dist, dist.ndim == 0)
 
 
 def azimuth_deg(*, lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
     """Forward azimuth from point 1 to point 2, compass degrees in [0, 360)."""
-    a1, o1 = _as_array(lat1, "lat1"), _as_array(lon1, "lon1")
-    a2, o2 = _as_array(lat2, "lat2"), _as_array(lon2, "lon2")
-    check_lat_lon(lat=a1, lon=o1)
-    check_lat_lon(lat=a2, lon=o2)
-    a1, o1, a2, o2 = np.broadcast_arrays(a1, o1, a2, o2)
-    az, _, _ = GEOD.inv(o1, a1, o2, a2)
+    az, _, _ = _inverse(lat1, lon1, lat2, lon2)
     az = np.mod(np.asarray(az, dtype=np.float64), 360.0)
     return _out(az, az.ndim == 0)
 

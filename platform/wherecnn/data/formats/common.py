@@ -71,14 +71,20 @@ def footprints(
     return polys, min_lat, min_lon, max_lat, max_lon
 
 
-def make_captures(df: pd.DataFrame) -> gpd.GeoDataFrame:
-    """Capture rows -> GeoDataFrame with point geometry (None where the location is unknown)."""
+def _with_columns(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """A copy of ``df`` with every manifest column (missing ones empty) and the float ones numeric."""
     df = df.reset_index(drop=True).copy()
-    for col, kind in manifest.CAPTURE_COLUMNS.items():
+    for col, kind in columns.items():
         if col not in df.columns:
             df[col] = np.nan if kind == "f" else None
         if kind == "f":
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+    return df
+
+
+def make_captures(df: pd.DataFrame) -> gpd.GeoDataFrame:
+    """Capture rows -> GeoDataFrame with point geometry (None where the location is unknown)."""
+    df = _with_columns(df, manifest.CAPTURE_COLUMNS)
     lat = df["lat"].to_numpy(dtype=np.float64)
     lon = df["lon"].to_numpy(dtype=np.float64)
     geoms = [
@@ -90,12 +96,7 @@ def make_captures(df: pd.DataFrame) -> gpd.GeoDataFrame:
 
 def make_tiles(df: pd.DataFrame) -> gpd.GeoDataFrame:
     """Tile rows with ``size_m`` (or ``gsd_m`` and ``width``) -> GeoDataFrame with footprints and bounds."""
-    df = df.reset_index(drop=True).copy()
-    for col, kind in manifest.TILE_COLUMNS.items():
-        if col not in df.columns:
-            df[col] = np.nan if kind == "f" else None
-        if kind == "f":
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+    df = _with_columns(df, manifest.TILE_COLUMNS)
     if "size_m" not in df.columns:
         if "width" not in df.columns:
             raise ValueError("tiles need size_m or width (pixels) to compute footprints")
