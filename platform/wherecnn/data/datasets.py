@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from wherecnn.data.augment import augment_pair, zoom_range, zoom_tile
+from wherecnn.data.augment import PAIR_AUGMENTS, augment_pair, zoom_range, zoom_tile
 from wherecnn.data.ground import (
     CANVAS_VFOV_DEG,
     DEFAULT_GROUND_LAYOUT,
@@ -285,10 +285,7 @@ class PairDataset(Dataset):
                     g,
                     a,
                     rng,
-                    rotation=self.augment.get("rotation", "quarter"),
-                    flip=bool(self.augment.get("flip", True)),
-                    color=float(self.augment.get("color", 0.0)),
-                    shift=float(self.augment.get("shift", 0.0)),
+                    **{key: self.augment[key] for key in PAIR_AUGMENTS if key in self.augment},
                 )
                 for g, a, rng in zip(grounds, aerials, rngs, strict=True)
             ]

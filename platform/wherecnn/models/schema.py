@@ -15,7 +15,7 @@ an explicit ``null`` (e.g. ``dual-cpu``'s ``offset.augment_scale``: no zoom) dif
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,7 @@ from pydantic import (
     model_serializer,
 )
 
+from wherecnn.data.augment import DEFAULT_FLIP, DEFAULT_ROTATION
 from wherecnn.data.ground import CANVAS_VFOV_DEG, DEFAULT_GROUND_LAYOUT
 from wherecnn.data.normalise import IMAGENET_MEAN, IMAGENET_STD
 from wherecnn.similarity import HUB_NEIGHBOURS
@@ -85,8 +86,8 @@ class Recipe(_Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     ema: float | None = Field(None, gt=0, lt=1)  # publish a moving average of the weights, this decay a step
     # view-consistent augmentation (`data.augment.augment_pair`)
-    augment_rotation: Literal["none", "quarter", "any"] = "quarter"
-    augment_flip: bool = True
+    augment_rotation: Literal["none", "quarter", "any"] = DEFAULT_ROTATION  # type: ignore[assignment]
+    augment_flip: bool = DEFAULT_FLIP
     augment_color: float = Field(0.0, ge=0)
     augment_shift: float = Field(0.0, ge=0, lt=0.5)
     augment_scale: tuple[float, float] | None = None  # zoom: lo..hi times a tile's ground side
@@ -104,24 +105,12 @@ class Recipe(_Section):
 
 
 TRACK_SECTIONS = ("offset", "photo")  # the tracks with their own section (aligned trains on ``train``'s)
-# the recipe settings a track section may set over ``train`` for a model trained on that track
-TRACK_RECIPE_KEYS = (
-    "lr",
-    "augment_rotation",
-    "augment_flip",
-    "augment_color",
-    "augment_shift",
-    "augment_scale",
-    "fresh_places",
-    "fresh_epochs",
-    "fresh_area_share",
-)
 
 
 class _Track(_Section):
-    """What a track section holds besides its recipe keys: its shift curriculum and model settings."""
+    """A track section: the recipe settings it sets over ``train``'s (`TRACK_RECIPE_KEYS`), its shift
+    curriculum and its model settings."""
 
-    RECIPE: ClassVar[tuple[str, ...]] = TRACK_RECIPE_KEYS
     # over ``train``'s, on this track (absent when not set: see the module's docstring)
     lr: float | None = Field(None, gt=0)
     augment_rotation: Literal["none", "quarter", "any"] | None = None
@@ -140,7 +129,12 @@ class _Track(_Section):
     @model_serializer(mode="wrap")
     def _only_the_recipe_keys_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
-        return {k: v for k, v in data.items() if k not in self.RECIPE or k in self.model_fields_set}
+        return {k: v for k, v in data.items() if k not in TRACK_RECIPE_KEYS or k in self.model_fields_set}
+
+
+# the recipe settings a track section may set over ``train`` for a model trained on that track: the fields
+# the two share
+TRACK_RECIPE_KEYS = tuple(key for key in _Track.model_fields if key in Recipe.model_fields)
 
 
 class Offset(_Track):
