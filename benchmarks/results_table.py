@@ -2,8 +2,9 @@
 
 Each file is one `benchmarks/served_accuracy.py --split test` run (one trained checkpoint, one seed): the
 anywhere protocol through the product for one query kind (panorama or photo; heading given, off or unknown).
-Only the runs of checkpoints trained on the demo's track (`wherecnn.demo.TRACK`: what `make demo` serves)
-count; the runs of candidates that were not adopted stay beside them for docs/experiments.md.
+Only the runs of checkpoints trained as `make demo` trains its model count (the demo's track,
+`wherecnn.demo.TRACK`, and config, `wherecnn.demo.model_digest`); the runs of candidates that were not
+adopted, and of the defaults before them, stay beside them for docs/experiments.md.
 One row per query kind and mode (protocol, city given or unknown) for the default retrieval settings; each
 cell the mean over runs, with the range (min-max) when there are several.
 
@@ -40,13 +41,21 @@ KINDS = {
 }
 
 
-def load_runs(results: Path = RESULTS, track: str | None = None) -> list[dict[str, Any]]:
+def load_runs(
+    results: Path = RESULTS, track: str | None = None, digest: str | None = None
+) -> list[dict[str, Any]]:
     """Every `served_accuracy.py --split test` run (a file per checkpoint and query kind) of a checkpoint
-    trained on ``track`` (default: the demo's)."""
-    if track is None:
-        from wherecnn.demo import TRACK as track
+    trained on ``track`` with the config of ``digest`` (`models.config_digest`; defaults: the demo's)."""
+    from wherecnn import demo
+
+    track = track or demo.TRACK
+    digest = digest or demo.model_digest()
     runs = [json.loads(p.read_text()) for p in sorted(results.glob("served-test-*.json"))]
-    return [run for run in runs if run["checkpoint"].get("track") == track]
+    return [
+        run
+        for run in runs
+        if run["checkpoint"].get("track") == track and run["checkpoint"].get("config_digest") == digest
+    ]
 
 
 def _cell(values: list[float], fmt: str) -> str:

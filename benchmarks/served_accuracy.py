@@ -51,7 +51,10 @@ def machine() -> dict[str, Any]:
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
-    """How the checkpoint was trained: its track, minutes, the epochs they gave, precision, seed."""
+    """How the checkpoint was trained: its config's digest, track, minutes, the epochs they gave, precision,
+    seed."""
+    from wherecnn.models import config_digest
+
     card = json.loads((Path(checkpoint) / "model_card.json").read_text())
     train = card.get("train") or {}
     history = Path(checkpoint) / "metrics.jsonl"
@@ -59,6 +62,7 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
     epochs = sum(1 for line in lines if json.loads(line).get("kind") == "epoch")
     return {
         "model_id": card.get("model_id"),
+        "config_digest": config_digest(card["config"]),  # which recipe (results_table: the demo's only)
         "track": (card.get("data") or {}).get("track"),
         "protocol": (card.get("data") or {}).get("protocol"),
         "epochs": epochs or train.get("epochs"),
@@ -192,7 +196,7 @@ def main() -> None:
         "--photo-fov",
         type=float,
         help="cut a photo of this field of view, facing a random direction, from each panorama query "
-        "(fields of view the world has no photos of, e.g. 60)",
+        "(fields of view the world has no photos of, e.g. 60; --kind stays panorama)",
     )
     p.add_argument("--per-city", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
@@ -213,6 +217,8 @@ def main() -> None:
     p.add_argument("--reference", action="store_true", help="also the exact coarse stage (in-memory check)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "served.json")
     args = p.parse_args()
+    if args.photo_fov and args.kind != "panorama":
+        p.error("--photo-fov cuts photos from the panorama queries: leave --kind at panorama")
     head = (
         "protocol | variant | city right | hit@1 | hit@10 | median m | within 10 m | within 25 m | ms | "
         "heading error ° / within 10°"

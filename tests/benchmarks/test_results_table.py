@@ -33,7 +33,8 @@ def test_cells_are_the_mean_and_range_over_runs(tmp_path: Path) -> None:
                "overall": overall, "search_ms": {"p50": 250.0}}  # fmt: skip
         ignored = {**row, "variant": "tile centre (no fine stage)"}
         machine = {"cpu": "Test CPU", "avx512_bf16": False}
-        ck = {"track": "offset", "minutes": 10, "precision": "fp32", "epochs": 6, "seed": seed}
+        ck = {"config_digest": "d1", "track": "offset", "minutes": 10, "precision": "fp32", "epochs": 6,
+              "seed": seed}  # fmt: skip
         return {"rows": [row, ignored], "machine": machine, "checkpoint": ck, "per_city": 30}
 
     for seed, hit in ((0, 0.6), (1, 0.8)):
@@ -42,7 +43,12 @@ def test_cells_are_the_mean_and_range_over_runs(tmp_path: Path) -> None:
     candidate = run(2, 0.1)
     candidate["checkpoint"]["track"] = "photo"
     (tmp_path / "served-test-candidate-seed2.json").write_text(json.dumps(candidate))
-    text = rt.table(rt.load_runs(tmp_path, track="offset"))
+    # nor one trained on the same track with another config (a candidate, or the default before it)
+    other_recipe = run(3, 0.1)
+    other_recipe["checkpoint"]["config_digest"] = "d0"
+    (tmp_path / "served-test-recipe-seed3.json").write_text(json.dumps(other_recipe))
+    assert len(rt.load_runs(tmp_path, track="offset", digest="d0")) == 1
+    text = rt.table(rt.load_runs(tmp_path, track="offset", digest="d1"))
     row = next(
         line for line in text.splitlines() if line.startswith("| panorama, heading given: unseen cities")
     )
@@ -53,14 +59,14 @@ def test_cells_are_the_mean_and_range_over_runs(tmp_path: Path) -> None:
     other = run(0, 0.3) | {"kind": "photo", "heading": "unknown"}
     other["rows"][0]["overall"] |= {"heading_error_median_deg": 12.0}
     (tmp_path / "served-test-photo-noheading-seed0.json").write_text(json.dumps(other))
-    lines = rt.table(rt.load_runs(tmp_path, track="offset")).splitlines()
+    lines = rt.table(rt.load_runs(tmp_path, track="offset", digest="d1")).splitlines()
     photo = next(i for i, line in enumerate(lines) if line.startswith("| 90° photo, heading unknown: unseen"))
     assert photo > next(i for i, line in enumerate(lines) if line.startswith("| panorama, heading given"))
     assert "| 0.30 |" in lines[photo] and "12°" in lines[photo]
     # photos of another field of view (cut from the panoramas): their own row, after the 90-degree ones
     sixty = run(0, 0.1) | {"kind": "photo", "heading": "given", "fov_deg": 60.0}
     (tmp_path / "served-test-seed0-photo60.json").write_text(json.dumps(sixty))
-    lines = rt.table(rt.load_runs(tmp_path, track="offset")).splitlines()
+    lines = rt.table(rt.load_runs(tmp_path, track="offset", digest="d1")).splitlines()
     row60 = next(i for i, line in enumerate(lines) if line.startswith("| 60° photo, heading given: unseen"))
     assert row60 > photo and "| 0.10 |" in lines[row60]
     assert "2 run(s) (seeds 0, 1)" in lines[-1]

@@ -1,4 +1,5 @@
-"""View-consistent augmentation: turns, mirrors, colour, shifts and zooms applied to both views of a pair."""
+"""Pair augmentation: turns, mirrors, colour, shifts and zooms applied to both views of a pair; a compass
+error to the ground view alone."""
 
 from __future__ import annotations
 
@@ -66,6 +67,23 @@ def test_shift_augmentation_moves_only_the_tile_within_bounds() -> None:
         assert max(abs(dy), abs(dx)) <= 4 and len(r) == 4  # 10% of 40 px, the spot intact
         moves.add((dy, dx))
     assert len(moves) > 10
+
+
+def test_heading_augmentation_turns_only_the_ground_view_within_bounds() -> None:
+    rng = np.random.default_rng(2)
+    tile = blocky(rng)
+    pano = polar(tile, 32, 360)  # one column a degree
+    turns = set()
+    for seed in range(40):
+        kwargs = dict(rotation="quarter", flip=True, color=0.2, shift=0.05)
+        g0, a0 = augment_pair(pano, tile, np.random.default_rng(seed), **kwargs)
+        g, a = augment_pair(pano, tile, np.random.default_rng(seed), heading=12.0, **kwargs)
+        assert np.array_equal(a, a0)  # the tile, and every other change, as without it
+        turn = next(k for k in range(-12, 13) if np.array_equal(np.roll(g0, -k, axis=1), g))
+        turns.add(turn)
+    assert len(turns) > 10 and max(abs(t) for t in turns) > 6
+    g, a = augment_pair(pano, tile, np.random.default_rng(0), rotation="none", flip=False, heading=0.0)
+    assert np.array_equal(g, pano) and np.array_equal(a, tile)
 
 
 def test_zoom_shows_the_centre_at_another_scale() -> None:

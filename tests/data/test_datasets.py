@@ -18,6 +18,7 @@ from wherecnn.data.datasets import PairDataset, load_pairs
         {"rotation": "any", "flip": True, "scale": [0.8, 1.0]},
         {"rotation": "quarter", "flip": True, "photo_fov": 90.0},
         {"rotation": "none", "flip": False, "photo_fov": 90.0, "photo_sector": 200.0},
+        {"rotation": "quarter", "flip": True, "photo_share": 0.5, "photo_fovs": [60.0, 120.0]},
     ],
 )
 def test_a_batch_equals_its_samples_prepared_alone(fake_pairs: Path, augment: dict) -> None:
@@ -45,6 +46,24 @@ def test_the_photo_curriculum_cuts_sectors_wider_than_the_photos(fake_pairs: Pat
     assert filled() == 64  # half the canvas: panorama columns as they are
     augment["photo_sector"] = 90.0  # at the photos' own field of view: the pinhole cut
     assert 28 <= filled() <= 36
+
+
+def test_a_photo_share_shows_some_panoramas_as_photos(fake_pairs: Path) -> None:
+    frame = load_pairs(fake_pairs, track="aligned", protocol="same-area", split="train").iloc[:40]
+    augment = {"photo_share": 1.0, "photo_fovs": [60.0, 60.0], "rotation": "none", "flip": False}
+    data = PairDataset(frame=frame, ground_size=(32, 128), augment=augment)
+
+    def filled(i: int) -> int:
+        return int((np.abs(data[i]["ground"].numpy()).max(axis=(0, 1)) > 0.05).sum())
+
+    assert all(18 <= filled(i) <= 25 for i in range(8))  # every one a 60-degree photo: a sixth of 128
+    augment["photo_share"], augment["photo_fovs"] = 0.5, [60.0, 120.0]
+    widths = [filled(i) for i in range(len(frame))]
+    photos = [w for w in widths if w < 100]
+    assert 8 <= len(photos) <= 32  # about half, drawn per sample
+    assert all(18 <= w <= 46 for w in photos) and max(photos) - min(photos) > 8  # 60-120 degrees
+    data.set_epoch(1)  # drawn again each epoch
+    assert [filled(i) for i in range(len(frame))] != widths
 
 
 def test_dataset_filters_track_protocol_split(fake_pairs: Path) -> None:

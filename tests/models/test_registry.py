@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from wherecnn.models import build_model, list_models, load_config, merge, model_from_config
+from wherecnn.models import (
+    build_model,
+    config_digest,
+    list_models,
+    load_config,
+    merge,
+    model_from_config,
+    registered_config,
+)
 from wherecnn.models.backbones import polar_grid, tile_grid
 from wherecnn.models.compact import MixStyle
 
@@ -53,6 +61,16 @@ def test_overrides_merge_nested_and_dotted_keys() -> None:
 def test_misspelt_overrides_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown key train.agument_scale.*known:.*train.augment_scale"):
         build_model("dual-cpu", **{"train.agument_scale": [0.8, 1.2]})
+
+
+def test_a_config_digest_names_the_settings_not_the_prose() -> None:
+    written = registered_config("dual-cpu")
+    digest = config_digest(written)
+    assert digest == config_digest(load_config("dual-cpu"))  # defaults filled or not: the same settings
+    assert config_digest({**written, "description": "reworded"}) == digest
+    assert config_digest(merge(written, {"offset.augment_heading": 15.0})) != digest
+    # a setting at its default, written out (an older checkpoint's config, before the setting existed)
+    assert config_digest(merge(written, {"offset.photo_share": 0.0})) == digest
 
 
 def test_a_track_section_can_change_the_model_trained_on_that_track() -> None:

@@ -63,6 +63,17 @@ def test_a_track_section_replaces_the_train_augmentation_on_its_track(fake_pairs
     own = {"offset": {"pairs": "track"}, "train": {"augment_shift": 0.02}}
     offset = _augment(fake_pairs, "offset", own)
     assert offset["shift"] == 0.02 and offset["scale"] is None
+    # a compass error: off unless set; a track section's replaces train's on its track alone
+    assert _augment(fake_pairs, "offset")["heading"] == 0.0
+    compass = {"train": {"augment_heading": 10.0}, "offset": {"augment_heading": 20.0}}
+    assert _augment(fake_pairs, "offset", compass)["heading"] == 20.0
+    assert _augment(fake_pairs, "photo", compass)["heading"] == 10.0
+    # offset's photo share: off unless set, and on the offset track's camera-centred panoramas only
+    assert _augment(fake_pairs, "offset")["photo_share"] == 0.0
+    mixed = {"offset": {"photo_share": 0.25, "photo_fovs": [45, 100]}}
+    offset = _augment(fake_pairs, "offset", mixed)
+    assert offset["photo_share"] == 0.25 and offset["photo_fovs"] == [45.0, 100.0]
+    assert _augment(fake_pairs, "photo", mixed)["photo_share"] == 0.0
 
 
 def test_curricula_follow_the_position_in_training(fake_pairs: Path) -> None:

@@ -1,5 +1,6 @@
-"""View-consistent augmentation of a training pair: the ground view and its tile turned, mirrored, zoomed and
-shifted together so the pair still matches."""
+"""Augmentation of a training pair: the ground view and its tile turned, mirrored, zoomed and shifted
+together so the pair still matches; and the one change that does not, a compass error (the ground view
+turned alone)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def zoom_tile(context: np.ndarray, context_scale: float, scale: float, size: tup
 
 # the view-consistent changes `augment_pair` takes from a dataset's ``augment`` settings, and the defaults of
 # the two that are on unless set (a model config's ``train.augment_rotation``/``augment_flip``: models.schema)
-PAIR_AUGMENTS = ("rotation", "flip", "color", "shift")
+PAIR_AUGMENTS = ("rotation", "flip", "color", "shift", "heading")
 DEFAULT_ROTATION = "quarter"
 DEFAULT_FLIP = True
 
@@ -55,6 +56,7 @@ def augment_pair(
     flip: bool = DEFAULT_FLIP,
     color: float = 0.0,
     shift: float = 0.0,
+    heading: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply one random change of viewpoint (and of palette) to both views, so the pair still matches.
 
@@ -66,6 +68,9 @@ def augment_pair(
     ``shift`` > 0 moves the tile by up to that fraction of its side along each axis (edges repeated): the
     camera is then that far off the tile's centre, so the model tolerates a gallery view centred near, not
     on, the camera (the `offset` track's multi-centre gallery).
+    ``heading`` > 0 then turns the ground view alone by a uniform angle within +/- that many degrees (whole
+    canvas columns): the heading the canvas was placed at is that far off, as a phone compass's often is, so
+    the model learns to match a view whose heading is not exact. Drawn last: the other changes draw the same.
     """
     w = ground.shape[1]
     if rotation == "quarter":
@@ -95,4 +100,8 @@ def augment_pair(
         gains = np.exp(rng.normal(0.0, color, 3)).astype(np.float32)
         ground = np.clip(ground * gains, 0, 255).astype(np.uint8)
         aerial = np.clip(aerial * gains, 0, 255).astype(np.uint8)
+    if heading > 0:
+        cols = int(round(rng.uniform(-heading, heading) * w / 360.0))
+        if cols:
+            ground = np.roll(ground, -cols, axis=1)
     return np.ascontiguousarray(ground), np.ascontiguousarray(aerial)

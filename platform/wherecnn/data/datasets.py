@@ -304,16 +304,39 @@ class PairDataset(Dataset):
         (sectors of the panoramas) while a field-of-view curriculum (``augment["photo_sector"]``, set per
         epoch) narrows towards the photos' own. Hard-negative mining embeds these views, so the negatives
         are mined for the queries the model trains on."""
-        if not (self.augment or {}).get("photo_fov"):
+        augment = self.augment or {}
+        if augment.get("photo_share") and not augment.get("photo_fov"):
+            return self._mixed_views(indices, grounds)
+        if not augment.get("photo_fov"):
             return grounds
-        headings = np.array(
-            [np.random.default_rng((self.seed, self.epoch, int(i), 1)).uniform(0.0, 360.0) for i in indices]
-        )
+        headings = self._photo_headings(indices)
         fov, sector = float(self.augment["photo_fov"]), self.augment.get("photo_sector")  # type: ignore[index]
         if sector is not None and float(sector) > fov:
             cut = zip(grounds, headings, strict=True)
             return np.stack([sector_of_canvas(g, h, float(sector)) for g, h in cut])
         return photos_from_canvases(grounds, headings, fov, self.ground_layout, self.canvas_vfov_deg)
+
+    def _photo_headings(self, indices: Sequence[int]) -> np.ndarray:
+        """The heading each sample's photo is cut at this epoch."""
+        return np.array(
+            [np.random.default_rng((self.seed, self.epoch, int(i), 1)).uniform(0.0, 360.0) for i in indices]
+        )
+
+    def _mixed_views(self, indices: Sequence[int], grounds: np.ndarray) -> np.ndarray:
+        """Panoramas, ``augment["photo_share"]`` of them (drawn per sample and epoch) shown as photos instead:
+        each cut at a random heading, its field of view log-uniform in ``augment["photo_fovs"]``."""
+        share = float(self.augment["photo_share"])  # type: ignore[index]
+        lo, hi = (float(v) for v in self.augment["photo_fovs"])  # type: ignore[index]
+        draws = [np.random.default_rng((self.seed, self.epoch, int(i), 2)) for i in indices]
+        photo = [rng.random() < share for rng in draws]
+        fovs = [float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) for rng in draws]
+        headings = self._photo_headings(indices)
+        out = np.array(grounds)
+        for j in np.flatnonzero(photo):
+            out[j] = photos_from_canvases(
+                grounds[j : j + 1], headings[j : j + 1], fovs[j], self.ground_layout, self.canvas_vfov_deg
+            )[0]
+        return out
 
     def tile_keys(self) -> list[frozenset[str]]:
         """Per sample: its positive tile and semi-positives (samples sharing any never share a batch)."""

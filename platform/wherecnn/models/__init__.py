@@ -13,6 +13,7 @@ sets only what differs from its defaults. `resolve_config` says where each setti
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from importlib import resources
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "TwoBranchModel",
     "build_model",
     "check_overrides",
+    "config_digest",
     "list_models",
     "load_config",
     "model_from_config",
@@ -54,6 +56,14 @@ def registered_config(name: str) -> dict[str, Any]:
 def load_config(name: str) -> dict[str, Any]:
     """A registered model's config, checked and with every default filled in (`models.schema`)."""
     return validate_config(registered_config(name))
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """A short digest of what a config trains and builds: ``config`` checked and with its defaults filled
+    (`models.schema`), its prose ``description`` left out. A checkpoint's stored config has the digest of the
+    config it was trained with (``resolve_config(name, track, overrides)``), whenever it was written."""
+    settings = {k: v for k, v in validate_config(config).items() if k != "description"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     model_serializer,
+    model_validator,
 )
 
 from wherecnn.data.augment import DEFAULT_FLIP, DEFAULT_ROTATION
@@ -91,6 +92,7 @@ class Recipe(_Section):
     augment_color: float = Field(0.0, ge=0)
     augment_shift: float = Field(0.0, ge=0, lt=0.5)
     augment_scale: tuple[float, float] | None = None  # zoom: lo..hi times a tile's ground side
+    augment_heading: float = Field(0.0, ge=0, le=180)  # compass error: the ground view alone turned +/- deg
     # hard negatives: neighbour groups in a batch, Sample4Geo-style mining every few epochs
     hard_fraction: float = Field(0.5, ge=0, le=1)
     neighbours_per_group: int = Field(8, ge=1)
@@ -118,6 +120,7 @@ class _Track(_Section):
     augment_color: float | None = Field(None, ge=0)
     augment_shift: float | None = Field(None, ge=0, lt=0.5)
     augment_scale: tuple[float, float] | None = None
+    augment_heading: float | None = Field(None, ge=0, le=180)
     fresh_places: int | None = Field(None, ge=0)
     fresh_epochs: int | None = Field(None, ge=1)
     fresh_area_share: float | None = Field(None, ge=0, le=1)
@@ -145,6 +148,17 @@ class Offset(_Track):
     gallery_centres: int = Field(1, ge=1)  # evaluate a grid tile from K x K centres over its cell
     gallery_scales: list[float] | None = None  # those views at these ground scales as well
     view_pool: int = Field(1, ge=1)  # a tile scores as the mean of its P best views
+    # this share of the camera-centred panoramas shown as perspective photos instead, each cut at a random
+    # heading with a field of view drawn from photo_fovs (degrees): one model for panoramas and photos
+    photo_share: float = Field(0.0, ge=0, le=1)
+    photo_fovs: tuple[float, float] = (60.0, 120.0)
+
+    @model_validator(mode="after")
+    def _fovs(self) -> Offset:
+        lo, hi = self.photo_fovs
+        if not 0 < lo <= hi <= 360:
+            raise ValueError(f"photo_fovs must be 0 < lo <= hi <= 360, got {list(self.photo_fovs)}")
+        return self
 
 
 class Photo(_Track):

@@ -163,7 +163,11 @@ class TrainingData:
             "color": recipe["augment_color"],
             "shift": recipe["augment_shift"] if shifted else self.train_cfg["augment_shift"],
             "scale": recipe["augment_scale"],
+            "heading": recipe["augment_heading"],
             "photo_fov": float(photo_cfg["fov_deg"]) if from_pano else None,
+            # offset: a share of the camera-centred panoramas shown as photos of these fields of view
+            "photo_share": float(config["offset"]["photo_share"]) if centred else 0.0,
+            "photo_fovs": [float(v) for v in config["offset"]["photo_fovs"]],
         }
         if self.fresh is not None and self.augment["scale"]:
             # a fresh tile is cut at its own side, with no raster window around it to show more ground;
