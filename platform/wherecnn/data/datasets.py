@@ -302,8 +302,9 @@ class PairDataset(Dataset):
         from their canvases ``grounds`` (`raw`; B x H x W x 3): the canvases, or, when training photos are
         cut from panoramas (``augment["photo_fov"]``), the photos cut at this epoch's heading for each; wider
         (sectors of the panoramas) while a field-of-view curriculum (``augment["photo_sector"]``, set per
-        epoch) narrows towards the photos' own. Hard-negative mining embeds these views, so the negatives
-        are mined for the queries the model trains on."""
+        epoch) narrows towards the photos' own; or, with ``augment["photo_share"]``, the canvases with that
+        share of them shown as photos (`_mixed_views`). Hard-negative mining embeds these views, so the
+        negatives are mined for the queries the model trains on."""
         augment = self.augment or {}
         if augment.get("photo_share") and not augment.get("photo_fov"):
             return self._mixed_views(indices, grounds)
