@@ -63,9 +63,8 @@ def test_a_track_section_replaces_the_train_augmentation_on_its_track(fake_pairs
     own = {"offset": {"pairs": "track"}, "train": {"augment_shift": 0.02}}
     offset = _augment(fake_pairs, "offset", own)
     assert offset["shift"] == 0.02 and offset["scale"] is None
-    # a compass error: dual-cpu's offset section sets 15 degrees, train's is off; a track section's replaces
-    # train's on its track alone
-    assert _augment(fake_pairs, "offset")["heading"] == 15.0 and aligned["heading"] == 0.0
+    # a compass error: off unless set; a track section's replaces train's on its track alone
+    assert _augment(fake_pairs, "offset")["heading"] == 0.0 and aligned["heading"] == 0.0
     compass = {"train": {"augment_heading": 10.0}, "offset": {"augment_heading": 20.0}}
     assert _augment(fake_pairs, "offset", compass)["heading"] == 20.0
     assert _augment(fake_pairs, "photo", compass)["heading"] == 10.0
