@@ -40,8 +40,8 @@ def zoom_tile(context: np.ndarray, context_scale: float, scale: float, size: tup
     return np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box))
 
 
-# the view-consistent changes `augment_pair` takes from a dataset's ``augment`` settings, and the defaults of
-# the two that are on unless set (a model config's ``train.augment_rotation``/``augment_flip``: models.schema)
+# the changes `augment_pair` takes from a dataset's ``augment`` settings, and the defaults of the two that
+# are on unless set (a model config's ``train.augment_rotation``/``augment_flip``: models.schema)
 PAIR_AUGMENTS = ("rotation", "flip", "color", "shift", "heading")
 DEFAULT_ROTATION = "quarter"
 DEFAULT_FLIP = True

@@ -307,11 +307,11 @@ class PairDataset(Dataset):
         negatives are mined for the queries the model trains on."""
         augment = self.augment or {}
         if augment.get("photo_share") and not augment.get("photo_fov"):
-            return self._mixed_views(indices, grounds)
+            return self._mixed_views(indices, grounds, float(augment["photo_share"]), augment["photo_fovs"])
         if not augment.get("photo_fov"):
             return grounds
         headings = self._photo_headings(indices)
-        fov, sector = float(self.augment["photo_fov"]), self.augment.get("photo_sector")  # type: ignore[index]
+        fov, sector = float(augment["photo_fov"]), augment.get("photo_sector")
         if sector is not None and float(sector) > fov:
             cut = zip(grounds, headings, strict=True)
             return np.stack([sector_of_canvas(g, h, float(sector)) for g, h in cut])
@@ -323,20 +323,21 @@ class PairDataset(Dataset):
             [np.random.default_rng((self.seed, self.epoch, int(i), 1)).uniform(0.0, 360.0) for i in indices]
         )
 
-    def _mixed_views(self, indices: Sequence[int], grounds: np.ndarray) -> np.ndarray:
-        """Panoramas, ``augment["photo_share"]`` of them (drawn per sample and epoch) shown as photos instead:
-        each cut at a random heading, its field of view log-uniform in ``augment["photo_fovs"]``."""
-        share = float(self.augment["photo_share"])  # type: ignore[index]
-        lo, hi = (float(v) for v in self.augment["photo_fovs"])  # type: ignore[index]
-        draws = [np.random.default_rng((self.seed, self.epoch, int(i), 2)) for i in indices]
-        photo = [rng.random() < share for rng in draws]
-        fovs = [float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) for rng in draws]
+    def _mixed_views(
+        self, indices: Sequence[int], grounds: np.ndarray, share: float, fovs: Sequence[float]
+    ) -> np.ndarray:
+        """The canvases, ``share`` of them (drawn per sample and epoch) shown as photos instead: each cut at
+        its photo heading, its field of view log-uniform in ``fovs`` (lo, hi)."""
+        lo, hi = np.log(float(fovs[0])), np.log(float(fovs[1]))
         headings = self._photo_headings(indices)
         out = np.array(grounds)
-        for j in np.flatnonzero(photo):
-            out[j] = photos_from_canvases(
-                grounds[j : j + 1], headings[j : j + 1], fovs[j], self.ground_layout, self.canvas_vfov_deg
-            )[0]
+        for j, i in enumerate(indices):
+            rng = np.random.default_rng((self.seed, self.epoch, int(i), 2))
+            if rng.random() < share:
+                fov = float(np.exp(rng.uniform(lo, hi)))
+                out[j] = photos_from_canvases(
+                    grounds[j : j + 1], headings[j : j + 1], fov, self.ground_layout, self.canvas_vfov_deg
+                )[0]
         return out
 
     def tile_keys(self) -> list[frozenset[str]]:

@@ -86,7 +86,7 @@ class Recipe(_Section):
     warmup_steps: int = Field(0, ge=0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     ema: float | None = Field(None, gt=0, lt=1)  # publish a moving average of the weights, this decay a step
-    # view-consistent augmentation (`data.augment.augment_pair`)
+    # the pair's augmentation (`data.augment.augment_pair`): view-consistent but for the compass error
     augment_rotation: Literal["none", "quarter", "any"] = DEFAULT_ROTATION  # type: ignore[assignment]
     augment_flip: bool = DEFAULT_FLIP
     augment_color: float = Field(0.0, ge=0)
