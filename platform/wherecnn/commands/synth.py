@@ -37,9 +37,12 @@ def _progress():
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
     cities: Annotated[
-        int | None, typer.Option(help="Use the first N of the eight cities (default: per --size).")
+        int | None,
+        typer.Option(
+            help="Use the first N of the nine cities (default: per --size; 9: a second validation city)."
+        ),
     ] = None,
-    size: Annotated[str, typer.Option(help="tiny (2 cities, ~100 places) | small (7 x 1,500) | full.")] = (
+    size: Annotated[str, typer.Option(help="tiny (2 cities, ~100 places) | small (8 x 1,500) | full.")] = (
         "tiny"
     ),
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives byte-identical files.")] = 0,
@@ -53,8 +56,8 @@ def synth(
         bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")
     ] = False,
 ) -> None:
-    """Generate the synthetic world (seven cities and a validation city): GeoTIFF orthomosaics, ground views,
-    tiles and manifests."""
+    """Generate the synthetic world (seven cities and a validation city; `--cities 9` a second validation
+    city): GeoTIFF orthomosaics, ground views, tiles and manifests."""
     from wherecnn.data.synthetic import SIZES, generate
 
     if size not in SIZES:

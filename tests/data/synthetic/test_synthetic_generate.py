@@ -155,20 +155,24 @@ def test_cross_area_roles_name_a_validation_city_apart_from_the_test_cities() ->
     assert roles["seattle"] == "val"
     assert sorted(n for n, r in roles.items() if r == "test") == ["boston", "minneapolis"]
     assert sorted(n for n, r in roles.items() if r == "train") == sorted(names[:5])
+    # every city: a second validation city in another style, the rest as before
+    everything = cross_area_roles([c.name for c in CITIES])
+    assert everything == {**roles, "phoenix": "val"}
     # prefixes of CITIES without the named cities: the last city (or two) is the test city, no validation city
     assert cross_area_roles(names[:2]) == {"chicago": "train", "atlanta": "test"}
     assert set(cross_area_roles(names[:4]).values()) == {"train", "test"}
 
 
-def test_the_validation_city_is_validation_under_every_protocol(tmp_path: Path) -> None:
+def test_the_validation_cities_are_validation_under_every_protocol(tmp_path: Path) -> None:
     from wherecnn.data.synthetic.generate import generate
 
     out = tmp_path / "w"
-    generate(out, size="tiny", cities=8, places_per_city=6, extent_m=220.0, seed=5)
+    generate(out, size="tiny", cities=9, places_per_city=6, extent_m=220.0, seed=5)
     caps = read_captures(out)
-    seattle = caps[caps["city"] == "seattle"]
-    assert len(seattle) and set(seattle["split"]) == {"val"} and set(seattle["split_cross_area"]) == {"val"}
-    others = caps[caps["city"] != "seattle"]
+    for city in ("seattle", "phoenix"):
+        val = caps[caps["city"] == city]
+        assert len(val) and set(val["split"]) == {"val"} and set(val["split_cross_area"]) == {"val"}, city
+    others = caps[~caps["city"].isin(["seattle", "phoenix"])]
     assert "val" not in set(others["split_cross_area"]) and "train" in set(others["split"])
 
 

@@ -19,9 +19,9 @@ from wherecnn.data.synthetic.world import (
 )
 
 
-def test_eight_named_cities_with_distinct_styles() -> None:
-    assert len(CITIES) == 8
-    assert len({c.name for c in CITIES}) == 8
+def test_nine_named_cities_with_distinct_styles() -> None:
+    assert len(CITIES) == 9
+    assert len({c.name for c in CITIES}) == 9
     assert {c.style for c in CITIES} == set(STYLES)
     for c in CITIES:  # real US city centres
         assert 25 < c.lat < 49 and -125 < c.lon < -66, c

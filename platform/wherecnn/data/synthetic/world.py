@@ -216,6 +216,26 @@ STYLES: dict[str, Style] = {
         warp_m=22.0,
         district_km2=0.2,
     ),
+    "desert": Style(
+        (95, 135),
+        (95, 150),
+        16,
+        2,
+        22,
+        8,
+        (3.5, 7),
+        1.0,
+        0.7,
+        0.03,
+        0.05,
+        0.06,
+        0.15,
+        3,
+        ((225, 215, 195), (235, 230, 220), (200, 170, 140), (190, 110, 80), (210, 200, 185)),
+        ((220, 200, 170), (235, 215, 185), (200, 170, 135), (225, 190, 150), (190, 160, 130)),
+        open_class=YARD,
+        district_km2=0.3,
+    ),
 }
 
 
@@ -237,7 +257,8 @@ CITIES: tuple[City, ...] = (
     City("portland", "waterfront", 45.5152, -122.6784),
     City("minneapolis", "park", 44.9778, -93.2650),
     City("boston", "oldtown", 42.3601, -71.0589),
-    City("seattle", "hillside", 47.6062, -122.3321),  # the cross-area validation city (see generate.py)
+    City("seattle", "hillside", 47.6062, -122.3321),  # the cross-area validation cities (see generate.py)
+    City("phoenix", "desert", 33.4484, -112.0740),
 )
 
 CLASS_ALBEDO = np.array(
