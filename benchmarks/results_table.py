@@ -45,8 +45,12 @@ def load_runs(
     results: Path = RESULTS, track: str | None = None, digest: str | None = None
 ) -> list[dict[str, Any]]:
     """Every `served_accuracy.py --split test` run (a file per checkpoint and query kind) of a checkpoint
-    trained on ``track`` with the config of ``digest`` (`models.config_digest`; defaults: the demo's)."""
+    trained on ``track`` with the config of ``digest`` (`models.config_digest`; defaults: the demo's).
+
+    A run's digest is taken now, from the config it recorded: under today's schema, so a setting added since
+    (at a default that changes nothing) leaves an older run of the same recipe in the table."""
     from wherecnn import demo
+    from wherecnn.models import config_digest
 
     track = track or demo.TRACK
     digest = digest or demo.model_digest()
@@ -54,7 +58,9 @@ def load_runs(
     return [
         run
         for run in runs
-        if run["checkpoint"].get("track") == track and run["checkpoint"].get("config_digest") == digest
+        if run["checkpoint"].get("track") == track
+        and "config" in run["checkpoint"]
+        and config_digest(run["checkpoint"]["config"]) == digest
     ]
 
 

@@ -51,10 +51,8 @@ def machine() -> dict[str, Any]:
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
-    """How the checkpoint was trained: its config's digest, track, minutes, the epochs they gave, precision,
-    seed."""
-    from wherecnn.models import config_digest
-
+    """How the checkpoint was trained: its config (as stored), track, minutes, the epochs they gave,
+    precision, seed."""
     card = json.loads((Path(checkpoint) / "model_card.json").read_text())
     train = card.get("train") or {}
     history = Path(checkpoint) / "metrics.jsonl"
@@ -62,7 +60,7 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
     epochs = sum(1 for line in lines if json.loads(line).get("kind") == "epoch")
     return {
         "model_id": card.get("model_id"),
-        "config_digest": config_digest(card["config"]),  # which recipe (results_table: the demo's only)
+        "config": card["config"],  # which recipe (results_table: the demo's only)
         "track": (card.get("data") or {}).get("track"),
         "protocol": (card.get("data") or {}).get("protocol"),
         "epochs": epochs or train.get("epochs"),
