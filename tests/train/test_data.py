@@ -92,3 +92,22 @@ def test_curricula_follow_the_position_in_training(fake_pairs: Path) -> None:
     assert data.augment["photo_sector"] == 225.0 and data.augment["shift"] == pytest.approx(0.025)
     data.follow_curricula(0.75)
     assert data.augment["photo_sector"] == 90.0 and data.augment["shift"] == 0.05
+
+
+@pytest.mark.parametrize("section", ["train", "offset"])
+def test_the_compass_error_can_shrink_to_the_exact_heading(fake_pairs: Path, section: str) -> None:
+    """heading_start (train's, or a track section's): that compass error at first, moving to augment_heading
+    over heading_anneal; without it the error stays augment_heading throughout."""
+    overrides = {**TINY_DUAL_CPU, section: {"heading_start": 20.0, "heading_anneal": 0.8}}
+    config, _ = resolve_config("dual-cpu", "offset", overrides)
+    opts = TrainOptions(
+        data=str(fake_pairs), out="unused", epochs=1, track="offset", val_size=16, progress=False
+    )
+    data = TrainingData(opts, config, batch_size=16)
+    for progress, heading in ((0.0, 20.0), (0.4, 10.0), (0.8, 0.0), (1.0, 0.0)):
+        data.follow_curricula(progress)
+        assert data.augment["heading"] == pytest.approx(heading), progress
+    config, _ = resolve_config("dual-cpu", "offset", {**TINY_DUAL_CPU, "offset": {"augment_heading": 15.0}})
+    data = TrainingData(opts, config, batch_size=16)
+    data.follow_curricula(0.9)
+    assert data.augment["heading"] == 15.0

@@ -93,6 +93,9 @@ class Recipe(_Section):
     augment_shift: float = Field(0.0, ge=0, lt=0.5)
     augment_scale: tuple[float, float] | None = None  # zoom: lo..hi times a tile's ground side
     augment_heading: float = Field(0.0, ge=0, le=180)  # compass error: the ground view alone turned +/- deg
+    # a compass error of heading_start at first, moving to augment_heading over the first heading_anneal
+    heading_start: float | None = Field(None, ge=0, le=180)
+    heading_anneal: float = Field(0.5, ge=0, le=1)
     # hard negatives: neighbour groups in a batch, Sample4Geo-style mining every few epochs
     hard_fraction: float = Field(0.5, ge=0, le=1)
     neighbours_per_group: int = Field(8, ge=1)
@@ -121,6 +124,8 @@ class _Track(_Section):
     augment_shift: float | None = Field(None, ge=0, lt=0.5)
     augment_scale: tuple[float, float] | None = None
     augment_heading: float | None = Field(None, ge=0, le=180)
+    heading_start: float | None = Field(None, ge=0, le=180)
+    heading_anneal: float | None = Field(None, ge=0, le=1)
     fresh_places: int | None = Field(None, ge=0)
     fresh_epochs: int | None = Field(None, ge=1)
     fresh_area_share: float | None = Field(None, ge=0, le=1)

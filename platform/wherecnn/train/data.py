@@ -49,7 +49,8 @@ def fresh_settings(opts: TrainOptions, recipe: dict[str, Any]) -> tuple[int, int
 def anneal(start: float, end: float, share: float, progress: float) -> float:
     """A curriculum setting at ``progress`` (0..1) through training: ``start`` at first, moving linearly to
     ``end`` over the first ``share`` of training, ``end`` after (photo.fov_start_deg: the field of view
-    photo training cuts; offset.shift_start: the camera-centred tiles' shift)."""
+    photo training cuts; offset.shift_start: the camera-centred tiles' shift; heading_start: the compass
+    error)."""
     if share <= 0:
         return end
     return end + (float(start) - end) * max(0.0, 1.0 - progress / share)
@@ -191,6 +192,14 @@ class TrainingData:
             if shift_start is not None
             else None
         )
+        # heading_start: a compass error that large at first, moving to augment_heading (e.g. to none: the
+        # exact heading learned last)
+        heading_start = recipe["heading_start"]
+        self.heading_curriculum = (
+            (float(heading_start), float(self.augment["heading"]), float(recipe["heading_anneal"]))
+            if heading_start is not None
+            else None
+        )
 
         self.val_set = PairDataset(frame=self.val_frame, **self.common)
         t_load = time.perf_counter()
@@ -231,11 +240,13 @@ class TrainingData:
 
     def follow_curricula(self, progress: float) -> None:
         """Set the augmentation's curriculum settings for ``progress`` (0..1) through training: the sectors
-        photo training cuts (``photo_sector``) and the camera-centred tiles' shift."""
+        photo training cuts (``photo_sector``), the camera-centred tiles' shift and the compass error."""
         if self.fov_curriculum is not None:
             self.augment["photo_sector"] = anneal(*self.fov_curriculum, progress)
         if self.shift_curriculum is not None:
             self.augment["shift"] = anneal(*self.shift_curriculum, progress)
+        if self.heading_curriculum is not None:
+            self.augment["heading"] = anneal(*self.heading_curriculum, progress)
 
     def geo_sampler(self, dataset: PairDataset) -> GeoBatchSampler:
         """Batches of geographic neighbour groups (``train.hard_fraction`` of each) and random pairs."""
