@@ -14,6 +14,7 @@ from wherecnn.train.losses import (
     infonce_loss,
     make_loss,
     soft_margin_triplet_loss,
+    turned_views,
 )
 
 
@@ -72,6 +73,62 @@ def test_make_loss_reads_the_config() -> None:
         assert float(make_loss(config)(g, a, m)) >= 0
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss({"loss": {"name": "hinge"}})
+
+
+def test_turned_views_roll_the_bearing_parts_as_turning_the_canvas_does() -> None:
+    from wherecnn.models.base import TwoBranchModel
+
+    g, _ = _pair(n=3, d=32)
+    turned = turned_views(g, columns=8)
+    assert turned.shape == (3, 7, 32)
+    parts = g.reshape(3, 4, 8)
+    assert torch.equal(turned[:, 0].reshape(3, 4, 8)[..., 1:], parts[..., :-1])  # one column further
+    assert torch.allclose(turned.norm(dim=-1), torch.ones(3, 7))
+
+    class OneView:  # turn_ground_vectors on the first (unmirrored) test-time view: the same roll
+        embedding_columns = 8
+
+        def test_views(self) -> list[tuple[bool, int]]:
+            return [(False, 0)]
+
+    by_model = TwoBranchModel.turn_ground_vectors(OneView(), g.numpy(), 2)  # type: ignore[arg-type]
+    assert torch.allclose(turned[:, 1], torch.from_numpy(by_model))
+
+
+def test_turned_negatives_make_a_wrong_heading_of_the_right_tile_a_negative() -> None:
+    """A ground view that matches its tile at every heading (all columns alike) is not told apart by the plain
+    loss, and is by the turned one; a view that matches at one heading only loses almost nothing."""
+    scale = torch.tensor(math.log(20.0))
+    n, columns, values = 8, 8, 4
+    gen = torch.Generator().manual_seed(0)
+    alike = F.normalize(
+        torch.randn(n, values, 1, generator=gen).expand(n, values, columns).reshape(n, -1), dim=1
+    )
+    plain, turned = (
+        infonce_loss(alike, alike, scale),
+        infonce_loss(alike, alike, scale, turned=turned_views(alike, columns)),
+    )
+    assert float(turned) > float(plain) + 0.5
+    # one heading: each bearing's part different, so turning the view moves it away from its tile
+    distinct = F.normalize(torch.randn(n, values * columns, generator=gen), dim=1)
+    sharp = torch.tensor(math.log(100.0))
+    assert float(infonce_loss(distinct, distinct, sharp, turned=turned_views(distinct, columns))) < 0.05
+    # the config switch: a model with bearing columns, else refused
+    config = merge(load_config("dual-cpu"), {"loss": {"turned_negatives": True}})
+
+    class M(torch.nn.Module):
+        logit_scale = torch.nn.Parameter(torch.tensor(math.log(20.0)))
+        embedding_columns: int | None = columns
+
+    loss = make_loss(config)(alike, alike, M())
+    smoothing = config["loss"]["label_smoothing"]
+    expected = infonce_loss(
+        alike, alike, scale, label_smoothing=smoothing, turned=turned_views(alike, columns)
+    )
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    M.embedding_columns = None
+    with pytest.raises(ValueError, match="bearing columns"):
+        make_loss(config)(alike, alike, M())
 
 
 def test_gather_without_a_process_group_is_identity() -> None:

@@ -48,6 +48,9 @@ class Loss(_Section):
     temperature: float = Field(0.07, gt=0)
     learn_temperature: bool = False
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # infonce
+    # infonce, models with bearing columns: each ground view also meets every tile of the batch at each wrong
+    # whole-column heading (as a search without a heading compares it), the positive tile's included
+    turned_negatives: bool = False
     margin: float = 0.5  # contrastive
     negatives_per_positive: int = Field(4, ge=1)  # contrastive
     alpha: float = 10.0  # triplet (soft margin)

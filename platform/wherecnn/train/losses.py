@@ -47,16 +47,36 @@ def soft_margin_triplet_loss(ground: Tensor, aerial: Tensor, *, alpha: float = 1
 
 
 def infonce_loss(
-    ground: Tensor, aerial: Tensor, logit_scale: Tensor, *, label_smoothing: float = 0.0
+    ground: Tensor,
+    aerial: Tensor,
+    logit_scale: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    turned: Tensor | None = None,
 ) -> Tensor:
-    """Symmetric InfoNCE (CLIP): cross-entropy over the batch both ways at temperature exp(-logit_scale)."""
+    """Symmetric InfoNCE (CLIP): cross-entropy over the batch both ways at temperature exp(-logit_scale).
+
+    ``turned`` ([n, turns, d]): each ground view at wrong headings (`turned_views`), extra negatives of the
+    ground-to-tile direction against every tile of the batch, its own included."""
     scale = logit_scale.float().clamp(max=4.6052).exp()  # temperature >= 0.01, as CLIP clamps
     logits = scale * ground.float() @ aerial.float().t()
     labels = torch.arange(ground.shape[0], device=ground.device)
+    to_tiles = logits
+    if turned is not None:
+        extra = scale * torch.einsum("ntd,md->nmt", turned.float(), aerial.float()).flatten(1)
+        to_tiles = torch.cat([logits, extra], dim=1)
     return 0.5 * (
-        F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        F.cross_entropy(to_tiles, labels, label_smoothing=label_smoothing)
         + F.cross_entropy(logits.t(), labels, label_smoothing=label_smoothing)
     )
+
+
+def turned_views(ground: Tensor, columns: int) -> Tensor:
+    """[n, d] embeddings of one part per bearing column (``d / columns`` values each, columns last) ->
+    [n, columns - 1, d]: each turned by 1 .. columns - 1 whole columns (a roll of the parts: what turning the
+    canvas does; `TwoBranchModel.turn_ground_vectors`)."""
+    parts = ground.reshape(ground.shape[0], -1, columns)
+    return torch.stack([torch.roll(parts, r, dims=-1).flatten(1) for r in range(1, columns)], dim=1)
 
 
 def make_loss(config: dict[str, Any]) -> Any:
@@ -71,7 +91,19 @@ def make_loss(config: dict[str, Any]) -> Any:
         return lambda g, a, model: soft_margin_triplet_loss(g, a, alpha=alpha)
     if name == "infonce":
         smoothing = float(spec["label_smoothing"])
-        return lambda g, a, model: infonce_loss(g, a, _logit_scale(model), label_smoothing=smoothing)
+        if not spec["turned_negatives"]:
+            return lambda g, a, model: infonce_loss(g, a, _logit_scale(model), label_smoothing=smoothing)
+
+        def with_turns(g: Tensor, a: Tensor, model: nn.Module) -> Tensor:
+            columns = getattr(model, "module", model).embedding_columns
+            if not columns:
+                raise ValueError(
+                    f"{config.get('name')!r}: turned_negatives needs a model with bearing columns"
+                )
+            turned = turned_views(g, columns)
+            return infonce_loss(g, a, _logit_scale(model), label_smoothing=smoothing, turned=turned)
+
+        return with_turns
     raise ValueError(
         f"model config {config.get('name')!r}: unknown loss {name!r} (contrastive|triplet|infonce)"
     )
