@@ -157,6 +157,26 @@ def test_shift_curriculum_moves_the_shift_epoch_by_epoch(
     assert shifts and sorted(set(shifts)) == [0.0, 0.05] and shifts[0] == 0.0 and shifts[-1] == 0.05
 
 
+def test_turned_negatives_follow_the_track_section(
+    fake_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """offset.turned_negatives turns them on for a model trained on offset, not on another track."""
+    import wherecnn.train.loop as loop
+
+    asked: list[bool] = []
+    make_loss = loop.make_loss
+
+    def spy(config: dict, *, turned_negatives: bool = False):  # type: ignore[no-untyped-def]
+        asked.append(turned_negatives)
+        return make_loss(config, turned_negatives=turned_negatives)
+
+    monkeypatch.setattr(loop, "make_loss", spy)
+    overrides = {**TINY, "offset": {"pairs": "track", "turned_negatives": True}}
+    train_func(_opts(fake_pairs, tmp_path / "o", epochs=1, track="offset", overrides=overrides))
+    train_func(_opts(fake_pairs, tmp_path / "a", epochs=1, track="aligned", overrides=overrides))
+    assert asked == [True, False]
+
+
 def test_photo_track_can_train_on_photos_cut_from_panoramas(fake_pairs: Path, tmp_path: Path) -> None:
     for pairs, trained_on in (("panorama", "aligned"), ("track", "photo")):
         # with a field-of-view curriculum (from panoramas: epoch 1 of 2 cuts whole canvases, epoch 2 photos)

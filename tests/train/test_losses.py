@@ -113,14 +113,14 @@ def test_turned_negatives_make_a_wrong_heading_of_the_right_tile_a_negative() ->
     distinct = F.normalize(torch.randn(n, values * columns, generator=gen), dim=1)
     sharp = torch.tensor(math.log(100.0))
     assert float(infonce_loss(distinct, distinct, sharp, turned=turned_views(distinct, columns))) < 0.05
-    # the config switch: a model with bearing columns, else refused
-    config = merge(load_config("dual-cpu"), {"loss": {"turned_negatives": True}})
+    # the recipe switch: a model with bearing columns, else refused
+    config = load_config("dual-cpu")
 
     class M(torch.nn.Module):
         logit_scale = torch.nn.Parameter(torch.tensor(math.log(20.0)))
         embedding_columns: int | None = columns
 
-    loss = make_loss(config)(alike, alike, M())
+    loss = make_loss(config, turned_negatives=True)(alike, alike, M())
     smoothing = config["loss"]["label_smoothing"]
     expected = infonce_loss(
         alike, alike, scale, label_smoothing=smoothing, turned=turned_views(alike, columns)
@@ -128,7 +128,7 @@ def test_turned_negatives_make_a_wrong_heading_of_the_right_tile_a_negative() ->
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     M.embedding_columns = None
     with pytest.raises(ValueError, match="bearing columns"):
-        make_loss(config)(alike, alike, M())
+        make_loss(config, turned_negatives=True)(alike, alike, M())
 
 
 def test_gather_without_a_process_group_is_identity() -> None:

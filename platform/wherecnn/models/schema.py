@@ -48,9 +48,6 @@ class Loss(_Section):
     temperature: float = Field(0.07, gt=0)
     learn_temperature: bool = False
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # infonce
-    # infonce, models with bearing columns: each ground view also meets every tile of the batch at each wrong
-    # whole-column heading (as a search without a heading compares it), the positive tile's included
-    turned_negatives: bool = False
     margin: float = 0.5  # contrastive
     negatives_per_positive: int = Field(4, ge=1)  # contrastive
     alpha: float = 10.0  # triplet (soft margin)
@@ -99,6 +96,9 @@ class Recipe(_Section):
     # a compass error of heading_start at first, moving to augment_heading over the first heading_anneal
     heading_start: float | None = Field(None, ge=0, le=180)
     heading_anneal: float = Field(0.5, ge=0, le=1)
+    # infonce, models with bearing columns: each ground view also meets every tile of the batch at each wrong
+    # whole-column heading (as a search without a heading compares it), the positive tile's included
+    turned_negatives: bool = False
     # hard negatives: neighbour groups in a batch, Sample4Geo-style mining every few epochs
     hard_fraction: float = Field(0.5, ge=0, le=1)
     neighbours_per_group: int = Field(8, ge=1)
@@ -129,6 +129,7 @@ class _Track(_Section):
     augment_heading: float | None = Field(None, ge=0, le=180)
     heading_start: float | None = Field(None, ge=0, le=180)
     heading_anneal: float | None = Field(None, ge=0, le=1)
+    turned_negatives: bool | None = None
     fresh_places: int | None = Field(None, ge=0)
     fresh_epochs: int | None = Field(None, ge=1)
     fresh_area_share: float | None = Field(None, ge=0, le=1)

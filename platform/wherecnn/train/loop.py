@@ -96,7 +96,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
         net = ray.train.torch.prepare_model(model, move_to_device=False)
     optimizer = make_optimizer(model, train_cfg, lr)
-    loss_fn = make_loss(cfg)
+    loss_fn = make_loss(cfg, turned_negatives=bool(data.recipe["turned_negatives"]))
     amp = mixed_precision(ctx.device, str(train_cfg["precision"]))
     total_steps = len(sampler) * (opts.epochs or 0)  # progress bar only: fresh pools grow for a few epochs
     history: list[dict[str, Any]] = []

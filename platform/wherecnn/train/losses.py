@@ -79,8 +79,9 @@ def turned_views(ground: Tensor, columns: int) -> Tensor:
     return torch.stack([torch.roll(parts, r, dims=-1).flatten(1) for r in range(1, columns)], dim=1)
 
 
-def make_loss(config: dict[str, Any]) -> Any:
-    """``fn(ground, aerial, model) -> loss`` for a model config's ``loss`` section."""
+def make_loss(config: dict[str, Any], *, turned_negatives: bool = False) -> Any:
+    """``fn(ground, aerial, model) -> loss`` for a model config's ``loss`` section; ``turned_negatives`` (the
+    recipe's, on the track trained): infonce with each ground view's wrong headings as negatives too."""
     spec = config["loss"]
     name = spec["name"]
     if name == "contrastive":
@@ -91,7 +92,7 @@ def make_loss(config: dict[str, Any]) -> Any:
         return lambda g, a, model: soft_margin_triplet_loss(g, a, alpha=alpha)
     if name == "infonce":
         smoothing = float(spec["label_smoothing"])
-        if not spec["turned_negatives"]:
+        if not turned_negatives:
             return lambda g, a, model: infonce_loss(g, a, _logit_scale(model), label_smoothing=smoothing)
 
         def with_turns(g: Tensor, a: Tensor, model: nn.Module) -> Tensor:
