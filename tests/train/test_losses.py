@@ -126,6 +126,8 @@ def test_turned_negatives_make_a_wrong_heading_of_the_right_tile_a_negative() ->
         alike, alike, scale, label_smoothing=smoothing, turned=turned_views(alike, columns)
     )
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="needs the infonce loss"):
+        make_loss(merge(config, {"loss": {"name": "triplet"}}), turned_negatives=True)
     M.embedding_columns = None
     with pytest.raises(ValueError, match="bearing columns"):
         make_loss(config, turned_negatives=True)(alike, alike, M())

@@ -84,6 +84,8 @@ def make_loss(config: dict[str, Any], *, turned_negatives: bool = False) -> Any:
     recipe's, on the track trained): infonce with each ground view's wrong headings as negatives too."""
     spec = config["loss"]
     name = spec["name"]
+    if turned_negatives and name != "infonce":
+        raise ValueError(f"{config.get('name')!r}: turned_negatives needs the infonce loss, not {name!r}")
     if name == "contrastive":
         margin, k = float(spec["margin"]), int(spec["negatives_per_positive"])
         return lambda g, a, model: contrastive_loss(g, a, margin=margin, negatives_per_positive=k)
