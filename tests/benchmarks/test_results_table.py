@@ -49,22 +49,12 @@ def test_cells_are_the_mean_and_range_over_runs(tmp_path: Path) -> None:
     (tmp_path / "served-test-candidate-seed2.json").write_text(json.dumps(candidate))
     # nor one trained on the same track with another config (a candidate, or the default before it)
     other_recipe = run(3, 0.1)
-    other_recipe["checkpoint"]["config"] = merge(config, {"offset.augment_heading": 15.0})
+    candidate = merge(config, {"offset.augment_heading": 15.0})
+    other_recipe["checkpoint"]["config"] = candidate
     (tmp_path / "served-test-recipe-seed3.json").write_text(json.dumps(other_recipe))
-    assert (
-        len(
-            rt.load_runs(
-                tmp_path,
-                track="offset",
-                digest=config_digest(merge(config, {"offset.augment_heading": 15.0})),
-            )
-        )
-        == 1
-    )
+    assert len(rt.load_runs(tmp_path, track="offset", digest=config_digest(candidate))) == 1
     # a run recorded before the schema gained a setting (at a default that changes nothing) is the same recipe
-    older = {k: v for k, v in config.items()} | {
-        "train": {k: v for k, v in config["train"].items() if k != "heading_anneal"}
-    }
+    older = dict(config) | {"train": {k: v for k, v in config["train"].items() if k != "heading_anneal"}}
     assert config_digest(older) == d1
     text = rt.table(rt.load_runs(tmp_path, track="offset", digest=d1))
     row = next(

@@ -178,28 +178,30 @@ class TrainingData:
                 self.augment["scale"] = list(zoom)
                 if rank0:
                     print(f"fresh places: zoom in only ({zoom[0]:g}-1x a tile's ground)", flush=True)
-        # photo.fov_start_deg: a curriculum from panorama sectors that wide to the photos' own field of view
-        fov_start = photo_cfg["fov_start_deg"] if from_pano else None
-        self.fov_curriculum = (
-            (float(fov_start), float(self.augment["photo_fov"]), float(photo_cfg["fov_anneal"]))
-            if fov_start is not None
-            else None
-        )
-        # <track>.shift_start: camera-centred tiles shifted that much at first, moving to augment_shift
-        shift_start = recipe["shift_start"] if shifted else None
-        self.shift_curriculum = (
-            (float(shift_start), float(self.augment["shift"]), float(recipe["shift_anneal"]))
-            if shift_start is not None
-            else None
-        )
-        # heading_start: a compass error that large at first, moving to augment_heading (e.g. to none: the
-        # exact heading learned last)
-        heading_start = recipe["heading_start"]
-        self.heading_curriculum = (
-            (float(heading_start), float(self.augment["heading"]), float(recipe["heading_anneal"]))
-            if heading_start is not None
-            else None
-        )
+        # the curricula `follow_curricula` moves: augment key -> (start, end, share of training), each set
+        self.curricula: dict[str, tuple[float, float, float]] = {
+            key: (float(start), float(end), float(share))
+            for key, start, end, share in (
+                # photo.fov_start_deg: panorama sectors that wide at first, narrowing to the photos' own
+                (
+                    "photo_sector",
+                    photo_cfg["fov_start_deg"] if from_pano else None,
+                    self.augment["photo_fov"],
+                    photo_cfg["fov_anneal"],
+                ),
+                # <track>.shift_start: camera-centred tiles shifted that much at first, then augment_shift
+                (
+                    "shift",
+                    recipe["shift_start"] if shifted else None,
+                    self.augment["shift"],
+                    recipe.get("shift_anneal"),  # a track section's: absent on aligned, never shifted
+                ),
+                # heading_start: a compass error that large at first, moving to augment_heading (e.g. to
+                # none: the exact heading learned last)
+                ("heading", recipe["heading_start"], self.augment["heading"], recipe["heading_anneal"]),
+            )
+            if start is not None
+        }
 
         self.val_set = PairDataset(frame=self.val_frame, **self.common)
         t_load = time.perf_counter()
@@ -241,12 +243,8 @@ class TrainingData:
     def follow_curricula(self, progress: float) -> None:
         """Set the augmentation's curriculum settings for ``progress`` (0..1) through training: the sectors
         photo training cuts (``photo_sector``), the camera-centred tiles' shift and the compass error."""
-        if self.fov_curriculum is not None:
-            self.augment["photo_sector"] = anneal(*self.fov_curriculum, progress)
-        if self.shift_curriculum is not None:
-            self.augment["shift"] = anneal(*self.shift_curriculum, progress)
-        if self.heading_curriculum is not None:
-            self.augment["heading"] = anneal(*self.heading_curriculum, progress)
+        for key, (start, end, share) in self.curricula.items():
+            self.augment[key] = anneal(start, end, share, progress)
 
     def geo_sampler(self, dataset: PairDataset) -> GeoBatchSampler:
         """Batches of geographic neighbour groups (``train.hard_fraction`` of each) and random pairs."""
